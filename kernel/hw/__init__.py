@@ -1,0 +1,3 @@
+"""svsm.kernel.hw."""
+
+__all__: list[str] = []

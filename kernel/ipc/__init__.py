@@ -1,0 +1,3 @@
+"""svsm.kernel.ipc."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""svsm.kernel.mm."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""svsm.kernel.sched."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""svsm.kernel.sync."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""svsm.modules.migrate."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""svsm.modules.persist."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""svsm.modules.tpm."""
+
+__all__: list[str] = []
