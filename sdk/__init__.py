@@ -22,8 +22,38 @@ from ._errors import ResultCode as ResultCode
 from ._errors import SvsmError as SvsmError
 from ._errors import UnsupportedCall as UnsupportedCall
 from ._errors import UnsupportedProtocol as UnsupportedProtocol
+from ._module import BufferSpec as BufferSpec
+from ._module import CallSpec as CallSpec
+from ._module import Capability as Capability
+from ._module import Grant as Grant
+from ._module import Manifest as Manifest
+from ._module import Module as Module
+from ._module import ModuleContext as ModuleContext
+from ._module import ProtocolSpec as ProtocolSpec
+from ._module import Reply as Reply
+from ._module import Request as Request
+from ._module import VENDOR_PROTOCOL_BASE as VENDOR_PROTOCOL_BASE
+from ._module import hookimpl as hookimpl
+from ._module import load_manifest as load_manifest
+from ._syscalls import CapabilityDenied as CapabilityDenied
+from ._syscalls import Syscalls as Syscalls
 
 __all__ = [
+    "BufferSpec",
+    "CallSpec",
+    "Capability",
+    "Grant",
+    "Manifest",
+    "Module",
+    "ModuleContext",
+    "ProtocolSpec",
+    "Reply",
+    "Request",
+    "VENDOR_PROTOCOL_BASE",
+    "hookimpl",
+    "load_manifest",
+    "CapabilityDenied",
+    "Syscalls",
     "Busy",
     "FatalError",
     "Incomplete",
