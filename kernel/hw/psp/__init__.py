@@ -1,0 +1,59 @@
+"""svsm.kernel.hw.psp -- the simulated AMD-SP (PSP) firmware.
+
+What it does: SNP launch with the real launch-digest chaining (so sev-snp-measure agrees),
+OVMF image parsing as QEMU does it, the secrets page, guest messages under VMPCKs,
+attestation reports signed by a per-chip VCEK under a generated ARK -> ASK -> VCEK chain,
+and derived keys.
+
+Entry points for the rest of kernel/hw:
+
+* launch: ``fw = SnpFirmware(Chip.load_or_create(state_dir))``; ``ctx = fw.launch_start()``;
+  for each :class:`LaunchUpdate` of :func:`launch_plan` call ``fw.launch_update(ctx, type,
+  gpa, data)`` (or ``launch_update_normal`` for runs of NORMAL pages) and write the returned
+  page into guest memory with the firmware-privileged API (RMP: assigned to the guest,
+  validated, VMSA bit for VMSA pages); then ``fw.launch_finish(ctx)``.
+* guest request (the hypervisor's GUEST_REQUEST / EXT_GUEST_REQUEST handlers):
+  ``response_page = fw.guest_request(ctx, request_page_bytes)``; errors raise
+  :class:`PspError` (``fw_error`` -> SW_EXITINFO2[31:0]); for the extended request
+  ``fw.ext_guest_request(ctx, page, cert_pages)`` returns ``(response, cert_table)`` or
+  raises :class:`VmmError` (``vmm_error`` -> SW_EXITINFO2[63:32], ``pages_needed`` -> RBX).
+
+Report parsing and verification live in :mod:`svsm.sdk.attestation`.
+"""
+
+from ._chip import PRODUCTS as PRODUCTS
+from ._chip import Chip as Chip
+from ._chip import ChipProduct as ChipProduct
+from ._chip import default_state_dir as default_state_dir
+from ._firmware import FwError as FwError
+from ._firmware import GuestContext as GuestContext
+from ._firmware import LaunchState as LaunchState
+from ._firmware import PspError as PspError
+from ._firmware import PspStatistics as PspStatistics
+from ._firmware import SnpFirmware as SnpFirmware
+from ._firmware import VmmError as VmmError
+from ._hashes import SevHashes as SevHashes
+from ._measure import PAGE_INFO as PAGE_INFO
+from ._measure import VMSA_GPA as VMSA_GPA
+from ._measure import LaunchDigest as LaunchDigest
+from ._measure import LaunchUpdate as LaunchUpdate
+from ._measure import PageType as PageType
+from ._measure import calc_launch_digest as calc_launch_digest
+from ._measure import launch_plan as launch_plan
+from ._ovmf import FirmwareImage as FirmwareImage
+from ._ovmf import FirmwareImageError as FirmwareImageError
+from ._ovmf import SectionType as SectionType
+from ._ovmf import SevMetadataSection as SevMetadataSection
+from ._ovmf import build_metadata as build_metadata
+from ._ovmf import build_table as build_table
+from ._vmsa import CPU_SIGS as CPU_SIGS
+from ._vmsa import build_reset_vmsa as build_reset_vmsa
+from ._vmsa import cpu_sig as cpu_sig
+
+__all__ = [
+    "CPU_SIGS", "Chip", "ChipProduct", "FirmwareImage", "FirmwareImageError", "FwError",
+    "GuestContext", "LaunchDigest", "LaunchState", "LaunchUpdate", "PAGE_INFO", "PRODUCTS",
+    "PageType", "PspError", "PspStatistics", "SectionType", "SevHashes", "SevMetadataSection",
+    "SnpFirmware", "VMSA_GPA", "VmmError", "build_metadata", "build_reset_vmsa", "build_table",
+    "calc_launch_digest", "cpu_sig", "default_state_dir", "launch_plan",
+]  # fmt: skip

@@ -1,0 +1,227 @@
+"""The SNP launch digest: PAGE_INFO chaining and QEMU's launch order (snp.md 3.1-3.2).
+
+``LD_new = SHA-384(PAGE_INFO)`` once per 4 KiB page, where PAGE_INFO carries the current
+digest, the page's SHA-384 (NORMAL and VMSA pages; zero otherwise), its type and GPA.  The
+final value is the report's MEASUREMENT.  :func:`launch_plan` lists the updates QEMU makes
+for an OVMF image, so the launch path and ``svsm measure`` share one ordering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import struct
+from collections.abc import Iterable
+
+from ._hashes import SevHashes
+from ._ovmf import FirmwareImage, FirmwareImageError, SectionType
+from ._vmsa import build_reset_vmsa
+
+__all__ = [
+    "BSP_EIP",
+    "LaunchDigest",
+    "LaunchUpdate",
+    "PAGE_INFO",
+    "PageType",
+    "VMSA_GPA",
+    "calc_launch_digest",
+    "launch_plan",
+]
+
+PAGE_SIZE = 4096
+#: GPA recorded for VMSA pages: (u64)-1, page aligned, bits above 51 cleared (snp.md 3.1).
+VMSA_GPA = 0xFFFF_FFFF_F000
+#: Reset EIP of the bootstrap processor.
+BSP_EIP = 0xFFFF_FFF0
+DIGEST_SIZE = 48
+_ZERO48 = bytes(DIGEST_SIZE)
+
+
+class PageType(enum.IntEnum):
+    """SNP_LAUNCH_UPDATE page types (snp.md 3.1)."""
+
+    NORMAL = 0x01
+    VMSA = 0x02
+    ZERO = 0x03
+    UNMEASURED = 0x04
+    SECRETS = 0x05
+    CPUID = 0x06
+
+
+#: PAGE_INFO (SNP ABI 8.17.2), 0x70 bytes: DIGEST_CUR[48], CONTENTS[48], LENGTH u16,
+#: PAGE_TYPE u8, IMI_PAGE u8, VMPL3_PERMS u8, VMPL2_PERMS u8, VMPL1_PERMS u8, reserved u8, GPA u64.
+PAGE_INFO = struct.Struct("<48s48sHBBBBBBQ")
+PAGE_INFO_LENGTH = 0x70
+assert PAGE_INFO.size == PAGE_INFO_LENGTH
+for _fmt, _off in (("<48s48s", 0x60), ("<48s48sH", 0x62), ("<48s48sHB", 0x63), ("<48s48sHBB", 0x64),
+                   ("<48s48sHBBBBB", 0x67), ("<48s48sHBBBBBB", 0x68)):  # fmt: skip
+    assert struct.calcsize(_fmt) == _off
+
+
+class LaunchDigest:
+    """A running launch digest.  Feed pages in launch order; read :attr:`digest`.
+
+    :param seed: starting value (48 zero bytes, or a precomputed firmware digest as
+        ``--snp-ovmf-hash`` does).
+    """
+
+    __slots__ = ("_ld", "pages")
+
+    def __init__(self, seed: bytes = _ZERO48) -> None:
+        if len(seed) != DIGEST_SIZE:
+            raise ValueError("launch digest seed must be 48 bytes")
+        self._ld = bytes(seed)
+        #: Number of pages measured so far.
+        self.pages = 0
+
+    @property
+    def digest(self) -> bytes:
+        """The current 48-byte digest."""
+        return self._ld
+
+    def update_page(self, page_type: PageType, gpa: int, contents: bytes | memoryview | None = None) -> None:
+        """Measure one page.
+
+        :param contents: the 4 KiB page for NORMAL and VMSA pages; ``None`` otherwise.
+        :raises ValueError: contents missing, misplaced or of the wrong size.
+        """
+        if page_type in (PageType.NORMAL, PageType.VMSA):
+            if contents is None or len(contents) != PAGE_SIZE:
+                raise ValueError(f"{page_type.name} page needs 4096 bytes of contents")
+            digest = hashlib.sha384(contents).digest()
+        else:
+            if contents is not None:
+                raise ValueError(f"{page_type.name} pages are measured without contents")
+            digest = _ZERO48
+        if gpa % PAGE_SIZE:
+            raise ValueError(f"GPA {gpa:#x} is not page aligned")
+        self._ld = hashlib.sha384(PAGE_INFO.pack(self._ld, digest, PAGE_INFO_LENGTH, page_type, 0, 0, 0, 0, 0, gpa)).digest()
+        self.pages += 1
+
+    def update_normal(self, gpa: int, data: bytes | memoryview) -> None:
+        """Measure ``data`` (a multiple of 4 KiB) as consecutive NORMAL pages from ``gpa``.
+
+        The hot path of a launch: one loop with the names bound locally, no per-page checks.
+        """
+        if len(data) % PAGE_SIZE or gpa % PAGE_SIZE:
+            raise ValueError("NORMAL data must be whole, aligned pages")
+        sha384, pack, ld = hashlib.sha384, PAGE_INFO.pack, self._ld
+        view = memoryview(data)
+        for off in range(0, len(data), PAGE_SIZE):
+            contents = sha384(view[off : off + PAGE_SIZE]).digest()
+            ld = sha384(pack(ld, contents, PAGE_INFO_LENGTH, PageType.NORMAL, 0, 0, 0, 0, 0, gpa + off)).digest()
+        self._ld = ld
+        self.pages += len(data) // PAGE_SIZE
+
+    def update_empty(self, page_type: PageType, gpa: int, size: int) -> None:
+        """Measure the pages covering ``[gpa, gpa + size)`` as contents-less pages."""
+        if page_type in (PageType.NORMAL, PageType.VMSA):
+            raise ValueError("NORMAL and VMSA pages need contents")
+        for page_gpa in range(gpa, gpa + size, PAGE_SIZE):
+            self.update_page(page_type, page_gpa)
+
+    def apply(self, updates: Iterable[LaunchUpdate]) -> bytes:
+        """Measure a whole plan; returns the digest."""
+        for u in updates:
+            if u.page_type is PageType.NORMAL:
+                self.update_normal(u.gpa, u.data)  # type: ignore[arg-type]
+            elif u.page_type is PageType.VMSA:
+                self.update_page(PageType.VMSA, VMSA_GPA, u.data)
+            else:
+                self.update_empty(u.page_type, u.gpa, u.size)
+        return self._ld
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LaunchUpdate:
+    """One SNP_LAUNCH_UPDATE: a run of pages of one type.
+
+    ``data`` holds the contents for NORMAL and VMSA updates (a multiple of 4 KiB);
+    ``vcpu`` names the vCPU a VMSA belongs to.
+    """
+
+    page_type: PageType
+    gpa: int
+    size: int
+    data: bytes | None = None
+    vcpu: int | None = None
+
+
+def launch_plan(
+    image: FirmwareImage,
+    *,
+    vcpus: int,
+    vcpu_sig: int,
+    guest_features: int = 0x1,
+    hashes: SevHashes | None = None,
+    include_firmware: bool = True,
+) -> list[LaunchUpdate]:
+    """The updates QEMU issues to launch ``image`` (snp.md 3.2, ``--mode snp``, QEMU VMM).
+
+    :param vcpus: number of vCPUs (one VMSA each).
+    :param vcpu_sig: CPUID 1 EAX of the vCPU model.
+    :param guest_features: SEV_FEATURES of every VMSA.
+    :param hashes: kernel/initrd/cmdline digests for measured direct boot.
+    :param include_firmware: False when the caller seeds the digest with a firmware hash.
+    :raises FirmwareImageError: no SEV-ES reset block with vcpus > 1 (or none at all), a
+        kernel given for an image without a kernel-hashes section, or a bad section size.
+    """
+    if vcpus < 1:
+        raise ValueError("at least one vCPU")
+    plan: list[LaunchUpdate] = []
+    if include_firmware:
+        plan.append(LaunchUpdate(PageType.NORMAL, image.gpa, len(image.data), image.data))
+    has_hash_section = False
+    for sec in image.sections:
+        if sec.type is SectionType.SNP_SEC_MEM or sec.type is SectionType.SVSM_CAA:
+            plan.append(LaunchUpdate(PageType.ZERO, sec.gpa, sec.size))
+        elif sec.type is SectionType.SNP_SECRETS:
+            plan.append(LaunchUpdate(PageType.SECRETS, sec.gpa, PAGE_SIZE))
+        elif sec.type is SectionType.CPUID:
+            plan.append(LaunchUpdate(PageType.CPUID, sec.gpa, PAGE_SIZE))
+        else:  # SNP_KERNEL_HASHES
+            has_hash_section = True
+            if hashes is None:
+                plan.append(LaunchUpdate(PageType.ZERO, sec.gpa, sec.size))
+                continue
+            table_gpa = image.kernel_hashes_gpa
+            if not table_gpa:
+                raise FirmwareImageError("image has a kernel-hashes section but no hash table GPA")
+            if sec.size != PAGE_SIZE:
+                raise FirmwareImageError(f"kernel-hashes section is {sec.size:#x} bytes, expected one page")
+            plan.append(LaunchUpdate(PageType.NORMAL, sec.gpa, PAGE_SIZE, hashes.page(table_gpa & (PAGE_SIZE - 1))))
+    if hashes is not None and not has_hash_section:
+        raise FirmwareImageError("a kernel was given but the firmware has no SNP_KERNEL_HASHES section")
+    ap_eip = image.sev_es_reset_eip  # raises for images without the reset block, as QEMU does
+    bsp = build_reset_vmsa(BSP_EIP, vcpu_sig, guest_features)
+    ap = build_reset_vmsa(ap_eip, vcpu_sig, guest_features) if vcpus > 1 else b""
+    for i in range(vcpus):
+        plan.append(LaunchUpdate(PageType.VMSA, VMSA_GPA, PAGE_SIZE, bsp if i == 0 else ap, vcpu=i))
+    return plan
+
+
+def calc_launch_digest(
+    image: FirmwareImage | bytes,
+    *,
+    vcpus: int,
+    vcpu_sig: int,
+    guest_features: int = 0x1,
+    hashes: SevHashes | None = None,
+    ovmf_hash: bytes | None = None,
+) -> bytes:
+    """The launch digest sev-snp-measure prints for ``--mode snp`` (QEMU VMM type).
+
+    :param image: the firmware (parsed, or raw bytes parsed here).
+    :param ovmf_hash: a precomputed digest of the firmware pages (``--snp-ovmf-hash``).
+    :returns: the 48-byte MEASUREMENT.
+    :raises FirmwareImageError: see :func:`launch_plan`.
+
+    .. versionadded:: 0.1
+    """
+    if not isinstance(image, FirmwareImage):
+        image = FirmwareImage.parse(image)
+    ld = LaunchDigest(ovmf_hash) if ovmf_hash is not None else LaunchDigest()
+    plan = launch_plan(image, vcpus=vcpus, vcpu_sig=vcpu_sig, guest_features=guest_features, hashes=hashes,
+                       include_firmware=ovmf_hash is None)  # fmt: skip
+    return ld.apply(plan)
