@@ -12,6 +12,7 @@ import dataclasses
 import struct
 
 from .._errors import InvalidParameter
+from ..guest._abi import SVSM_VTPM_PROTOCOL
 from ._errors import TransportError
 
 __all__ = [
@@ -33,8 +34,6 @@ __all__ = [
     "decode_vtpm_response",
 ]
 
-#: SVSM protocol number of the vTPM (coconut-svsm.md 2.5).
-SVSM_VTPM_PROTOCOL = 2
 #: Call 0: RCX <- supported platform commands, RDX <- features.
 SVSM_VTPM_QUERY = 0
 #: Call 1: RCX = GPA of the 4096-byte buffer.
