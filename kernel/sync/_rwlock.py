@@ -1,0 +1,246 @@
+"""Reader-writer lock with COCONUT's state word (coconut-svsm.md 1.6).
+
+One 64-bit word: readers in bits 0-31, writers in bits 32-63.  Readers wait
+while writers != 0; a writer first waits for other writers, increments the
+writer count (so new readers queue behind it) and then waits for the readers to
+drain.  As in COCONUT, a thread that re-takes a read lock while a writer waits
+deadlocks; the order checker does not model that case.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Generic, NamedTuple, TypeVar
+
+from ._errors import LockNotHeld, SelfDeadlock
+from ._lockdep import LockOrderChecker, lock_order_checker
+from ._spinlock import _default_name
+
+__all__ = ["RWLock", "ReadGuard", "WriteGuard", "RWLockStatistics", "READERS_MASK", "WRITER_SHIFT"]
+
+T = TypeVar("T")
+
+READERS_MASK = 0xFFFF_FFFF
+WRITER_SHIFT = 32
+_WRITER_ONE = 1 << WRITER_SHIFT
+
+_get_ident = threading.get_ident
+
+
+class RWLockStatistics(NamedTuple):
+    """Snapshot of one reader-writer lock (immutable)."""
+
+    name: str
+    read_acquisitions: int
+    write_acquisitions: int
+    contentions: int
+    readers: int
+    writer: int | None  #: thread ident of the writer holding it
+
+
+class RWLock(Generic[T]):
+    """Many readers or one writer over ``value``.
+
+    :param value: the protected data.
+    :param name: lock class for the order checker (default: creation site).
+    :param checker: order checker; defaults to :func:`lock_order_checker`.
+    """
+
+    __slots__ = (
+        "_value", "name", "_checker", "_mutex", "_cond", "_state", "_waiters",
+        "_writer", "_reads", "_writes", "_contentions",
+    )
+
+    def __init__(self, value: T = None, *, name: str | None = None,  # type: ignore[assignment]
+                 checker: LockOrderChecker | None = None) -> None:
+        self._value = value
+        self.name = name or _default_name()
+        self._checker = checker or lock_order_checker()
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        self._state = 0
+        self._waiters = 0
+        self._writer: int | None = None
+        self._reads = 0
+        self._writes = 0
+        self._contentions = 0
+
+    @property
+    def state(self) -> int:
+        """The raw word: readers | writers << 32."""
+        return self._state
+
+    def read(self) -> ReadGuard[T]:
+        """Take a shared lock, waiting while a writer holds or waits.
+
+        :raises SelfDeadlock: the calling thread holds the write lock.
+        :raises LockOrderViolation: order inversion (checker on).
+        """
+        if self._writer == _get_ident():
+            raise SelfDeadlock(f"{self.name}: read lock while holding the write lock")
+        checker = self._checker
+        if checker.enabled:
+            checker.before_acquire(self, self.name)
+        with self._mutex:
+            if self._state >> WRITER_SHIFT:
+                self._contentions += 1
+                self._waiters += 1
+                while self._state >> WRITER_SHIFT:
+                    self._cond.wait()
+                self._waiters -= 1
+            self._state += 1
+            self._reads += 1
+        if checker.enabled:
+            checker.acquired(self, self.name)
+        return ReadGuard(self)
+
+    def try_read(self) -> ReadGuard[T] | None:
+        """Shared lock if no writer holds or waits, else ``None`` (never waits)."""
+        with self._mutex:
+            if self._state >> WRITER_SHIFT:
+                return None
+            self._state += 1
+            self._reads += 1
+        if self._checker.enabled:
+            self._checker.acquired(self, self.name)
+        return ReadGuard(self)
+
+    def write(self) -> WriteGuard[T]:
+        """Take the exclusive lock: wait out other writers, then drain the readers.
+
+        :raises SelfDeadlock: the calling thread already holds the write lock.
+        :raises LockOrderViolation: order inversion (checker on).
+        """
+        me = _get_ident()
+        if self._writer == me:
+            raise SelfDeadlock(f"{self.name}: write lock taken twice")
+        checker = self._checker
+        if checker.enabled:
+            checker.before_acquire(self, self.name)
+        with self._mutex:
+            if self._state:
+                self._contentions += 1
+            self._waiters += 1
+            while self._state >> WRITER_SHIFT:
+                self._cond.wait()
+            self._state += _WRITER_ONE
+            while self._state & READERS_MASK:
+                self._cond.wait()
+            self._waiters -= 1
+            self._writes += 1
+        self._writer = me
+        if checker.enabled:
+            checker.acquired(self, self.name)
+        return WriteGuard(self)
+
+    def try_write(self) -> WriteGuard[T] | None:
+        """Exclusive lock if the lock is entirely free, else ``None``."""
+        with self._mutex:
+            if self._state:
+                return None
+            self._state = _WRITER_ONE
+            self._writes += 1
+        self._writer = _get_ident()
+        if self._checker.enabled:
+            self._checker.acquired(self, self.name)
+        return WriteGuard(self)
+
+    def _read_unlock(self) -> None:
+        if self._checker.enabled:
+            self._checker.released(self)
+        with self._mutex:
+            if not self._state & READERS_MASK:
+                raise LockNotHeld(f"{self.name}: read unlock without readers")
+            self._state -= 1
+            if self._waiters and not self._state & READERS_MASK:
+                self._cond.notify_all()
+
+    def _write_unlock(self) -> None:
+        if self._writer != _get_ident():
+            raise LockNotHeld(f"{self.name}: write unlock by thread {_get_ident()}, writer {self._writer}")
+        self._writer = None
+        if self._checker.enabled:
+            self._checker.released(self)
+        with self._mutex:
+            self._state -= _WRITER_ONE
+            if self._waiters:
+                self._cond.notify_all()
+
+    @property
+    def writer(self) -> int | None:
+        """Thread ident of the writer, or ``None``."""
+        return self._writer
+
+    def statistics(self) -> RWLockStatistics:
+        """Acquisition and contention counts plus the current holders."""
+        return RWLockStatistics(self.name, self._reads, self._writes, self._contentions,
+                                self._state & READERS_MASK, self._writer)
+
+    def __repr__(self) -> str:
+        return f"<RWLock {self.name} state={self._state:#x}>"
+
+
+class _RWGuard(Generic[T]):
+    __slots__ = ("_lock", "_held")
+
+    def __init__(self, lock: RWLock[T]) -> None:
+        self._lock = lock
+        self._held = True
+
+    @property
+    def value(self) -> T:
+        """The protected data."""
+        if not self._held:
+            raise LockNotHeld(f"guard of {self._lock.name} used after release")
+        return self._lock._value
+
+    def release(self) -> None:
+        """Release now.
+
+        :raises LockNotHeld: already released.
+        """
+        if not self._held:
+            raise LockNotHeld(f"guard of {self._lock.name} released twice")
+        self._held = False
+        self._unlock()
+
+    def _unlock(self) -> None:
+        raise LockNotHeld("abstract guard")  # pragma: no cover - subclasses override
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held:
+            self.release()
+
+
+class ReadGuard(_RWGuard[T]):
+    """Shared access to an :class:`RWLock`'s value (do not mutate it)."""
+
+    __slots__ = ()
+
+    def _unlock(self) -> None:
+        self._lock._read_unlock()
+
+
+class WriteGuard(_RWGuard[T]):
+    """Exclusive access to an :class:`RWLock`'s value."""
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> T:
+        """The protected data."""
+        if not self._held:
+            raise LockNotHeld(f"guard of {self._lock.name} used after release")
+        return self._lock._value
+
+    @value.setter
+    def value(self, new: T) -> None:
+        if not self._held:
+            raise LockNotHeld(f"guard of {self._lock.name} used after release")
+        self._lock._value = new
+
+    def _unlock(self) -> None:
+        self._lock._write_unlock()
