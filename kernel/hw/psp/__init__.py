@@ -7,11 +7,12 @@ and derived keys.
 
 Entry points for the rest of kernel/hw:
 
-* launch: ``fw = SnpFirmware(Chip.load_or_create(state_dir))``; ``ctx = fw.launch_start()``;
-  for each :class:`LaunchUpdate` of :func:`launch_plan` call ``fw.launch_update(ctx, type,
-  gpa, data)`` (or ``launch_update_normal`` for runs of NORMAL pages) and write the returned
-  page into guest memory with the firmware-privileged API (RMP: assigned to the guest,
-  validated, VMSA bit for VMSA pages); then ``fw.launch_finish(ctx)``.
+* launch: ``fw = SnpFirmware(Chip.load_or_create(state_dir))``;
+  ``result = launch(fw, launch_plan(FirmwareImage.parse(data), vcpus=..., vcpu_sig=...),
+  write=writer)``.  ``writer(page_type, gpa, data, vcpu)`` places each page in guest memory
+  with the firmware-privileged API (RMP: assigned to the guest, validated, VMSA bit for VMSA
+  pages).  Step by step: ``fw.launch_start()``, ``fw.launch_update(ctx, type, gpa, data)``
+  (returns the page bytes to write; the SECRETS page gets VMPCKs), ``fw.launch_finish(ctx)``.
 * guest request (the hypervisor's GUEST_REQUEST / EXT_GUEST_REQUEST handlers):
   ``response_page = fw.guest_request(ctx, request_page_bytes)``; errors raise
   :class:`PspError` (``fw_error`` -> SW_EXITINFO2[31:0]); for the extended request
@@ -33,6 +34,9 @@ from ._firmware import PspStatistics as PspStatistics
 from ._firmware import SnpFirmware as SnpFirmware
 from ._firmware import VmmError as VmmError
 from ._hashes import SevHashes as SevHashes
+from ._launch import LaunchResult as LaunchResult
+from ._launch import PageWriter as PageWriter
+from ._launch import launch as launch
 from ._measure import PAGE_INFO as PAGE_INFO
 from ._measure import VMSA_GPA as VMSA_GPA
 from ._measure import LaunchDigest as LaunchDigest
@@ -44,6 +48,7 @@ from ._ovmf import FirmwareImage as FirmwareImage
 from ._ovmf import FirmwareImageError as FirmwareImageError
 from ._ovmf import SectionType as SectionType
 from ._ovmf import SevMetadataSection as SevMetadataSection
+from ._ovmf import build_image as build_image
 from ._ovmf import build_metadata as build_metadata
 from ._ovmf import build_table as build_table
 from ._vmsa import CPU_SIGS as CPU_SIGS
@@ -52,8 +57,8 @@ from ._vmsa import cpu_sig as cpu_sig
 
 __all__ = [
     "CPU_SIGS", "Chip", "ChipProduct", "FirmwareImage", "FirmwareImageError", "FwError",
-    "GuestContext", "LaunchDigest", "LaunchState", "LaunchUpdate", "PAGE_INFO", "PRODUCTS",
+    "GuestContext", "LaunchDigest", "LaunchResult", "LaunchState", "LaunchUpdate", "PageWriter", "PAGE_INFO", "PRODUCTS",
     "PageType", "PspError", "PspStatistics", "SectionType", "SevHashes", "SevMetadataSection",
-    "SnpFirmware", "VMSA_GPA", "VmmError", "build_metadata", "build_reset_vmsa", "build_table",
-    "calc_launch_digest", "cpu_sig", "default_state_dir", "launch_plan",
+    "SnpFirmware", "VMSA_GPA", "VmmError", "build_image", "build_metadata", "build_reset_vmsa", "build_table",
+    "calc_launch_digest", "cpu_sig", "default_state_dir", "launch", "launch_plan",
 ]  # fmt: skip

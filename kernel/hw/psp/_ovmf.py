@@ -19,6 +19,9 @@ from svsm.sdk import InvalidFormat
 __all__ = [
     "FOUR_GB",
     "FirmwareImage",
+    "build_image",
+    "build_metadata",
+    "build_table",
     "FirmwareImageError",
     "SEV_METADATA_DESC",
     "SEV_METADATA_HEADER",
@@ -205,4 +208,42 @@ def build_metadata(sections: list[tuple[int, int, int]]) -> bytes:
     return head + b"".join(SEV_METADATA_DESC.pack(*s) for s in sections)
 
 
-__all__ += ["build_metadata", "build_table"]
+
+def build_image(
+    size: int = 0x10000,
+    *,
+    reset_eip: int | None = 0xFFFFF004,
+    sections: list[tuple[int, int, int]] | None = None,
+    hashes_gpa: int | None = None,
+    fill: bytes = b"\x90",
+) -> bytes:
+    """A minimal OVMF-style image accepted by QEMU's and sev-snp-measure's parsers (snp.md 3.7).
+
+    :param size: image size (a multiple of 4 KiB, >= 8 KiB).
+    :param reset_eip: SEV-ES reset block EIP (``None``: no reset block).
+    :param sections: SEV metadata items ``(gpa, size, type)`` (``None``: no metadata entry).
+    :param hashes_gpa: GPA for the SEV hash table entry (``None``: no entry).
+    :param fill: byte pattern for the body (so pages differ from zero pages).
+    """
+    if size % PAGE_SIZE or size < 2 * PAGE_SIZE:
+        raise ValueError("size must be a multiple of 4096 and at least 8 KiB")
+    body = bytearray((fill * (size // len(fill) + 1))[:size])
+    meta_off = None
+    if sections is not None:
+        meta = build_metadata(sections)
+        meta_at = PAGE_SIZE  # metadata lives in the second page of the image
+        body[meta_at : meta_at + len(meta)] = meta
+        meta_off = size - meta_at
+    entries: list[tuple[uuid.UUID, bytes]] = []
+    if reset_eip is not None:
+        entries.append((SEV_ES_RESET_BLOCK_GUID, struct.pack("<I", reset_eip)))
+    if meta_off is not None:
+        entries.append((OVMF_SEV_META_DATA_GUID, struct.pack("<I", meta_off)))
+    if hashes_gpa is not None:
+        entries.append((SEV_HASH_TABLE_RV_GUID, struct.pack("<II", hashes_gpa, 0x400)))
+    table = build_table(entries)
+    end = size - _TAIL
+    body[end - len(table) : end] = table
+    body[end:] = bytes(_TAIL)
+    return bytes(body)
+

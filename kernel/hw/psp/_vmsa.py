@@ -2,32 +2,14 @@
 
 snp.md 3.3 gives the register values (QEMU VMM type); section 6 the offsets.  The page is
 measured as a VMSA page, so these bytes must be exactly QEMU's (checked against
-sev-snp-measure's ``--dump-vmsa`` in the tests).  Only the fields QEMU sets are declared;
-kernel/hw owns the full VMSA structure.
+sev-snp-measure's ``--dump-vmsa`` in the tests).  The layout is kernel/hw's VMSA.
 """
 
 from __future__ import annotations
 
-import struct
+from .._vmsa import VMSA, SegmentRecord
 
-__all__ = ["CPU_SIGS", "RESET_VMSA_FIELDS", "build_reset_vmsa", "cpu_sig"]
-
-PAGE_SIZE = 4096
-
-#: Segment register record: selector u16, attrib u16, limit u32, base u64 (snp.md 6).
-_SEGMENT = struct.Struct("<HHIQ")
-assert _SEGMENT.size == 16
-
-#: The fields QEMU's reset VMSA sets: name -> (offset, struct code), snp.md section 6.
-RESET_VMSA_FIELDS: dict[str, tuple[int, str]] = {
-    "es": (0x000, "seg"), "cs": (0x010, "seg"), "ss": (0x020, "seg"), "ds": (0x030, "seg"),
-    "fs": (0x040, "seg"), "gs": (0x050, "seg"), "gdtr": (0x060, "seg"), "ldtr": (0x070, "seg"),
-    "idtr": (0x080, "seg"), "tr": (0x090, "seg"), "vmpl": (0x0CA, "B"), "efer": (0x0D0, "Q"),
-    "cr4": (0x148, "Q"), "cr0": (0x158, "Q"), "dr7": (0x160, "Q"), "dr6": (0x168, "Q"),
-    "rflags": (0x170, "Q"), "rip": (0x178, "Q"), "g_pat": (0x268, "Q"), "rdx": (0x310, "Q"),
-    "sev_features": (0x3B0, "Q"), "xcr0": (0x3E8, "Q"), "mxcsr": (0x408, "I"),
-    "x87_fcw": (0x410, "H"),
-}  # fmt: skip
+__all__ = ["CPU_SIGS", "build_reset_vmsa", "cpu_sig"]
 
 
 def cpu_sig(family: int, model: int, stepping: int) -> int:
@@ -55,35 +37,29 @@ assert CPU_SIGS["EPYC-Milan"] == 0xA00F11 and CPU_SIGS["EPYC-Genoa"] == 0xA10F10
 assert CPU_SIGS["EPYC-Turin"] == 0xB00F00
 
 
-def _put(page: bytearray, name: str, value: int | tuple[int, int, int, int]) -> None:
-    off, code = RESET_VMSA_FIELDS[name]
-    if code == "seg":
-        _SEGMENT.pack_into(page, off, *value)  # type: ignore[misc]
-    else:
-        struct.pack_into("<" + code, page, off, value)
-
-
 def build_reset_vmsa(eip: int, vcpu_sig: int, sev_features: int) -> bytes:
     """The reset-state VMSA QEMU launches a vCPU with (snp.md 3.3, QEMU VMM type).
+
+    Built on kernel/hw's :class:`VMSA` layout (declared once there).
 
     :param eip: BSP: 0xFFFFFFF0; APs: the SEV-ES reset block's EIP.
     :param vcpu_sig: CPUID 1 EAX, placed in RDX.
     :param sev_features: the guest's SEV_FEATURES (bit 0 SNPActive must be set for SNP).
     :returns: one 4 KiB page.
     """
-    page = bytearray(PAGE_SIZE)
+    vmsa = VMSA()
     for seg in ("es", "ss", "ds", "fs", "gs"):
-        _put(page, seg, (0, 0x93, 0xFFFF, 0))
-    _put(page, "cs", (0xF000, 0x9B, 0xFFFF, eip & 0xFFFF0000))
-    _put(page, "gdtr", (0, 0, 0xFFFF, 0))
-    _put(page, "idtr", (0, 0, 0xFFFF, 0))
-    _put(page, "ldtr", (0, 0x82, 0xFFFF, 0))
-    _put(page, "tr", (0, 0x8B, 0xFFFF, 0))
+        setattr(vmsa, seg, SegmentRecord(0, 0x93, 0xFFFF, 0))
+    vmsa.cs = SegmentRecord(0xF000, 0x9B, 0xFFFF, eip & 0xFFFF0000)
+    vmsa.gdtr = SegmentRecord(0, 0, 0xFFFF, 0)
+    vmsa.idtr = SegmentRecord(0, 0, 0xFFFF, 0)
+    vmsa.ldtr = SegmentRecord(0, 0x82, 0xFFFF, 0)
+    vmsa.tr = SegmentRecord(0, 0x8B, 0xFFFF, 0)
     for name, value in (
         ("efer", 0x1000), ("cr4", 0x40), ("cr0", 0x10), ("dr7", 0x400), ("dr6", 0xFFFF0FF0),
         ("rflags", 0x2), ("rip", eip & 0xFFFF), ("g_pat", 0x0007040600070406), ("rdx", vcpu_sig),
         ("sev_features", sev_features), ("xcr0", 0x1), ("mxcsr", 0x1F80), ("x87_fcw", 0x37F),
         ("vmpl", 0),
     ):  # fmt: skip
-        _put(page, name, value)
-    return bytes(page)
+        setattr(vmsa, name, value)
+    return bytes(vmsa)
