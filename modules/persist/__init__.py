@@ -1,3 +1,47 @@
-"""svsm.modules.persist."""
+"""svsm.modules.persist -- sealed, crash-safe, tamper-evident state with rollback and clone detection.
 
-__all__: list[str] = []
+The store core (:class:`Store`) runs over any block device (:class:`BlockIO`) with a PSP-derived
+sealing key, an injected clock and RNG, and an optional freshness anchor.  See docs/persist.md.
+"""
+
+from ._errors import AnchorError as AnchorError
+from ._errors import AnchorRequired as AnchorRequired
+from ._errors import BadKey as BadKey
+from ._errors import CloneDetected as CloneDetected
+from ._errors import IntegrityError as IntegrityError
+from ._errors import PersistError as PersistError
+from ._errors import QuotaExceeded as QuotaExceeded
+from ._errors import RollbackDetected as RollbackDetected
+from ._errors import StoreFull as StoreFull
+from ._errors import StoreUnavailable as StoreUnavailable
+from ._store import DEFAULT_QUOTA as DEFAULT_QUOTA
+from ._store import MAX_VALUE as MAX_VALUE
+from ._store import BlockIO as BlockIO
+from ._store import Delete as Delete
+from ._store import FreshnessAnchor as FreshnessAnchor
+from ._store import Put as Put
+from ._store import Quota as Quota
+from ._store import Store as Store
+from ._store import StoreStatistics as StoreStatistics
+
+__all__ = [
+    "DEFAULT_QUOTA",
+    "MAX_VALUE",
+    "AnchorError",
+    "AnchorRequired",
+    "BadKey",
+    "BlockIO",
+    "CloneDetected",
+    "Delete",
+    "FreshnessAnchor",
+    "IntegrityError",
+    "PersistError",
+    "Put",
+    "Quota",
+    "QuotaExceeded",
+    "RollbackDetected",
+    "Store",
+    "StoreFull",
+    "StoreStatistics",
+    "StoreUnavailable",
+]
