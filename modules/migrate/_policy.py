@@ -1,0 +1,79 @@
+"""Who may receive (or send) a guest: the peer-verification policy of the migration channel.
+
+The default is the strictest useful one: the peer must run exactly the same SVSM
+measurement as this one, under the same pinned AMD root key, at VMPL0, without the
+DEBUG policy bit.  An allow-list widens the measurement check for planned upgrades.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hmac
+from collections.abc import Callable
+
+from cryptography import x509
+
+from svsm.sdk.attestation import AttestationReport, load_chain, verify_report
+
+from ._channel import ChannelError, Evidence
+
+__all__ = ["MeasurementPolicy", "make_verifier"]
+
+_POLICY_DEBUG = 1 << 19
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasurementPolicy:
+    """Launch measurements a peer may have.
+
+    :ivar allowed: 48-byte measurements accepted (by default: this SVSM's own).
+    :ivar allow_debug: accept a peer whose guest policy allows debugging (never by default).
+    """
+
+    allowed: frozenset[bytes]
+    allow_debug: bool = False
+
+    @classmethod
+    def same_as(cls, measurement: bytes, *extra: bytes) -> MeasurementPolicy:
+        """The default policy: the peer runs the same measurement (plus ``extra``)."""
+        return cls(frozenset((measurement, *extra)))
+
+
+def _der(pem: bytes) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+
+
+def make_verifier(
+    pinned_ark_pem: bytes,
+    policy: MeasurementPolicy,
+    *,
+    now: Callable[[], datetime.datetime] | None = None,
+) -> Callable[[Evidence, bytes], AttestationReport]:
+    """Build the channel's peer verifier.
+
+    :param pinned_ark_pem: the AMD root key this side trusts; the peer's ARK must be identical.
+    :param policy: accepted measurements.
+    :param now: clock for certificate validity (injected).
+    :returns: ``verify(evidence, expected_report_data) -> AttestationReport``.
+    """
+    pinned = _der(pinned_ark_pem)
+
+    def verify(evidence: Evidence, expected: bytes) -> AttestationReport:
+        if not hmac.compare_digest(_der(evidence.ark_pem), pinned):
+            raise ChannelError("peer attestation rejected")
+        chain = load_chain(evidence.ark_pem, evidence.ask_pem, evidence.vcek_pem)
+        report = verify_report(evidence.report, chain, now=now() if now else None)
+        if not hmac.compare_digest(report.report_data, expected):
+            raise ChannelError("peer attestation rejected")
+        if report.vmpl != 0:
+            raise ChannelError("peer attestation rejected")
+        if report.policy & _POLICY_DEBUG and not policy.allow_debug:
+            raise ChannelError("peer attestation rejected")
+        if not any(hmac.compare_digest(report.measurement, m) for m in policy.allowed):
+            raise ChannelError("peer attestation rejected")
+        return report
+
+    return verify
