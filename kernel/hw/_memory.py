@@ -1,0 +1,138 @@
+"""Sparse system-physical memory with SEV memory encryption (AES-XTS tweaked by address).
+
+Observable model (DESIGN.md "The simulated platform"): DRAM holds bytes; a guest access with
+C=1 goes through the guest's key, tweaked by the system-physical address (AES-XTS stands in for
+SEV's XEX mode); an access with C=0, and every host access, sees DRAM as it is.
+
+To keep the hot path cheap, a page is *stored* in one of two forms:
+
+* **plaintext form** (sfn in ``_plain``): the bytes a C=1 guest read returns; DRAM content is
+  ``XTS_encrypt(key, tweak=spa, bytes)``, computed only when somebody observes raw DRAM;
+* **raw form**: the DRAM bytes themselves.
+
+A page absent from the store is raw zeros.  Conversions happen only when a write needs the other
+form, so the guest's private traffic never touches AES, and what anyone can observe is the same as
+if every private write had been encrypted immediately.  Per-page state is one ``bytearray`` and
+one set membership; a 64 GiB guest with nothing touched costs a few dicts.
+
+This module does no access checks: it is the memory controller.  RMP checks live in
+:mod:`._views` and :mod:`._rmp`.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from ._constants import PAGE_SHIFT, PAGE_SIZE
+
+__all__ = ["PhysicalMemory", "MemoryStatistics"]
+
+from typing import NamedTuple
+
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+class MemoryStatistics(NamedTuple):
+    """Counters of :class:`PhysicalMemory` (house rule 10)."""
+
+    size: int
+    backed_pages: int
+    plaintext_form_pages: int
+    encryptions: int
+    decryptions: int
+
+
+class PhysicalMemory:
+    """System-physical memory of one machine, sparse, page-granular.
+
+    :param size: bytes of memory (multiple of 4 KiB).
+    :param key: 64-byte AES-256-XTS key of the guest (two distinct 32-byte halves).
+    """
+
+    __slots__ = ("size", "npages", "_pages", "_plain", "_key", "encryptions", "decryptions")
+
+    def __init__(self, size: int, key: bytes) -> None:
+        if size <= 0 or size % PAGE_SIZE:
+            raise ValueError(f"memory size {size:#x} must be a positive multiple of 4 KiB")
+        if len(key) != 64 or key[:32] == key[32:]:
+            raise ValueError("AES-XTS key must be 64 bytes with two different halves")
+        self.size = size
+        self.npages = size >> PAGE_SHIFT
+        self._pages: dict[int, bytearray] = {}
+        self._plain: set[int] = set()
+        self._key = key
+        self.encryptions = 0
+        self.decryptions = 0
+
+    # -- crypto ------------------------------------------------------------------------------
+    def _xts(self, sfn: int, data: bytes, encrypt: bool) -> bytes:
+        tweak = (sfn << PAGE_SHIFT).to_bytes(16, "little")
+        cipher = Cipher(algorithms.AES(self._key), modes.XTS(tweak))
+        ctx = cipher.encryptor() if encrypt else cipher.decryptor()
+        if encrypt:
+            self.encryptions += 1
+        else:
+            self.decryptions += 1
+        return ctx.update(data) + ctx.finalize()
+
+    def check_sfn(self, sfn: int) -> None:
+        """:raises ValueError: ``sfn`` is not a page of this memory (a simulator bug, not a fault)."""
+        if not 0 <= sfn < self.npages:
+            raise ValueError(f"system frame {sfn:#x} outside memory")
+
+    # -- plaintext (C=1) side ------------------------------------------------------------------
+    def plaintext_page(self, sfn: int) -> bytearray:
+        """Return the live plaintext-form page for ``sfn``, converting it if needed.
+
+        The returned bytearray *is* the page: writes to it are C=1 writes.  Used by the VMSA
+        accessors and the C=1 access paths; never hand it to untrusted code.
+        """
+        if sfn in self._plain:
+            return self._pages[sfn]
+        raw = self._pages.get(sfn)
+        page = bytearray(self._xts(sfn, bytes(raw) if raw is not None else _ZERO_PAGE, False))
+        self._pages[sfn] = page
+        self._plain.add(sfn)
+        return page
+
+    def read_plain(self, sfn: int, offset: int, length: int) -> bytes:
+        """C=1 read of ``length`` bytes at ``offset`` inside page ``sfn``."""
+        if sfn in self._plain:
+            return bytes(self._pages[sfn][offset : offset + length])
+        return bytes(self.plaintext_page(sfn)[offset : offset + length])
+
+    def write_plain(self, sfn: int, offset: int, data: bytes) -> None:
+        """C=1 write inside page ``sfn``."""
+        if sfn in self._plain:
+            self._pages[sfn][offset : offset + len(data)] = data
+        else:
+            self.plaintext_page(sfn)[offset : offset + len(data)] = data
+
+    # -- raw (C=0 / host / DMA) side -------------------------------------------------------------
+    def read_raw(self, sfn: int, offset: int, length: int) -> bytes:
+        """What DRAM holds: ciphertext for plaintext-form pages, bytes as stored otherwise."""
+        page = self._pages.get(sfn)
+        if page is None:
+            return bytes(length)
+        if sfn in self._plain:
+            return self._xts(sfn, bytes(page), True)[offset : offset + length]
+        return bytes(page[offset : offset + length])
+
+    def write_raw(self, sfn: int, offset: int, data: bytes) -> None:
+        """Write DRAM directly (C=0 guest write, host write, DMA)."""
+        page = self._pages.get(sfn)
+        if page is None:
+            page = self._pages[sfn] = bytearray(PAGE_SIZE)
+        elif sfn in self._plain:
+            page[:] = self._xts(sfn, bytes(page), True)
+            self._plain.discard(sfn)
+        page[offset : offset + len(data)] = data
+
+    def discard(self, sfn: int) -> None:
+        """Drop the page's backing: DRAM reads as zeros again (a freshly allocated host page)."""
+        self._pages.pop(sfn, None)
+        self._plain.discard(sfn)
+
+    def statistics(self) -> MemoryStatistics:
+        """Snapshot of the counters."""
+        return MemoryStatistics(self.size, len(self._pages), len(self._plain), self.encryptions, self.decryptions)

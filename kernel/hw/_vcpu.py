@@ -1,0 +1,299 @@
+"""vCPUs: per-VMPL VMSAs, the guest-side RMP instructions, VMGEXIT and VMPL switching.
+
+Execution model (docs/dev/CONTRACTS.md): a vCPU is driven by the host thread that calls into it.
+Guest code runs on that thread at :attr:`Vcpu.vmpl`.  ``VMGEXIT`` hands the event to the
+hypervisor on the same thread.  When the hypervisor services RUN_VMPL to a VMPL that has a
+registered *entry* (the SVSM registers its request-loop step for VMPL0), :meth:`Vcpu.run_vmpl`
+switches the vCPU to that VMPL (VMRUN checks included), calls the entry, and when the entry
+returns -- or the SVSM asked RUN_VMPL back to the suspended VMPL -- switches back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+from ._constants import (
+    MSR_GHCB,
+    MSR_SEV_STATUS,
+    NPF_ENC,
+    NPF_SIZEM,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PAGE_SIZE_2M,
+    PF_PRESENT,
+    PF_RMP,
+    SEV_FEATURE_ALTERNATE_INJECTION,
+    SEV_FEATURE_RESTRICTED_INJECTION,
+    SEV_FEATURE_SNP_ACTIVE,
+    SEV_STATUS_SEV,
+    SEV_STATUS_SEV_ES,
+    SEV_STATUS_SNP,
+    VC_PAGE_NOT_VALIDATED,
+    VMPL_COUNT,
+    PvalidateResult,
+    RmpadjustResult,
+    RmpPageSize,
+)
+from ._errors import NestedPageFault, VmmCommunicationException, VmrunError
+from ._rmp import A, ASID_MASK, ASID_SHIFT, PS, VAL, VMSA, InstructionResult
+from ._views import GuestView
+from ._vmsa import VmsaView
+
+if TYPE_CHECKING:
+    from ._platform import Platform
+
+__all__ = ["Vcpu", "VmplEntry", "VcpuStatistics"]
+
+log = logging.getLogger(__name__)
+
+#: What the SVSM registers per VMPL: called with the vCPU, on the thread that ran RUN_VMPL.
+VmplEntry = Callable[["Vcpu"], None]
+
+
+class VcpuStatistics(NamedTuple):
+    """Counters of one vCPU."""
+
+    vmgexits: int
+    vmpl_switches: int
+    pvalidates: int
+    rmpadjusts: int
+
+
+class Vcpu:
+    """One virtual CPU of the guest.
+
+    :param platform: the machine.
+    :param index: vCPU index (0 = BSP).
+    :param apic_id: the APIC ID the hypervisor and guest use to name it.
+    """
+
+    def __init__(self, platform: Platform, index: int, apic_id: int) -> None:
+        self.platform = platform
+        self.index = index
+        self.apic_id = apic_id
+        #: System frame of the VMSA for each VMPL (the hypervisor's per-VMPL VMCB pointer).
+        self.vmsa_sfn: list[int | None] = [None] * VMPL_COUNT
+        #: GHCB MSR (0xC001_0130) content per VMPL.
+        self.ghcb_msr: list[int] = [0] * VMPL_COUNT
+        #: VMPL currently executing, or None when the vCPU is not running.
+        self.vmpl: int | None = None
+        self._entries: dict[int, VmplEntry] = {}
+        self._stack: list[int] = []
+        self._return_requested = False
+        self._views = [GuestView(platform, v, index) for v in range(VMPL_COUNT)]
+        self._lock = threading.RLock()
+        self.n_vmgexit = self.n_switch = self.n_pvalidate = self.n_rmpadjust = 0
+
+    def __repr__(self) -> str:
+        return f"<Vcpu {self.index} apic={self.apic_id} vmpl={self.vmpl}>"
+
+    # -- state ----------------------------------------------------------------------------------
+    def view(self, vmpl: int | None = None) -> GuestView:
+        """The memory view of code running on this vCPU at ``vmpl`` (default: current VMPL)."""
+        return self._views[self._vmpl(vmpl)]
+
+    def vmsa(self, vmpl: int | None = None) -> VmsaView:
+        """Register accessors of the VMSA for ``vmpl`` (default: current VMPL).
+
+        :raises VmrunError: no VMSA is installed for that VMPL.
+        """
+        v = self._vmpl(vmpl)
+        sfn = self.vmsa_sfn[v]
+        if sfn is None:
+            raise VmrunError(f"vCPU {self.index} has no VMSA for VMPL{v}")
+        return VmsaView(self.platform.memory, sfn)
+
+    def set_vmsa(self, vmpl: int, sfn: int | None) -> None:
+        """Install (or remove) the VMSA page for ``vmpl``: a hypervisor/firmware operation."""
+        if not 0 <= vmpl < VMPL_COUNT:
+            raise ValueError(f"VMPL {vmpl} out of range")
+        self.vmsa_sfn[vmpl] = sfn
+
+    def register_vmpl_entry(self, vmpl: int, entry: VmplEntry) -> None:
+        """Register the code that runs when this vCPU is switched to ``vmpl``.
+
+        The SVSM registers its request-loop step for VMPL0.  ``entry(vcpu)`` runs on the thread
+        that issued RUN_VMPL; returning from it resumes the VMPL that was suspended.
+        """
+        if not 0 <= vmpl < VMPL_COUNT:
+            raise ValueError(f"VMPL {vmpl} out of range")
+        self._entries[vmpl] = entry
+
+    def unregister_vmpl_entry(self, vmpl: int) -> None:
+        """Remove the entry for ``vmpl`` (no-op if none)."""
+        self._entries.pop(vmpl, None)
+
+    @property
+    def return_requested(self) -> bool:
+        """True once the running entry's VMPL asked RUN_VMPL back to the suspended VMPL.
+
+        An entry that loops (e.g. the SVSM request loop) returns when it sees this.
+        """
+        return self._return_requested
+
+    def has_entry(self, vmpl: int) -> bool:
+        """Whether an entry is registered for ``vmpl``."""
+        return vmpl in self._entries
+
+    def _vmpl(self, vmpl: int | None) -> int:
+        if vmpl is None:
+            if self.vmpl is None:
+                raise VmrunError(f"vCPU {self.index} is not running")
+            return self.vmpl
+        if not 0 <= vmpl < VMPL_COUNT:
+            raise ValueError(f"VMPL {vmpl} out of range")
+        return vmpl
+
+    # -- VMRUN / VMPL switching -----------------------------------------------------------------
+    def _vmrun_check(self, vmpl: int) -> int:
+        """VMRUN's checks of the VMSA for ``vmpl`` (snp.md 5.4, 6); returns its frame."""
+        sfn = self.vmsa_sfn[vmpl]
+        if sfn is None:
+            raise VmrunError(f"vCPU {self.index}: no VMSA for VMPL{vmpl}")
+        e, _ = self.platform.rmp.raw(sfn)
+        if not e & A or (e & ASID_MASK) >> ASID_SHIFT != self.platform.asid or not e & VMSA:
+            raise VmrunError(f"vCPU {self.index}: page {sfn:#x} is not an RMP VMSA page of this guest")
+        view = VmsaView(self.platform.memory, sfn)
+        if view.vmpl != vmpl:
+            raise VmrunError(f"VMSA at {sfn:#x} says VMPL{view.vmpl}, expected VMPL{vmpl}")
+        feats = view.sev_features
+        if not feats & SEV_FEATURE_SNP_ACTIVE:
+            raise VmrunError("SEV_FEATURES.SNPActive is clear")
+        if feats & SEV_FEATURE_RESTRICTED_INJECTION and feats & SEV_FEATURE_ALTERNATE_INJECTION:
+            raise VmrunError("RestrictedInjection and AlternateInjection are mutually exclusive")
+        return sfn
+
+    def _switch(self, vmpl: int | None) -> None:
+        rmp = self.platform.rmp
+        if self.vmpl is not None and self.vmsa_sfn[self.vmpl] is not None:
+            rmp.set_busy(self.vmsa_sfn[self.vmpl], False)  # type: ignore[arg-type]
+        if vmpl is not None:
+            rmp.set_busy(self._vmrun_check(vmpl), True)
+        self.vmpl = vmpl
+        self.n_switch += 1
+
+    def vmrun(self, vmpl: int) -> None:
+        """Start (or resume) executing at ``vmpl`` on the calling thread, without an entry call.
+
+        The boot path uses this to "become" the BSP at VMPL0, and the guest harness to become
+        the guest at its VMPL.
+
+        :raises VmrunError: the VMSA for ``vmpl`` fails VMRUN's checks (VMEXIT_INVALID).
+        """
+        with self._lock:
+            self._switch(vmpl)
+
+    def halt(self) -> None:
+        """Stop executing (the vCPU is idle until the next :meth:`vmrun`)."""
+        with self._lock:
+            self._switch(None)
+
+    def run_vmpl(self, vmpl: int) -> None:
+        """Service RUN_VMPL: switch to ``vmpl`` and run it, or return to a suspended VMPL.
+
+        * ``vmpl`` has a registered entry: suspend the current VMPL, VMRUN ``vmpl``, call the
+          entry, then switch back to the suspended VMPL when it returns.
+        * ``vmpl`` is the VMPL suspended by the innermost entry call: remember to return to it
+          as soon as that entry returns (this is the SVSM's "RUN_VMPL back to the guest").
+        * otherwise: plain switch (:meth:`vmrun`), for a harness driving that VMPL itself.
+        """
+        if self._stack and self._stack[-1] == vmpl and vmpl not in self._entries:
+            self._return_requested = True
+            return
+        entry = self._entries.get(vmpl)
+        if entry is None:
+            self.vmrun(vmpl)
+            return
+        prev = self.vmpl
+        self._switch(vmpl)
+        if prev is not None:
+            self._stack.append(prev)
+        try:
+            self._return_requested = False
+            entry(self)
+        finally:
+            self._return_requested = False
+            if prev is not None:
+                self._stack.pop()
+            self._switch(prev)
+
+    # -- MSRs and VMGEXIT -------------------------------------------------------------------------
+    def wrmsr(self, msr: int, value: int) -> None:
+        """Guest WRMSR; only the GHCB MSR is modelled.
+
+        :raises ValueError: any other MSR (the simulation models no others).
+        """
+        if msr != MSR_GHCB:
+            raise ValueError(f"MSR {msr:#x} is not modelled")
+        self.ghcb_msr[self._vmpl(None)] = value & ((1 << 64) - 1)
+
+    def rdmsr(self, msr: int) -> int:
+        """Guest RDMSR of the GHCB MSR or SEV_STATUS (computed from the running VMSA)."""
+        v = self._vmpl(None)
+        if msr == MSR_GHCB:
+            return self.ghcb_msr[v]
+        if msr == MSR_SEV_STATUS:
+            feats = self.vmsa(v).sev_features
+            return SEV_STATUS_SEV | SEV_STATUS_SEV_ES | SEV_STATUS_SNP | ((feats & ~1) << 2)
+        raise ValueError(f"MSR {msr:#x} is not modelled")
+
+    def vmgexit(self) -> None:
+        """VMGEXIT (``rep; vmmcall``): the hypervisor handles the event named by the GHCB MSR.
+
+        Returns when the guest would resume; responses are in the GHCB MSR or the GHCB page.
+        """
+        self._vmpl(None)
+        self.n_vmgexit += 1
+        self.platform.hypervisor.handle_vmgexit(self)
+
+    # -- guest RMP instructions -----------------------------------------------------------------
+    def _owned_entry(self, gpa: int, size: int) -> tuple[int, int]:
+        gfn = gpa >> PAGE_SHIFT
+        view = self._views[0]
+        sfn = view._translate(gfn, gpa, False, True)
+        e, sub = self.platform.rmp.guest_owned(sfn, gfn, self.platform.asid)
+        if not e:
+            raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT)
+        if size == RmpPageSize.SIZE_4K and e & PS:
+            raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT | NPF_SIZEM)
+        return e, sfn - sub
+
+    def pvalidate(self, gpa: int, size: int = RmpPageSize.SIZE_4K, validate: bool = True, *, vmpl: int | None = None) -> InstructionResult:
+        """PVALIDATE (snp.md 5.2) at ``vmpl`` (default: the current VMPL).
+
+        :returns: (EAX, CF): SUCCESS, FAIL_INPUT, FAIL_PERMISSION (above VMPL0),
+            FAIL_SIZEMISMATCH; CF=1 if VALIDATED already had the requested value.
+        :raises NestedPageFault: the page is not this guest's, or SIZEM (4 KiB on a 2 MiB entry).
+        """
+        v = self._vmpl(vmpl)
+        self.n_pvalidate += 1
+        if v != 0:
+            return InstructionResult(PvalidateResult.FAIL_PERMISSION)
+        if size not in (0, 1) or gpa % (PAGE_SIZE_2M if size else PAGE_SIZE):
+            return InstructionResult(PvalidateResult.FAIL_INPUT)
+        e, base = self._owned_entry(gpa, size)
+        return self.platform.rmp.pvalidate(e, base, size, validate)
+
+    def rmpadjust(self, gpa: int, size: int, attrs: int, *, vmpl: int | None = None) -> InstructionResult:
+        """RMPADJUST (snp.md 5.3) at ``vmpl`` (default: the current VMPL).
+
+        :param attrs: RDX: [7:0] target VMPL, [15:8] permissions, bit 16 VMSA.
+        :returns: (EAX, CF=0): SUCCESS, FAIL_INPUT, FAIL_PERMISSION, FAIL_SIZEMISMATCH.
+        :raises NestedPageFault: the page is not this guest's, or SIZEM.
+        :raises VmmCommunicationException: the page is not validated (0x404).
+        """
+        v = self._vmpl(vmpl)
+        self.n_rmpadjust += 1
+        if size not in (0, 1) or gpa % (PAGE_SIZE_2M if size else PAGE_SIZE):
+            return InstructionResult(RmpadjustResult.FAIL_INPUT)
+        e, base = self._owned_entry(gpa, size)
+        if not e & VAL:
+            raise VmmCommunicationException(VC_PAGE_NOT_VALIDATED, gpa)
+        return self.platform.rmp.rmpadjust(e, base, v, size, attrs)
+
+    def statistics(self) -> VcpuStatistics:
+        """Snapshot of this vCPU's counters."""
+        return VcpuStatistics(self.n_vmgexit, self.n_switch, self.n_pvalidate, self.n_rmpadjust)

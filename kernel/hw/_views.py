@@ -1,0 +1,244 @@
+"""Memory access through the RMP checks of snp.md 5.4: the guest view and the host view.
+
+A :class:`GuestView` is what code running on one vCPU at one VMPL can touch; a :class:`HostView`
+is what the hypervisor can touch.  Protocol code reaches guest memory only through these; the
+raw page store (:class:`~._memory.PhysicalMemory`) is for the CPU and the AMD-SP.
+
+Guest access with C=1 (``c_bit=True``), Table 15-39 order: RMP-covered, guest-owned (ASID),
+reverse map (GPA), mutable -> NPF; VALIDATED -> #VC 0x404; VMPL permission -> NPF (VMPL bit).
+Guest write with C=0 to a page that is not hypervisor-owned -> NPF.  Host write to a page that is
+not hypervisor-owned -> #PF with bit 31 (RMP).  Host reads of private pages return ciphertext.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ._constants import (
+    NPF_ENC,
+    NPF_VMPL,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PF_PRESENT,
+    PF_RMP,
+    PF_WRITE,
+    VC_PAGE_NOT_VALIDATED,
+    VmplPermission,
+)
+from ._errors import HostPageFault, NestedPageFault, VmmCommunicationException
+from ._rmp import A, ASID_SHIFT, GFN_SHIFT, PERM_SHIFT, VAL, _OWNER_IGNORE
+
+if TYPE_CHECKING:
+    from ._platform import Platform
+
+__all__ = ["GuestView", "HostView"]
+
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_READ = int(VmplPermission.READ)
+_RW = int(VmplPermission.READ | VmplPermission.WRITE)
+_MASK = PAGE_SIZE - 1
+
+
+class GuestView:
+    """Memory as seen by guest code on ``vcpu_index`` running at ``vmpl``.
+
+    :param platform: the machine.
+    :param vmpl: privilege level the accesses are made at (0 = the SVSM).
+    :param vcpu_index: the vCPU (for fault reporting and statistics only).
+    :raises NestedPageFault: from any access, see module docstring.
+    :raises VmmCommunicationException: access to a private page that is not validated.
+    """
+
+    __slots__ = ("platform", "vmpl", "vcpu_index", "_mem", "_rmp", "_owner_bits", "_perm_shift", "_npages")
+
+    def __init__(self, platform: Platform, vmpl: int, vcpu_index: int = 0) -> None:
+        self.platform = platform
+        self.vmpl = vmpl
+        self.vcpu_index = vcpu_index
+        self._mem = platform.memory
+        self._rmp = platform.rmp
+        self._owner_bits = A | (platform.asid << ASID_SHIFT)
+        self._perm_shift = PERM_SHIFT + 8 * vmpl
+        self._npages = platform.memory.npages
+
+    def _translate(self, gfn: int, gpa: int, write: bool, enc: bool) -> int:
+        """GPA frame -> system frame through the hypervisor's nested page table."""
+        npt = self.platform.npt
+        sfn = npt.get(gfn, gfn) if npt else gfn
+        if sfn is None or not 0 <= gfn < self._npages or not 0 <= sfn < self._npages:
+            raise NestedPageFault(gpa, (PF_WRITE if write else 0) | (NPF_ENC if enc else 0))
+        return sfn
+
+    def _check_private(self, gpa: int, write: bool) -> int:
+        """Run the C=1 checks for the page holding ``gpa``; return its system frame."""
+        gfn = gpa >> PAGE_SHIFT
+        sfn = self._translate(gfn, gpa, write, True)
+        e, sub = self._rmp.raw(sfn)
+        if e & ~_OWNER_IGNORE != self._owner_bits | ((gfn - sub) << GFN_SHIFT):
+            raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT | (PF_WRITE if write else 0))
+        if not e & VAL:
+            raise VmmCommunicationException(VC_PAGE_NOT_VALIDATED, gpa)
+        need = _RW if write else _READ
+        if (e >> self._perm_shift) & need != need:
+            raise NestedPageFault(gpa, PF_RMP | NPF_ENC | NPF_VMPL | PF_PRESENT | (PF_WRITE if write else 0))
+        return sfn
+
+    def read(self, gpa: int, length: int, *, c_bit: bool = True) -> bytes:
+        """Read ``length`` bytes at ``gpa`` (may cross pages).
+
+        :param c_bit: True for a private (encrypted) access, False for shared.
+        """
+        if length < 0:
+            raise ValueError("negative length")
+        off = gpa & _MASK
+        if off + length <= PAGE_SIZE:  # fast path: one page
+            if c_bit:
+                sfn = self._check_private(gpa, False)
+                return self._mem.read_plain(sfn, off, length)
+            sfn = self._translate(gpa >> PAGE_SHIFT, gpa, False, False)
+            return self._mem.read_raw(sfn, off, length)
+        out = bytearray()
+        while length:
+            n = min(length, PAGE_SIZE - (gpa & _MASK))
+            out += self.read(gpa, n, c_bit=c_bit)
+            gpa += n
+            length -= n
+        return bytes(out)
+
+    def write(self, gpa: int, data: bytes, *, c_bit: bool = True) -> None:
+        """Write ``data`` at ``gpa`` (may cross pages; every page is checked before any is written).
+
+        :param c_bit: True for a private (encrypted) access, False for shared.
+        """
+        off = gpa & _MASK
+        if off + len(data) <= PAGE_SIZE:
+            sfn = self._check_write(gpa, c_bit)
+            if c_bit:
+                self._mem.write_plain(sfn, off, data)
+            else:
+                self._mem.write_raw(sfn, off, data)
+            dirty = self.platform.dirty_log
+            if dirty is not None:
+                dirty.add(gpa >> PAGE_SHIFT)
+            return
+        chunks = []
+        pos = 0
+        while pos < len(data):
+            n = min(len(data) - pos, PAGE_SIZE - ((gpa + pos) & _MASK))
+            self._check_write(gpa + pos, c_bit)
+            chunks.append((gpa + pos, data[pos : pos + n]))
+            pos += n
+        for addr, chunk in chunks:
+            self.write(addr, chunk, c_bit=c_bit)
+
+    def _check_write(self, gpa: int, c_bit: bool) -> int:
+        if c_bit:
+            return self._check_private(gpa, True)
+        sfn = self._translate(gpa >> PAGE_SHIFT, gpa, True, False)
+        if self._rmp.raw(sfn)[0] & A:
+            raise NestedPageFault(gpa, PF_RMP | PF_PRESENT | PF_WRITE)
+        return sfn
+
+    def read_u64(self, gpa: int, *, c_bit: bool = True) -> int:
+        """Read a little-endian u64."""
+        return _U64.unpack(self.read(gpa, 8, c_bit=c_bit))[0]  # type: ignore[no-any-return]
+
+    def write_u64(self, gpa: int, value: int, *, c_bit: bool = True) -> None:
+        """Write a little-endian u64."""
+        self.write(gpa, _U64.pack(value), c_bit=c_bit)
+
+    def read_u32(self, gpa: int, *, c_bit: bool = True) -> int:
+        """Read a little-endian u32."""
+        return _U32.unpack(self.read(gpa, 4, c_bit=c_bit))[0]  # type: ignore[no-any-return]
+
+    def write_u32(self, gpa: int, value: int, *, c_bit: bool = True) -> None:
+        """Write a little-endian u32."""
+        self.write(gpa, _U32.pack(value), c_bit=c_bit)
+
+
+class HostView:
+    """Guest memory as the hypervisor sees it: DRAM bytes, writes refused on guest-owned pages.
+
+    Addresses are GPAs translated through the hypervisor's own nested page table (the host maps
+    guest memory the same way it maps it for the guest); ``*_spa`` methods take system addresses.
+
+    :raises HostPageFault: a write to a page whose RMP entry is assigned.
+    """
+
+    __slots__ = ("platform",)
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+
+    def translate(self, gpa: int) -> int:
+        """GPA -> SPA through the nested page table.
+
+        :raises ValueError: the GPA is not backed (a hypervisor bug, not a guest fault).
+        """
+        gfn = gpa >> PAGE_SHIFT
+        npt = self.platform.npt
+        sfn = npt.get(gfn, gfn) if npt else gfn
+        if sfn is None or not 0 <= gfn < self.platform.memory.npages:
+            raise ValueError(f"GPA {gpa:#x} is not mapped")
+        return (sfn << PAGE_SHIFT) | (gpa & _MASK)
+
+    def read_spa(self, spa: int, length: int) -> bytes:
+        """Read DRAM at a system address (ciphertext for private pages)."""
+        mem = self.platform.memory
+        out = bytearray()
+        while length > 0:
+            off = spa & _MASK
+            n = min(length, PAGE_SIZE - off)
+            sfn = spa >> PAGE_SHIFT
+            mem.check_sfn(sfn)
+            out += mem.read_raw(sfn, off, n)
+            spa += n
+            length -= n
+        return bytes(out)
+
+    def write_spa(self, spa: int, data: bytes) -> None:
+        """Write DRAM at a system address; every page is checked before any is written."""
+        mem, rmp = self.platform.memory, self.platform.rmp
+        pieces = []
+        pos = 0
+        while pos < len(data):
+            off = (spa + pos) & _MASK
+            n = min(len(data) - pos, PAGE_SIZE - off)
+            sfn = (spa + pos) >> PAGE_SHIFT
+            mem.check_sfn(sfn)
+            if rmp.raw(sfn)[0] & A:
+                raise HostPageFault(spa + pos, PF_RMP | PF_WRITE | PF_PRESENT)
+            pieces.append((sfn, off, data[pos : pos + n]))
+            pos += n
+        for sfn, off, chunk in pieces:
+            mem.write_raw(sfn, off, chunk)
+
+    def read(self, gpa: int, length: int) -> bytes:
+        """Read guest memory at ``gpa`` as the host (per-page translation)."""
+        out = bytearray()
+        while length > 0:
+            n = min(length, PAGE_SIZE - (gpa & _MASK))
+            out += self.read_spa(self.translate(gpa), n)
+            gpa += n
+            length -= n
+        return bytes(out)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """Write guest memory at ``gpa`` as the host.
+
+        :raises HostPageFault: the page is guest- or firmware-owned; nothing was written.
+        """
+        pos = 0
+        spans = []
+        while pos < len(data):
+            n = min(len(data) - pos, PAGE_SIZE - ((gpa + pos) & _MASK))
+            spans.append((self.translate(gpa + pos), data[pos : pos + n]))
+            pos += n
+        rmp = self.platform.rmp
+        for spa, _ in spans:
+            if rmp.raw(spa >> PAGE_SHIFT)[0] & A:
+                raise HostPageFault(spa, PF_RMP | PF_WRITE | PF_PRESENT)
+        for spa, chunk in spans:
+            self.write_spa(spa, chunk)
