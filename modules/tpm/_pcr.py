@@ -1,0 +1,148 @@
+"""PCR banks (SHA-1, SHA-256, SHA-384; 24 PCRs; 16 and 23 resettable) and the PCR commands."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._constants import ALG, CC, RC, rc_param
+from ._crypto import H, HASHES
+from ._dispatch import USER, Ctx, command
+from ._marshal import Reader, TpmError, tpm2b, u16, u32
+from ._structs import marshal_pcr_selection, read_hash_alg, read_pcr_selection
+
+if TYPE_CHECKING:
+    from ._engine import Tpm
+
+__all__ = ["Pcrs", "PCR_BANKS", "NUM_PCRS"]
+
+PCR_BANKS = (ALG.SHA1, ALG.SHA256, ALG.SHA384)
+NUM_PCRS = 24
+RESETTABLE = (16, 23)
+
+
+class Pcrs:
+    """The PCR banks and the update counter."""
+
+    __slots__ = ("banks", "update_counter", "allocated", "pending")
+
+    def __init__(self, allocated: tuple[int, ...] = PCR_BANKS) -> None:
+        self.allocated = allocated
+        self.pending: tuple[int, ...] | None = None
+        self.update_counter = 0
+        self.banks: dict[int, list[bytes]] = {}
+        self.reset_all()
+
+    def reset_all(self, locality: int = 0) -> None:
+        """TPM Reset: all PCRs to zeros (17-22 would be ones; only 0 is modelled for them)."""
+        if self.pending is not None:
+            self.allocated, self.pending = self.pending, None
+        self.banks = {alg: [bytes(HASHES[alg][1])] * NUM_PCRS for alg in self.allocated}
+        self.update_counter = 0
+
+    def extend(self, index: int, alg: int, digest: bytes) -> None:
+        """PCR[index] = H(PCR[index] || digest) in bank ``alg`` (ignored if not allocated)."""
+        bank = self.banks.get(alg)
+        if bank is not None:
+            bank[index] = H(alg, bank[index], digest)
+
+    def read(self, sel: list[tuple[int, int]], limit: int = 1 << 30) -> tuple[list[tuple[int, int]], list[bytes]]:
+        """Values for a selection, at most ``limit`` digests; returns (selection actually read, values)."""
+        out_sel: list[tuple[int, int]] = []
+        vals: list[bytes] = []
+        for alg, bits in sel:
+            bank = self.banks.get(alg)
+            got = 0
+            if bank is not None:
+                for i in range(NUM_PCRS):
+                    if bits >> i & 1 and len(vals) < limit:
+                        vals.append(bank[i])
+                        got |= 1 << i
+            out_sel.append((alg, got))
+        return out_sel, vals
+
+    def digest(self, alg: int, sel: list[tuple[int, int]]) -> bytes:
+        """H_alg(concatenation of the selected PCR values, in selection order)."""
+        return H(alg, *self.read(sel)[1])
+
+    def marshal(self) -> bytes:
+        """All banks (for Shutdown(STATE) and whole-state save)."""
+        return b"".join(u16(alg) + b"".join(self.banks[alg]) for alg in self.allocated)
+
+
+
+def _read_digest_values(r: Reader) -> list[tuple[int, bytes]]:
+    count = r.u32()
+    if count > 16:
+        raise TpmError(RC.SIZE)
+    out = []
+    for _ in range(count):
+        alg = read_hash_alg(r)
+        out.append((alg, r.raw(HASHES[alg][1])))
+    return out
+
+
+def _marshal_digest_values(vals: list[tuple[int, bytes]]) -> bytes:
+    return u32(len(vals)) + b"".join(u16(a) + d for a, d in vals)
+
+
+@command(CC.PCR_Extend, ("pcr+",), (USER,), params=(_read_digest_values,))
+def _pcr_extend(tpm: "Tpm", ctx: Ctx, digests: list[tuple[int, bytes]]) -> bytes:
+    idx = ctx.ent[0]
+    if idx is not None:
+        for alg, d in digests:
+            tpm.pcrs.extend(idx, alg, d)
+        tpm.pcrs.update_counter += 1
+    return b""
+
+
+def _p_event(r: Reader) -> bytes:
+    return r.tpm2b(1024)
+
+
+@command(CC.PCR_Event, ("pcr+",), (USER,), decrypt=True, params=(_p_event,))
+def _pcr_event(tpm: "Tpm", ctx: Ctx, data: bytes) -> bytes:
+    idx = ctx.ent[0]
+    vals = [(alg, H(alg, data)) for alg in tpm.pcrs.allocated]
+    if idx is not None:
+        for alg, d in vals:
+            tpm.pcrs.extend(idx, alg, d)
+        tpm.pcrs.update_counter += 1
+    return _marshal_digest_values(vals)
+
+
+@command(CC.PCR_Read, params=(read_pcr_selection,))
+def _pcr_read(tpm: "Tpm", ctx: Ctx, sel: list[tuple[int, int]]) -> bytes:
+    out_sel, vals = tpm.pcrs.read(sel, limit=8)
+    return u32(tpm.pcrs.update_counter) + marshal_pcr_selection(out_sel) + u32(len(vals)) + \
+        b"".join(tpm2b(v) for v in vals)
+
+
+@command(CC.PCR_Reset, ("pcr",), (USER,))
+def _pcr_reset(tpm: "Tpm", ctx: Ctx) -> bytes:
+    idx = ctx.ent[0]
+    if idx not in RESETTABLE:
+        raise TpmError(RC.LOCALITY)
+    for alg, bank in tpm.pcrs.banks.items():
+        bank[idx] = bytes(HASHES[alg][1])
+    tpm.pcrs.update_counter += 1
+    return b""
+
+
+@command(CC.PCR_Allocate, ("platform",), (USER,), params=(read_pcr_selection,))
+def _pcr_allocate(tpm: "Tpm", ctx: Ctx, sel: list[tuple[int, int]]) -> bytes:
+    """Takes effect at the next TPM Reset; a bank is allocated if any bit is set."""
+    want = dict(sel)
+    for alg in want:
+        if alg not in PCR_BANKS:
+            raise TpmError(rc_param(RC.VALUE, 1))
+    cur = {alg: (0xFFFFFF if alg in tpm.pcrs.allocated else 0) for alg in PCR_BANKS}
+    cur.update(want)
+    new = tuple(alg for alg in PCR_BANKS if cur[alg])
+    if not new:
+        raise TpmError(rc_param(RC.VALUE, 1))
+    tpm.pcrs.pending = new
+    tpm.dirty = True
+    size = sum(HASHES[a][1] * NUM_PCRS for a in new)
+    return b"\x01" + u32(NUM_PCRS) + u32(size) + u32(size)
+
+
