@@ -1,0 +1,189 @@
+"""``svsm tpm serve``: expose a vTPM on loopback over the mssim or swtpm protocol.
+
+By default a CVM boots and the *guest's* TPM is served: TCP -> guest vTPM driver ->
+SVSM_VTPM_CMD -> kernel -> vTPM module process.  ``--direct`` serves the engine without a VM
+(for comparison); the kernel never imports modules, so the engine is found through the tpm
+module's ``svsm.modules`` entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pathlib
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from svsm.sdk.tpm import MssimServer, SwtpmServer, TpmDevice, TpmServer
+
+from ._main import ExitCode, UsageError
+
+__all__ = ["register", "open_device", "load_engine_class", "StateFileDevice", "BackendUnavailable"]
+
+log = logging.getLogger("svsm.cli.tpm")
+
+#: File inside ``--state DIR`` holding the engine's non-volatile state (``Tpm.save_state()``).
+STATE_FILE = "tpm-state.bin"
+
+
+class BackendUnavailable(UsageError):
+    """The requested TPM backend cannot be built in this installation (printed as one line)."""
+
+
+def load_engine_class() -> Any:
+    """The vTPM engine class, through the ``tpm`` entry point of the ``svsm.modules`` group.
+
+    :raises BackendUnavailable: no such entry point, or the module exports no ``Tpm``.
+    """
+    eps = [ep for ep in entry_points(group="svsm.modules") if ep.name == "tpm"]
+    if not eps:
+        raise BackendUnavailable("no 'tpm' entry point in group svsm.modules: is pysvsm installed?")
+    module = importlib.import_module(eps[0].value.split(":")[0])
+    engine = getattr(module, "Tpm", None)
+    if engine is None:
+        raise BackendUnavailable(f"{module.__name__} exports no Tpm engine")
+    return engine
+
+
+class StateFileDevice:
+    """The engine plus a state file: loads it at start, rewrites it after state-changing commands.
+
+    The file is replaced atomically (write to a temp file, fsync, rename), so a crash leaves
+    either the old or the new state.  Platform signals pass through to the engine.
+
+    :param engine_cls: the engine class (``Tpm(state=bytes | None)``).
+    :param state_dir: directory for :data:`STATE_FILE`; ``None`` keeps state in memory only.
+    """
+
+    def __init__(self, engine_cls: Callable[..., Any], state_dir: pathlib.Path | None) -> None:
+        self.path = state_dir / STATE_FILE if state_dir is not None else None
+        blob = self.path.read_bytes() if self.path is not None and self.path.exists() else None
+        self.engine = engine_cls(state=blob)
+        self.saves = 0
+        if self.path is not None and blob is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._save()
+
+    def _save(self) -> None:
+        assert self.path is not None
+        data = self.engine.save_state()
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tpm-state-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        self.engine.dirty = False
+        self.saves += 1
+
+    def _maybe_save(self) -> None:
+        if self.path is not None and getattr(self.engine, "dirty", True):
+            self._save()
+
+    def execute(self, command: bytes, locality: int = 0) -> bytes:
+        """Run the command on the engine; persist state if it changed."""
+        response = self.engine.execute(command, locality)
+        self._maybe_save()
+        return bytes(response)
+
+    def __getattr__(self, name: str) -> Any:
+        # Platform signals (power_on, reset, ...) exist exactly when the engine has them.
+        if name in ("power_on", "power_off", "nv_on", "nv_off", "reset", "hash_start", "hash_data", "hash_end", "cancel_on", "cancel_off"):
+            fn = getattr(self.engine, name)
+
+            def signal(*args: Any) -> None:
+                fn(*args)
+                self._maybe_save()
+
+            return signal
+        raise AttributeError(name)
+
+    def close(self) -> None:
+        """Write the final state."""
+        self._maybe_save()
+
+
+def open_device(*, direct: bool, state: pathlib.Path | None) -> tuple[TpmDevice, Any]:
+    """Build the TPM to serve.
+
+    :param direct: the engine in this process; otherwise a booted CVM's guest vTPM.
+    :param state: state directory (``None``: in memory).
+    :returns: ``(device, owner)``; call ``owner.close()`` (if present) when done.
+    :raises BackendUnavailable: the backend cannot be built here.
+    """
+    if direct:
+        dev = StateFileDevice(load_engine_class(), state)
+        return dev, dev
+    try:
+        from svsm.kernel import boot  # type: ignore[attr-defined]
+        from svsm.sdk.tpm._driver import VtpmDriver  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise BackendUnavailable(f"the full SVSM path is not available ({exc}); use --direct") from None
+    vm = boot(state_dir=state)
+    return VtpmDriver(vm.guest), vm
+
+
+def _serve(args: argparse.Namespace) -> int:
+    device, owner = open_device(direct=args.direct, state=args.state)
+    cls: type[TpmServer] = MssimServer if args.transport == "mssim" else SwtpmServer
+    server = cls(device, args.host, args.port)
+    try:
+        server.start()
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}/{args.port + 1}: {exc}") from None
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if threading.current_thread() is threading.main_thread() else None
+    path = "engine (--direct)" if args.direct else "guest vTPM via SVSM_VTPM_CMD"
+    print(
+        f"svsm tpm serve: {args.transport} on {args.host}:{server.port} (control {server.port + 1}), {path}; "
+        f"TPM2TOOLS_TCTI={args.transport}:host={args.host},port={server.port}",
+        flush=True,
+    )
+    try:
+        while not stop.is_set() and not server.wait_stopped(0.2):
+            pass
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is the normal way to stop a server: shut down cleanly below
+    finally:
+        server.stop()
+        close = getattr(owner, "close", None)
+        if close is not None:
+            close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return ExitCode.OK
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``svsm tpm`` and its ``serve`` subcommand."""
+    tpm = subparsers.add_parser("tpm", help="vTPM tools", description=__doc__)
+    sub = tpm.add_subparsers(dest="tpm_command", metavar="SUBCOMMAND")
+    sub.required = True
+    serve = sub.add_parser(
+        "serve",
+        help="serve the vTPM on loopback for tpm2-tools / tpm2-pytss",
+        description="Serve the vTPM over the TPM simulator (mssim) or swtpm socket protocol.",
+    )
+    serve.add_argument("--port", type=int, default=2321, help="command/data port P; P+1 is the platform/control port (0: pick)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    serve.add_argument("--state", type=pathlib.Path, help="directory keeping the TPM's non-volatile state")
+    serve.add_argument("--transport", choices=("mssim", "swtpm"), default="mssim", help="wire protocol (default mssim)")
+    serve.add_argument("--direct", action="store_true", help="serve the engine without booting a VM")
+    serve.set_defaults(func=_serve)
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience for `python -m`
+    from ._main import main
+
+    sys.exit(main(["tpm", *sys.argv[1:]]))
