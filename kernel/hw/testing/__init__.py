@@ -1,0 +1,6 @@
+"""svsm.kernel.hw.testing -- helpers to bring up a small simulated machine in tests."""
+
+from ._machine import VMSA_REGION_PAGES as VMSA_REGION_PAGES
+from ._machine import make_guest as make_guest
+
+__all__ = ["VMSA_REGION_PAGES", "make_guest"]
