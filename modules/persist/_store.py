@@ -405,15 +405,15 @@ class Store:
     def _validate(self, ops: Sequence[Put | Delete]) -> dict[tuple[bytes, bytes], bytes | None]:
         final: dict[tuple[bytes, bytes], bytes | None] = {}
         for op in ops:
+            if not isinstance(op, (Put, Delete)):
+                raise BadKey(f"unknown storage operation {type(op).__name__}")
             k = _ns_key(op.ns, op.key)
             if isinstance(op, Put):
                 if not isinstance(op.value, (bytes, bytearray, memoryview)) or len(op.value) > MAX_VALUE:
                     raise BadKey(f"value must be bytes of at most {MAX_VALUE}")
                 final[k] = bytes(op.value)
-            elif isinstance(op, Delete):
-                final[k] = None
             else:
-                raise BadKey(f"unknown storage operation {type(op).__name__}")
+                final[k] = None
         delta: dict[bytes, list[int]] = {}
         for (n, _k), value in final.items():
             old = self._index.lookup((n, _k))
@@ -430,7 +430,7 @@ class Store:
             if (dr > 0 and have[0] + dr > q.max_records) or (db > 0 and have[1] + db > q.max_bytes):
                 raise QuotaExceeded(f"namespace {n.decode()!r} over quota {q}")
         need = sum(blocks_for(len(v) + SEAL_OVERHEAD) for v in final.values() if v is not None)
-        if need + 2 * (self._index.depth() + 1) * max(1, len(final)) > self._alloc.free:
+        if need + self._index.depth() + 1 > self._alloc.free:  # index nodes: checked as allocated
             raise StoreFull("not enough free blocks for the batch")
         return final
 
