@@ -49,9 +49,12 @@ class ModuleRuntime:
     :param obj: the module object (module, class or instance with ``MANIFEST`` and hookimpls).
     :param sock: the channel socket (blocking).
     :param recorder: optional ABI frame observer.
+    :param forward_root_log: send every log record of the process to the kernel (sandboxed processes).
     """
 
-    def __init__(self, obj: Any, sock: socket.socket, *, recorder: Recorder | None = None) -> None:
+    def __init__(
+        self, obj: Any, sock: socket.socket, *, recorder: Recorder | None = None, forward_root_log: bool = False
+    ) -> None:
         self.manifest = load_manifest(obj)
         self.plugin = instantiate(obj)
         self.pm = make_plugin_manager()
@@ -63,6 +66,7 @@ class ModuleRuntime:
         self._rbuf = bytearray(256 * 1024)
         self.syscalls = Syscalls(self._syscall)
         self.ctx: ModuleContext | None = None
+        self._forward_root_log = forward_root_log
 
     # -- I/O -------------------------------------------------------------------
     def _send(self, msg: Any) -> None:
@@ -111,6 +115,10 @@ class ModuleRuntime:
             if "log" in caps and not logger.handlers:
                 logger.addHandler(SyscallLogHandler(self.syscalls))
                 logger.propagate = False
+                if self._forward_root_log:  # a module process: everything it logs goes to the kernel
+                    root = logging.getLogger()
+                    root.handlers[:] = [SyscallLogHandler(self.syscalls)]
+                    root.setLevel(logging.INFO)
             self.ctx = ModuleContext(self.syscalls, self.manifest, caps, logger)
             if not inspect.ismodule(self.plugin):
                 try:

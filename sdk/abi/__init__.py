@@ -39,6 +39,7 @@ from ._messages import SyscallReply as SyscallReply
 from ._messages import ErrorFrame as ErrorFrame
 from ._messages import HelloAck as HelloAck
 from ._messages import HookResult as HookResult
+from ._messages import SandboxReport as SandboxReport
 from ._messages import CallResult as CallResult
 from ._messages import SysLog as SysLog
 from ._messages import SysRandom as SysRandom
@@ -95,6 +96,7 @@ __all__ = [
     "Recorder",
     "RestoreState",
     "SYSCALLS",
+    "SandboxReport",
     "SaveState",
     "Start",
     "Stop",

@@ -42,6 +42,7 @@ __all__ = [
     "ErrorFrame",
     "HelloAck",
     "HookResult",
+    "SandboxReport",
     "CallResult",
     "SysLog",
     "SysRandom",
@@ -83,7 +84,8 @@ MAX_RANDOM = 4096
 
 U8 = Annotated[int, msgspec.Meta(ge=0, le=0xFF)]
 U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)]
-U64 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF_FFFF_FFFF)]
+# msgpack integers cannot exceed 64 bits, so ge=0 bounds U64 fully (msgspec rejects le > int64 max).
+U64 = Annotated[int, msgspec.Meta(ge=0)]
 Buffer = Annotated[bytes, msgspec.Meta(max_length=MAX_BUFFER)]
 Blob = Annotated[bytes, msgspec.Meta(max_length=MAX_BLOB)]
 Key = Annotated[str, msgspec.Meta(max_length=MAX_KEY)]
@@ -207,6 +209,14 @@ class HelloAck(ModuleMessage, tag="hello"):
     abi_minor: U32
     name: Name
     version: Name = ""
+
+
+class SandboxReport(ModuleMessage, tag="sbx"):
+    """Sent once by the trusted bootstrap of a sandboxed process, before module code is imported."""
+
+    pid: U32
+    protections: Annotated[list[Name], msgspec.Meta(max_length=64)] = []
+    error: Text = ""
 
 
 class HookResult(ModuleMessage, tag="done"):
@@ -349,7 +359,7 @@ SYSCALLS = (
     SysDiskSize,
 )
 
-MODULE_MESSAGES = (HelloAck, HookResult, CallResult, *SYSCALLS)
+MODULE_MESSAGES = (HelloAck, HookResult, CallResult, SandboxReport, *SYSCALLS)
 
 #: Everything the kernel may send (the decoder type on the module side).
 KernelUnion = Union[KERNEL_MESSAGES]  # type: ignore[valid-type]

@@ -1,0 +1,50 @@
+"""Entry point of a sandboxed module process (the multiprocess spawn target).
+
+Runs in a fresh interpreter: confine the process, report the protections over the
+channel, and only then import the module's code and serve it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import msgspec
+
+from svsm.sdk.abi import Channel, SandboxReport
+
+from ._discovery import ModuleRef
+from ._sandbox import SandboxConfig, apply
+
+__all__ = ["module_main", "EXIT_SANDBOX_FAILED", "EXIT_LOAD_FAILED"]
+
+#: Exit status when the sandbox could not be applied (module code never ran).
+EXIT_SANDBOX_FAILED = 70
+#: Exit status when the module's code could not be loaded or served.
+EXIT_LOAD_FAILED = 71
+
+
+def module_main(channel_fd: int, ref: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """Confine, report, load, serve; never returns (``os._exit``)."""
+    sock = socket.socket(fileno=channel_fd)
+    chan = Channel("module")
+    try:
+        config = msgspec.convert(cfg, SandboxConfig)
+        module_ref = msgspec.convert(ref, ModuleRef)
+        # Import everything the runtime needs while imports are still unrestricted.
+        from svsm.sdk._runtime import ModuleRuntime
+
+        protections = apply(config, channel_fd)
+    except Exception as exc:  # report and die: no module code has run
+        try:
+            sock.sendall(chan.send(SandboxReport(pid=os.getpid(), error=f"{type(exc).__name__}: {exc}"[:4000])))
+        finally:
+            os._exit(EXIT_SANDBOX_FAILED)
+    sock.sendall(chan.send(SandboxReport(pid=os.getpid(), protections=protections)))
+    try:
+        obj = module_ref.resolve()
+        ModuleRuntime(obj, sock, forward_root_log=True).serve()
+    except BaseException:  # noqa: BLE001 -- any failure ends the process; the kernel sees the exit
+        os._exit(EXIT_LOAD_FAILED)
+    os._exit(0)
