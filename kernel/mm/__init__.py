@@ -25,6 +25,7 @@ from ._errors import OutOfMemory as OutOfMemory
 from ._errors import PageFault as PageFault
 from ._errors import PagesInUse as PagesInUse
 from ._errors import PageTableError as PageTableError
+from ._errors import PerCpuError as PerCpuError
 from ._errors import RangeOverlap as RangeOverlap
 from ._memory import PhysMemory as PhysMemory
 from ._memory import SparseMemory as SparseMemory
@@ -36,6 +37,22 @@ from ._page_alloc import PageAllocator as PageAllocator
 from ._page_alloc import PageAllocatorStatistics as PageAllocatorStatistics
 from ._page_alloc import PageInfo as PageInfo
 from ._page_alloc import PageType as PageType
+from ._pagetable import DEFAULT_C_BIT as DEFAULT_C_BIT
+from ._pagetable import PageTable as PageTable
+from ._pagetable import PageTableStatistics as PageTableStatistics
+from ._pagetable import PTEFlags as PTEFlags
+from ._pagetable import Translation as Translation
+from ._pagetable import is_canonical as is_canonical
+from ._percpu import PERCPU_DATA_VADDR as PERCPU_DATA_VADDR
+from ._percpu import PERCPU_GHCB_VADDR as PERCPU_GHCB_VADDR
+from ._percpu import PERCPU_STACK_BOTTOM as PERCPU_STACK_BOTTOM
+from ._percpu import PERCPU_STACK_TOP as PERCPU_STACK_TOP
+from ._percpu import PerCpuArea as PerCpuArea
+from ._percpu import PerCpuAreas as PerCpuAreas
+from ._percpu import PerCPUPageMappingGuard as PerCPUPageMappingGuard
+from ._percpu import PerCpuStatistics as PerCpuStatistics
+from ._percpu import current_cpu as current_cpu
+from ._percpu import this_cpu as this_cpu
 from ._slab import SlabAllocation as SlabAllocation
 from ._slab import SlabAllocator as SlabAllocator
 from ._slab import SlabClassStatistics as SlabClassStatistics
@@ -44,8 +61,11 @@ from ._slab import SlabStatistics as SlabStatistics
 __all__ = [
     *_constants_all,
     "AllocatorError", "DoubleFree", "ForeignFree", "MemoryLeak", "NonCanonicalAddress", "OutOfMemory",
-    "PageFault", "PagesInUse", "PageTableError", "RangeOverlap",
+    "PageFault", "PagesInUse", "PageTableError", "PerCpuError", "RangeOverlap",
     "PhysMemory", "SparseMemory", "read_u64", "write_u64",
     "META_DEPOSITED", "PageAllocation", "PageAllocator", "PageAllocatorStatistics", "PageInfo", "PageType",
+    "DEFAULT_C_BIT", "PageTable", "PageTableStatistics", "PTEFlags", "Translation", "is_canonical",
+    "PERCPU_DATA_VADDR", "PERCPU_GHCB_VADDR", "PERCPU_STACK_BOTTOM", "PERCPU_STACK_TOP",
+    "PerCpuArea", "PerCpuAreas", "PerCPUPageMappingGuard", "PerCpuStatistics", "current_cpu", "this_cpu",
     "SlabAllocation", "SlabAllocator", "SlabClassStatistics", "SlabStatistics",
 ]

@@ -14,7 +14,7 @@ from svsm.kernel.sync import CallSite
 
 __all__ = [
     "OutOfMemory", "AllocatorError", "DoubleFree", "ForeignFree", "MemoryLeak",
-    "RangeOverlap", "PagesInUse", "PageFault", "NonCanonicalAddress", "PageTableError",
+    "RangeOverlap", "PagesInUse", "PerCpuError", "PageFault", "NonCanonicalAddress", "PageTableError",
 ]
 
 
@@ -77,6 +77,11 @@ class PagesInUse(InvalidParameter):
 
 class PageTableError(FatalError):
     """Mapping over an existing mapping, unmapping a hole, or a bad size/alignment."""
+
+
+class PerCpuError(FatalError):
+    """Per-CPU state misuse: a CPU created twice, no CPU active on this thread,
+    a mapping window exhausted or released twice, an area freed with live mappings."""
 
 
 class PageFault(FatalError):
