@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from svsm.kernel.cli.tpm import BackendUnavailable
 from svsm.sdk.testing import require_tool, strict
 from svsm.sdk.tpm import MssimServer, SwtpmClient, SwtpmServer, TpmServer, free_port_pair
 
@@ -131,7 +132,7 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     t = Target(backend, transport, tmp_path_factory.mktemp(f"tpm-{backend}-{transport}"))
     try:
         t.start()
-    except ImportError as exc:
+    except (ImportError, BackendUnavailable) as exc:
         t.stop()
         reason = f"TPM backend {backend!r} not available: {exc}"
         pytest.fail(f"SVSM_STRICT=1 and {reason}") if strict() else pytest.skip(reason)
