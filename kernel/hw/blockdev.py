@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from svsm.sdk import SvsmError
+from svsm.sdk import InvalidParameter, SvsmError
 
 __all__ = [
     "BLOCK_SIZE",
@@ -36,6 +36,7 @@ __all__ = [
     "BlockDeviceStatistics",
     "BlockImage",
     "CrashPolicy",
+    "DiskAdapter",
     "FaultInjector",
     "FileImage",
     "MemoryImage",
@@ -405,3 +406,41 @@ class BlockDevice:
         with self._lock:
             return BlockDeviceStatistics(self._reads, self._writes, self._flushes,
                                          self._bytes_read, self._bytes_written, len(self._pending))
+
+
+class DiskAdapter:
+    """The device as the kernel's ``disk`` syscalls see it: byte offsets, whole blocks only.
+
+    :param device: the block device to serve.
+    """
+
+    def __init__(self, device: BlockDevice) -> None:
+        self.device = device
+
+    def _blocks(self, offset: int, size: int) -> tuple[int, int]:
+        bs = self.device.block_size
+        if offset % bs or size % bs:
+            raise InvalidParameter(f"disk I/O at {offset:#x}+{size:#x} is not {bs}-byte aligned")
+        return offset // bs, size // bs
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Read ``size`` bytes at ``offset`` (both block-aligned).
+
+        :raises InvalidParameter: misaligned.
+        :raises BlockDeviceError: out of range or the device stopped.
+        """
+        lba, count = self._blocks(offset, size)
+        return self.device.read(lba, count)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write whole blocks at ``offset``."""
+        lba, _ = self._blocks(offset, len(data))
+        self.device.write(lba, data)
+
+    def flush(self) -> None:
+        """fsync."""
+        self.device.flush()
+
+    def size(self) -> int:
+        """Device size in bytes."""
+        return self.device.num_blocks * self.device.block_size

@@ -6,7 +6,9 @@ import random
 
 import pytest
 
-from svsm.kernel.hw.blockdev import (BLOCK_SIZE, Adversary, BlockDevice, BlockDeviceError, CrashPolicy,
+from svsm.sdk import InvalidParameter
+
+from svsm.kernel.hw.blockdev import (BLOCK_SIZE, Adversary, BlockDevice, BlockDeviceError, CrashPolicy, DiskAdapter,
                                      FaultInjector, FileImage, MemoryImage, SimulatedCrash,
                                      TamperingAdversary)
 
@@ -162,3 +164,15 @@ def test_file_image_persists_and_reports_truncation(tmp_path) -> None:
         assert img.num_blocks() == 2
     with pytest.raises(BlockDeviceError):
         FileImage(tmp_path / "missing.img")
+
+
+def test_disk_adapter_speaks_byte_offsets_of_whole_blocks() -> None:
+    disk = DiskAdapter(BlockDevice(MemoryImage(4)))
+    assert disk.size() == 4 * BLOCK_SIZE
+    disk.write(BLOCK_SIZE, blk(3))
+    disk.flush()
+    assert disk.read(BLOCK_SIZE, BLOCK_SIZE) == blk(3)
+    with pytest.raises(InvalidParameter):
+        disk.read(100, BLOCK_SIZE)
+    with pytest.raises(InvalidParameter):
+        disk.write(0, b"x")
