@@ -495,7 +495,7 @@ class Hypervisor:
             self._ghcb_error(ghcb, GhcbError.INVALID_INPUT)
             return
         try:
-            response = psp.guest_request(request)
+            response = self.forward_guest_request(request)
         except Exception as exc:  # noqa: BLE001 -- only errors carrying a firmware status are expected
             fw_error = getattr(exc, "fw_error", None)
             if not isinstance(fw_error, int):
@@ -508,6 +508,10 @@ class Hypervisor:
             self._ghcb_error(ghcb, GhcbError.INVALID_INPUT)
             return
         self._ok(ghcb, 0)
+
+    def forward_guest_request(self, request: bytes) -> bytes:
+        """Hand the request page to the PSP and return its response page (override to attack)."""
+        return self.platform.psp.guest_request(request)  # type: ignore[no-any-return]
 
     def nae_snp_ap_creation(self, vcpu: Vcpu, ghcb: GhcbPage) -> None:
         """AP creation: info1 = op | VMPL << 16 | APIC ID << 32; info2 = VMSA GPA; RAX = features."""
