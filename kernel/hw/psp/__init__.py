@@ -5,7 +5,12 @@ OVMF image parsing as QEMU does it, the secrets page, guest messages under VMPCK
 attestation reports signed by a per-chip VCEK under a generated ARK -> ASK -> VCEK chain,
 and derived keys.
 
-Entry points for the rest of kernel/hw:
+Entry points for the rest of kernel/hw (also docs/dev/hw-api.md, section "PSP"):
+
+* one machine: ``psp = PlatformPsp(SnpFirmware(chip), platform); platform.psp = psp;
+  psp.launch(launch_plan(image, vcpus=..., vcpu_sig=...))`` places every page through
+  ``platform.firmware`` and serves the hypervisor's ``psp.guest_request(page) -> page`` and
+  ``psp.certificates()`` (HW's GuestRequestFirmware seam).
 
 * launch: ``fw = SnpFirmware(Chip.load_or_create(state_dir))``;
   ``result = launch(fw, launch_plan(FirmwareImage.parse(data), vcpus=..., vcpu_sig=...),
@@ -45,6 +50,7 @@ from ._measure import PageType as PageType
 from ._measure import calc_launch_digest as calc_launch_digest
 from ._measure import launch_plan as launch_plan
 from ._ovmf import FirmwareImage as FirmwareImage
+from ._platform import PlatformPsp as PlatformPsp
 from ._ovmf import FirmwareImageError as FirmwareImageError
 from ._ovmf import SectionType as SectionType
 from ._ovmf import SevMetadataSection as SevMetadataSection
@@ -58,7 +64,7 @@ from ._vmsa import cpu_sig as cpu_sig
 __all__ = [
     "CPU_SIGS", "Chip", "ChipProduct", "FirmwareImage", "FirmwareImageError", "FwError",
     "GuestContext", "LaunchDigest", "LaunchResult", "LaunchState", "LaunchUpdate", "PageWriter", "PAGE_INFO", "PRODUCTS",
-    "PageType", "PspError", "PspStatistics", "SectionType", "SevHashes", "SevMetadataSection",
+    "PageType", "PlatformPsp", "PspError", "PspStatistics", "SectionType", "SevHashes", "SevMetadataSection",
     "SnpFirmware", "VMSA_GPA", "VmmError", "build_image", "build_metadata", "build_reset_vmsa", "build_table",
     "calc_launch_digest", "cpu_sig", "default_state_dir", "launch", "launch_plan",
 ]  # fmt: skip
