@@ -1,0 +1,112 @@
+"""RWLock: COCONUT state word, shared readers, exclusive writer, writer preference."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from svsm.kernel.sync import RWLock
+from svsm.kernel.sync import LockNotHeld, LockOrderChecker, SelfDeadlock
+from svsm.kernel.sync._rwlock import WRITER_SHIFT
+
+
+@pytest.fixture
+def checker() -> LockOrderChecker:
+    return LockOrderChecker(enabled=True)
+
+
+def _wait_for(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "condition never became true"
+        time.sleep(0.001)
+
+
+def test_state_word_layout(checker: LockOrderChecker) -> None:
+    rw = RWLock(name="w", checker=checker)
+    r1, r2 = rw.read(), rw.read()
+    assert rw.state == 2
+    r1.release()
+    r2.release()
+    w = rw.write()
+    assert rw.state == 1 << WRITER_SHIFT == 1 << 32
+    assert rw.writer == threading.get_ident()
+    w.release()
+    assert rw.state == 0
+
+
+def test_readers_share_writer_excludes(checker: LockOrderChecker) -> None:
+    rw = RWLock({"x": 0}, name="rw", checker=checker)
+    r = rw.read()
+    r2 = rw.try_read()
+    assert r2 is not None and rw.state == 2  # readers share
+    r2.release()
+    assert rw.try_write() is None
+    got = []
+    t = threading.Thread(target=lambda: got.append(rw.write()))
+    t.start()
+    _wait_for(lambda: rw.state >> 32 == 1)  # writer registered, waiting for readers
+    assert not got
+    assert rw.try_read() is None  # writer preference: new readers queue
+    r.release()
+    t.join()
+    assert len(got) == 1 and rw.writer == t.ident
+
+
+def test_writers_mutually_exclusive_under_threads(checker: LockOrderChecker) -> None:
+    rw = RWLock([0], name="counter", checker=checker)
+    seen_inconsistent = []
+
+    def writer() -> None:
+        for _ in range(200):
+            with rw.write() as g:
+                v = g.value[0]
+                g.value[0] = v + 1
+
+    def reader() -> None:
+        for _ in range(200):
+            with rw.read() as g:
+                a = g.value[0]
+                b = g.value[0]
+                if a != b:
+                    seen_inconsistent.append((a, b))
+
+    ts = [threading.Thread(target=writer) for _ in range(3)] + [threading.Thread(target=reader) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    with rw.read() as g:
+        assert g.value[0] == 600
+    assert not seen_inconsistent
+    st = rw.statistics()
+    assert st.write_acquisitions == 600 and st.read_acquisitions == 401 and st.readers == 0
+
+
+def test_guard_release_on_exception_and_misuse(checker: LockOrderChecker) -> None:
+    rw = RWLock(name="e", checker=checker)
+    with pytest.raises(KeyError):
+        with rw.write():
+            raise KeyError("x")
+    assert rw.state == 0
+    with rw.write():
+        with pytest.raises(SelfDeadlock):
+            rw.read()
+        with pytest.raises(SelfDeadlock):
+            rw.write()
+    g = rw.read()
+    g.release()
+    with pytest.raises(LockNotHeld):
+        g.release()
+    with pytest.raises(LockNotHeld):
+        rw._write_unlock()
+
+
+def test_write_guard_sets_value(checker: LockOrderChecker) -> None:
+    rw = RWLock(1, name="v", checker=checker)
+    with rw.write() as g:
+        g.value = 5
+    with rw.read() as r:
+        assert r.value == 5
