@@ -44,3 +44,38 @@ def env() -> Env:
 def make_env() -> type[Env]:
     """The :class:`Env` class, for tests that need several or a custom size."""
     return Env
+
+
+class FakePsp:
+    """Reports an anchor can check without the PSP model: HMAC over (measurement, report_data, vmpl).
+
+    The real chain (ARK -> ASK -> VCEK, ECDSA P-384) is exercised in test_anchor_psp.py.
+    """
+
+    def __init__(self, measurement: bytes = b"M" * 48, secret: bytes = b"psp-secret") -> None:
+        self.measurement, self._secret, self.vmpl = measurement, secret, 0
+
+    def attest(self, report_data: bytes) -> tuple[bytes, bytes]:
+        body = self.measurement + report_data + bytes([self.vmpl])
+        import hmac as _h
+
+        return body + _h.new(self._secret, body, "sha256").digest(), b""
+
+    def verifier(self):
+        import hmac as _h
+        from types import SimpleNamespace
+
+        from svsm.sdk.attestation import VerificationError
+
+        def verify(report: bytes, vcek: bytes):
+            body, tag = report[:-32], report[-32:]
+            if len(report) != 48 + 64 + 1 + 32 or not _h.compare_digest(_h.new(self._secret, body, "sha256").digest(), tag):
+                raise VerificationError("bad fake report")
+            return SimpleNamespace(measurement=body[:48], report_data=body[48:112], vmpl=body[112])
+
+        return verify
+
+
+@pytest.fixture
+def fake_psp() -> type[FakePsp]:
+    return FakePsp

@@ -1,0 +1,156 @@
+"""The SVSM side of the freshness anchor: attested requests, signed and nonce-bound replies.
+
+:class:`AnchorClient` implements :class:`~svsm.modules.persist.FreshnessAnchor` for the store.  How
+bytes reach the anchor is injected (``exchange``): a TCP connection in tests and tools
+(:class:`TcpTransport`), a kernel relay syscall inside the sandboxed module.  Nothing that
+travels is trusted: the anchor's key is pinned (given, or learned on first use and then sealed into
+the store), and each reply must carry the client's fresh nonce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ._anchor_proto import FRAME_HEADER, MAX_FRAME, ProtocolViolation, decode, encode, parse_reply, report_data_for, canonical
+from ._anchor_service import REPLY_CONTEXT
+from ._errors import AnchorError, CloneDetected, RollbackDetected
+
+__all__ = ["AnchorClient", "TcpTransport", "Attester"]
+
+log = logging.getLogger(__name__)
+
+#: ``attest(report_data) -> (raw attestation report, VCEK DER or b"")``.
+Attester = Callable[[bytes], tuple[bytes, bytes]]
+
+
+class TcpTransport:
+    """One request/reply exchange per TCP connection to ``host:port``.
+
+    :raises AnchorError: (when called) connection failure or a malformed answer.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.address = (host, port)
+        self.timeout = timeout
+
+    def __call__(self, msg: dict[str, Any]) -> dict[str, Any]:
+        try:
+            with socket.create_connection(self.address, timeout=self.timeout) as sock:
+                sock.sendall(encode(msg))
+                head = _recv(sock, FRAME_HEADER.size)
+                (length,) = FRAME_HEADER.unpack(head)
+                if length > MAX_FRAME:
+                    raise AnchorError("anchor reply too large")
+                return decode(_recv(sock, length))
+        except (OSError, ProtocolViolation) as exc:
+            raise AnchorError(f"anchor at {self.address[0]}:{self.address[1]} unusable: {exc}") from None
+
+
+def _recv(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection closed")
+        buf += chunk
+    return bytes(buf)
+
+
+class AnchorClient:
+    """Talks to one anchor on behalf of one store.
+
+    :param exchange: sends one message dict, returns the reply dict.
+    :param attest: gets an SNP report carrying the given REPORT_DATA (the attestation syscall).
+    :param rng: ``os.urandom``-like (client nonces).
+    :param anchor_key: the anchor's raw Ed25519 public key; None = learn it on first contact
+        (trust on first use; the store seals its hash and enforces it afterwards).
+    """
+
+    def __init__(self, exchange: Callable[[dict[str, Any]], dict[str, Any]], attest: Attester, *,
+                 rng: Callable[[int], bytes], anchor_key: bytes | None = None) -> None:
+        self._exchange, self._attest, self._rng = exchange, attest, rng
+        self._key = anchor_key
+        self._lease = b""
+        self.calls = 0
+
+    @property
+    def pin(self) -> bytes:
+        """SHA-256 of the anchor's public key (contacts the anchor once if the key is unknown)."""
+        if self._key is None:
+            self._challenge()
+        assert self._key is not None
+        return hashlib.sha256(self._key).digest()
+
+    def _challenge(self) -> bytes:
+        ch = self._exchange({"type": "challenge"})
+        try:
+            challenge, key = bytes.fromhex(ch["challenge"]), bytes.fromhex(ch["anchor_key"])
+        except (KeyError, TypeError, ValueError):
+            raise AnchorError("anchor sent a malformed challenge") from None
+        if len(challenge) != 32 or len(key) != 32:
+            raise AnchorError("anchor sent a malformed challenge")
+        if self._key is None:
+            log.warning("persist: trusting anchor key %s on first use", key.hex())
+            self._key = key
+        elif not hmac.compare_digest(key, self._key):
+            raise AnchorError("anchor key does not match the pinned key")
+        return challenge
+
+    def _call(self, op: str, store_id: bytes, generation: int = 0) -> dict[str, Any]:
+        self.calls += 1
+        challenge = self._challenge()
+        nonce = self._rng(32)
+        request = {"op": op, "store_id": store_id.hex(), "generation": generation, "lease": self._lease.hex(),
+                   "challenge": challenge.hex(), "client_nonce": nonce.hex()}
+        report, vcek = self._attest(report_data_for(request))
+        answer = self._exchange({"type": "op", "request": request, "report": report.hex(), "vcek": vcek.hex()})
+        try:
+            sig = bytes.fromhex(answer["signature"])
+            Ed25519PublicKey.from_public_bytes(self._key).verify(sig, REPLY_CONTEXT + canonical(answer["reply"]))  # type: ignore[arg-type]
+            reply = parse_reply(answer["reply"])
+        except (KeyError, TypeError, ValueError, InvalidSignature, ProtocolViolation):
+            raise AnchorError(f"anchor answer to {op} is not authentic") from None
+        if not hmac.compare_digest(reply["client_nonce"], nonce) or reply["op"] != op:
+            raise AnchorError(f"anchor answer to {op} is not bound to this request")
+        status = reply["status"]
+        if status == "clone":
+            raise CloneDetected(f"another instance holds the anchor lease of store {store_id.hex()}")
+        if status == "rollback":
+            raise RollbackDetected(f"anchor refused generation {generation} (anchored {reply['generation']})")
+        if status != "ok":
+            raise AnchorError(f"anchor refused {op} ({status})")
+        return reply
+
+    def acquire(self, store_id: bytes) -> int | None:
+        """Take the lease; returns the anchored generation (None for a store the anchor never saw).
+
+        :raises CloneDetected: another live instance holds it.
+        """
+        reply = self._call("acquire", store_id)
+        self._lease = reply["lease"]
+        return reply["generation"]
+
+    def advance(self, store_id: bytes, generation: int) -> None:
+        """Anchor ``generation``.
+
+        :raises RollbackDetected: the anchor already holds a newer generation.
+        :raises CloneDetected: this instance lost its lease to another.
+        """
+        self._call("advance", store_id, generation)
+
+    def heartbeat(self, store_id: bytes) -> None:
+        """Renew the lease."""
+        self._call("heartbeat", store_id)
+
+    def release(self, store_id: bytes) -> None:
+        """Give the lease back."""
+        self._call("release", store_id)
+        self._lease = b""
