@@ -30,8 +30,20 @@ from ._abi import PvalidateEntry as PvalidateEntry
 from ._abi import ServicesManifest as ServicesManifest
 from ._abi import request_rax as request_rax
 from ._abi import split_rax as split_rax
+from ._guest import Attestation as Attestation
+from ._guest import CallNotServiced as CallNotServiced
+from ._guest import Guest as Guest
+from ._guest import GuestVcpu as GuestVcpu
+from ._guest import PagePool as PagePool
+from ._guest import SvsmCallResult as SvsmCallResult
 
 __all__ = [
+    "Attestation",
+    "CallNotServiced",
+    "Guest",
+    "GuestVcpu",
+    "PagePool",
+    "SvsmCallResult",
     "SERVICES_MANIFEST_GUID",
     "SVSM_APIC_PROTOCOL",
     "SVSM_ATTEST_PROTOCOL",

@@ -1,0 +1,247 @@
+"""The SVSM request path on each vCPU (coconut-svsm.md 1.10) and the SVSM's own VMGEXITs.
+
+Each vCPU gets a :class:`PerCpu` record and the request-loop step :meth:`RequestLoop.entry`,
+registered as that vCPU's VMPL0 entry.  The hardware calls it on the thread that ran the guest's
+RUN_VMPL(0), so every vCPU has its own loop and a slow call on one never delays another.
+
+One step, as upstream ``request_loop``: read the guest VMSA's RAX/RCX/RDX/R8/R9 and
+SEV_FEATURES, read the calling area, and only if ``call_pending == 1`` clear it and dispatch;
+write RCX/RDX/R8 and then RAX back to the guest VMSA; RUN_VMPL back to the guest VMPL through
+the GHCB MSR protocol.  A :class:`~svsm.sdk.RequestError` becomes RAX; anything else goes through
+``to_result_code`` and, being unmapped, panics the SVSM.
+
+:class:`SvsmGhcb` is the SVSM side of the GHCB (its own page per vCPU, in shared memory):
+registration, MSR-protocol requests, and full NAE events (AP creation, guest requests).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+from svsm.kernel.hw import (
+    MSR_GHCB,
+    VMSA,
+    GhcbPage,
+    RegisterGhcbRequest,
+    RegisterGhcbResponse,
+    RunVmplRequest,
+    RunVmplResponse,
+    SwExitCode,
+    Vcpu,
+    decode_msr,
+)
+from svsm.kernel.protocols import Dispatcher, RequestParams, to_result_code
+from svsm.sdk import FatalError
+from svsm.sdk.guest import CallingAreaHeader
+
+from ._panic import Panicker
+
+__all__ = ["PerCpu", "RequestLoop", "SvsmGhcb", "RequestLoopStatistics", "GhcbCallError"]
+
+log = logging.getLogger("svsm.kernel.requests")
+
+_Q = struct.Struct("<Q")
+_OFF = {n: getattr(VMSA, n).offset for n in ("rax", "rcx", "rdx", "r8", "r9", "sev_features", "efer", "vmpl")}
+#: Bytes of the guest VMSA read per call: up to and including SEV_FEATURES.
+_VMSA_READ = _OFF["sev_features"] + 8
+
+
+class GhcbCallError(FatalError):
+    """The hypervisor refused or broke an SVSM GHCB request the SVSM cannot do without.
+
+    :param info1: SW_EXITINFO1 returned.
+    :param info2: SW_EXITINFO2 returned.
+    """
+
+    def __init__(self, what: str, info1: int, info2: int) -> None:
+        super().__init__(f"GHCB {what} failed: info1={info1:#x} info2={info2:#x}")
+        self.info1, self.info2 = info1, info2
+
+
+class PerCpu:
+    """The SVSM's state for one vCPU (upstream ``PerCpu``): its guest VMSA/CAA and GHCB.
+
+    ``attach``/``current`` are called from other vCPUs (CREATE_VCPU targets another CPU), so
+    the pair is swapped under a small lock; a generation counter tells the loop it changed.
+    """
+
+    def __init__(self, index: int, apic_id: int, ghcb_gpa: int) -> None:
+        self.index = index
+        self.apic_id = apic_id
+        self.ghcb_gpa = ghcb_gpa
+        self.ghcb_registered = False
+        self._lock = threading.Lock()
+        self._guest: tuple[int, int] | None = None
+        self.generation = 0
+        self.calls = 0
+        self.busy_seconds = 0.0
+
+    def attach(self, vmsa_gpa: int | None, caa_gpa: int | None) -> None:
+        """Serve the guest VMSA/CAA pair (None, None: no guest on this CPU)."""
+        with self._lock:
+            self._guest = None if vmsa_gpa is None or caa_gpa is None else (vmsa_gpa, caa_gpa)
+            self.generation += 1
+
+    def current(self) -> tuple[int, int] | None:
+        """(guest VMSA GPA, CAA GPA) this CPU serves, or None."""
+        with self._lock:
+            return self._guest
+
+
+class SvsmGhcb:
+    """VMGEXITs the SVSM makes on a vCPU at VMPL0 (GHCB MSR protocol and full GHCB)."""
+
+    @staticmethod
+    def msr_request(vcpu: Vcpu, value: int) -> int:
+        """Write the GHCB MSR, VMGEXIT, return the MSR afterwards."""
+        vcpu.wrmsr(MSR_GHCB, value)
+        vcpu.vmgexit()
+        return vcpu.rdmsr(MSR_GHCB)
+
+    def register(self, vcpu: Vcpu, pc: PerCpu) -> None:
+        """Register this CPU's GHCB page with the hypervisor (MSR 0x012/0x013).
+
+        :raises GhcbCallError: the hypervisor echoed another GFN.
+        """
+        gfn = pc.ghcb_gpa >> 12
+        resp = decode_msr(self.msr_request(vcpu, RegisterGhcbRequest(gfn).encode()))
+        if not isinstance(resp, RegisterGhcbResponse) or resp.gfn != gfn:
+            raise GhcbCallError("GHCB registration", 0, 0)
+        pc.ghcb_registered = True
+
+    def nae(
+        self, vcpu: Vcpu, pc: PerCpu, exit_code: SwExitCode, info1: int, info2: int,
+        shared: bytes | None = None, **regs: int,
+    ) -> GhcbPage:
+        """One full-GHCB NAE event; returns the GHCB the hypervisor left.
+
+        :param shared: bytes for the GHCB shared buffer (e.g. a PSC request).
+        :param regs: extra GHCB fields to set (``rax``, ``rbx``, ``sw_scratch``).
+        """
+        if not pc.ghcb_registered:
+            self.register(vcpu, pc)
+        ghcb = GhcbPage()
+        ghcb.clear()
+        ghcb.set("sw_exit_code", int(exit_code))
+        ghcb.set("sw_exit_info_1", info1)
+        ghcb.set("sw_exit_info_2", info2)
+        for name, value in regs.items():
+            ghcb.set(name, value)
+        if shared is not None:
+            ghcb.write_shared_buffer(shared)
+        view = vcpu.view(0)
+        view.write(pc.ghcb_gpa, ghcb.to_bytes(), c_bit=False)
+        self.msr_request(vcpu, pc.ghcb_gpa)
+        return GhcbPage(view.read(pc.ghcb_gpa, 4096, c_bit=False))
+
+
+class RequestLoopStatistics(NamedTuple):
+    """Per-vCPU calls served and time spent serving them."""
+
+    calls_per_cpu: tuple[int, ...]
+    busy_seconds_per_cpu: tuple[float, ...]
+    not_pending: int
+    panics: int
+
+
+class RequestLoop:
+    """The per-vCPU request loop of the SVSM.
+
+    :param percpu: one :class:`PerCpu` per vCPU, by index.
+    :param dispatcher: routes calls to the protocols.
+    :param guest_vmpl: the VMPL the loop returns to.
+    :param panicker: the panic path for broken invariants.
+    :param ghcb: the SVSM's GHCB helper.
+    :param clock: monotonic clock (injected, house rule 9).
+    """
+
+    def __init__(
+        self,
+        percpu: list[PerCpu],
+        dispatcher: Dispatcher,
+        guest_vmpl: int,
+        panicker: Panicker,
+        ghcb: SvsmGhcb,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.percpu = percpu
+        self.dispatcher = dispatcher
+        self.guest_vmpl = guest_vmpl
+        self.panicker = panicker
+        self.ghcb = ghcb
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._not_pending = 0
+
+    def entry(self, vcpu: Vcpu) -> None:
+        """The VMPL0 entry: serve at most one pending call, then RUN_VMPL back to the guest."""
+        pc = self.percpu[vcpu.index]
+        if self.panicker.panicked is not None:
+            raise self.panicker.panicked
+        try:
+            if not pc.ghcb_registered:
+                self.ghcb.register(vcpu, pc)
+            self._serve(vcpu, pc)
+        except FatalError as exc:
+            self.panicker.panic(vcpu.index, exc)
+        self._return_to_guest(vcpu)
+
+    def _serve(self, vcpu: Vcpu, pc: PerCpu) -> None:
+        cur = pc.current()
+        if cur is None:
+            return  # NoMappings: nothing to serve, back to idle
+        vmsa_gpa, caa_gpa = cur
+        view = vcpu.view(0)
+        regs = view.read(vmsa_gpa, _VMSA_READ)
+        if not CallingAreaHeader.from_bytes(view.read(caa_gpa, 8)).pending:
+            with self._lock:
+                self._not_pending += 1
+            return
+        view.write(caa_gpa, b"\0")
+        q = _Q.unpack_from
+        params = RequestParams(
+            vcpu.index,
+            q(regs, _OFF["rax"])[0],
+            q(regs, _OFF["rcx"])[0],
+            q(regs, _OFF["rdx"])[0],
+            q(regs, _OFF["r8"])[0],
+            q(regs, _OFF["r9"])[0],
+            q(regs, _OFF["sev_features"])[0],
+        )
+        t0 = self._clock()
+        try:
+            self.dispatcher.dispatch(params)
+            rax = 0
+        except Exception as exc:  # noqa: BLE001 -- the one place exceptions become result codes
+            try:
+                rax = to_result_code(exc)
+            except FatalError:
+                self.panicker.panic(vcpu.index, exc)
+            log.debug("CPU %d %r -> %#x (%s)", vcpu.index, params, rax, type(exc).__name__)
+        rcx, rdx, r8 = params.outputs()
+        view.write(vmsa_gpa + _OFF["rcx"], _Q.pack(rcx) + _Q.pack(rdx))
+        view.write(vmsa_gpa + _OFF["r8"], _Q.pack(r8))
+        view.write(vmsa_gpa + _OFF["rax"], _Q.pack(rax))
+        pc.calls += 1
+        pc.busy_seconds += self._clock() - t0
+
+    def _return_to_guest(self, vcpu: Vcpu) -> None:
+        resp = decode_msr(self.ghcb.msr_request(vcpu, RunVmplRequest(self.guest_vmpl).encode()))
+        if not isinstance(resp, RunVmplResponse) or resp.error:
+            log.warning("CPU %d: RUN_VMPL(%d) refused: %r", vcpu.index, self.guest_vmpl, resp)
+
+    def statistics(self) -> RequestLoopStatistics:
+        """Snapshot of the loop counters."""
+        with self._lock:
+            nope = self._not_pending
+        return RequestLoopStatistics(
+            tuple(p.calls for p in self.percpu),
+            tuple(p.busy_seconds for p in self.percpu),
+            nope,
+            int(self.panicker.panicked is not None),
+        )

@@ -1,0 +1,146 @@
+"""The one accessor protocol code uses to reach guest memory (upstream ``GuestPtr`` + fixups).
+
+Every read or write a protocol does on a guest-supplied address goes through
+:class:`GuestMemory`.  It checks ``valid_phys_region`` (coconut-svsm.md 1.7): the range lies in
+the guest's memory map, outside the SVSM's own region, and overlaps no registered VMSA or CAA.
+A hardware fault during the access (a #VC because the page is not validated, an NPF because the
+RMP refuses it) is the exception-table fixup of upstream: it is logged and becomes
+:class:`~svsm.sdk.InvalidAddress`, and the kernel carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from svsm.sdk import InvalidAddress
+
+from ._vcpus import VcpuRegistry
+
+__all__ = ["GuestMemory", "PhysicalAccess", "RequestWindow"]
+
+log = logging.getLogger("svsm.kernel.guestmem")
+
+
+class PhysicalAccess(Protocol):
+    """The SVSM's own (VMPL0, C=1) view of guest-physical memory on one vCPU.
+
+    Raises a hardware fault (``svsm.kernel.hw`` ``HardwareFault``) when the RMP refuses.
+    """
+
+    def read(self, gpa: int, length: int) -> bytes: ...
+
+    def write(self, gpa: int, data: bytes) -> None: ...
+
+
+class GuestMemory:
+    """Checked guest-memory access for protocol handlers.
+
+    :param view_for: vCPU index -> that vCPU's VMPL0 physical view.
+    :param regions: the guest memory map as (start, end) GPA ranges, end exclusive.
+    :param svsm_region: (base, size) of the SVSM's private memory, never guest-reachable.
+    :param registry: registered VMSAs/CAAs, excluded from guest buffers.
+    :param fault_types: exception classes that count as hardware faults (fixed up).
+    :param svsm_owned: ``svsm_owned(gpa, length)`` is True for guest pages lent to the SVSM
+        (DEPOSIT_MEM); they are not guest memory until withdrawn.
+    """
+
+    def __init__(
+        self,
+        view_for: Callable[[int], PhysicalAccess],
+        regions: Sequence[tuple[int, int]],
+        svsm_region: tuple[int, int],
+        registry: VcpuRegistry,
+        fault_types: tuple[type[BaseException], ...],
+        svsm_owned: Callable[[int, int], bool] | None = None,
+    ) -> None:
+        self._view_for = view_for
+        self.regions = tuple(regions)
+        self.svsm_region = svsm_region
+        self._registry = registry
+        self._faults = fault_types
+        self.svsm_owned = svsm_owned
+        self._lock = threading.Lock()
+        self.fixups = 0
+
+    # -- checks -----------------------------------------------------------------------------------
+    def in_guest_map(self, gpa: int, length: int = 1) -> bool:
+        """True if ``[gpa, gpa+length)`` is inside one guest region and outside the SVSM region."""
+        if length <= 0 or gpa < 0:
+            return False
+        base, size = self.svsm_region
+        if gpa < base + size and base < gpa + length:
+            return False
+        if not any(start <= gpa and gpa + length <= end for start, end in self.regions):
+            return False
+        return self.svsm_owned is None or not self.svsm_owned(gpa, length)
+
+    def valid_region(self, gpa: int, length: int) -> bool:
+        """``valid_phys_region``: in the guest map and not overlapping a registered VMSA/CAA."""
+        return self.in_guest_map(gpa, length) and not self._registry.collides(gpa, length)
+
+    def check(self, gpa: int, length: int, *, allow_registered: bool = False) -> None:
+        """:raises InvalidAddress: the range is not a valid guest buffer."""
+        ok = self.in_guest_map(gpa, length) if allow_registered else self.valid_region(gpa, length)
+        if not ok:
+            raise InvalidAddress(f"guest range {gpa:#x}+{length:#x} is not valid guest memory")
+
+    # -- access ----------------------------------------------------------------------------------
+    def _fixup(self, exc: BaseException, what: str, gpa: int) -> InvalidAddress:
+        with self._lock:
+            self.fixups += 1
+        log.warning("fixup: %s at %#x faulted (%s); answering INVALID_ADDRESS", what, gpa, exc, exc_info=exc)
+        return InvalidAddress(f"{what} at {gpa:#x} faulted")
+
+    def read(self, cpu: int, gpa: int, length: int, *, allow_registered: bool = False) -> bytes:
+        """Read guest memory as the SVSM on vCPU ``cpu``.
+
+        :raises InvalidAddress: invalid range, or the hardware faulted (fixup).
+        """
+        self.check(gpa, length, allow_registered=allow_registered)
+        try:
+            return self._view_for(cpu).read(gpa, length)
+        except self._faults as exc:
+            raise self._fixup(exc, "read", gpa) from exc
+
+    def write(self, cpu: int, gpa: int, data: bytes, *, allow_registered: bool = False) -> None:
+        """Write guest memory as the SVSM on vCPU ``cpu``.
+
+        :raises InvalidAddress: invalid range, or the hardware faulted (fixup).
+        """
+        self.check(gpa, len(data), allow_registered=allow_registered)
+        try:
+            self._view_for(cpu).write(gpa, data)
+        except self._faults as exc:
+            raise self._fixup(exc, "write", gpa) from exc
+
+    def window(self, cpu: int) -> RequestWindow:
+        """A revocable window for one module request on vCPU ``cpu``."""
+        return RequestWindow(self, cpu)
+
+
+class RequestWindow:
+    """:class:`~svsm.kernel.protocols.GuestMemoryWindow` for one request; dead after :meth:`revoke`."""
+
+    __slots__ = ("_mem", "_cpu", "_live")
+
+    def __init__(self, mem: GuestMemory, cpu: int) -> None:
+        self._mem, self._cpu, self._live = mem, cpu, True
+
+    def read(self, gpa: int, length: int) -> bytes:
+        """Read guest memory.  :raises InvalidAddress: invalid range or revoked."""
+        if not self._live:
+            raise InvalidAddress("guest-memory window revoked")
+        return self._mem.read(self._cpu, gpa, length)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """Write guest memory.  :raises InvalidAddress: invalid range or revoked."""
+        if not self._live:
+            raise InvalidAddress("guest-memory window revoked")
+        self._mem.write(self._cpu, gpa, data)
+
+    def revoke(self) -> None:
+        """End the window (called by dispatch when the request is answered)."""
+        self._live = False
