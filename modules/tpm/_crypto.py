@@ -12,13 +12,18 @@ import hmac
 import struct
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+try:  # cryptography >= 44 moved CFB/OFB to the decrepit namespace
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB, OFB
+except ImportError:  # pragma: no cover - older cryptography
+    from cryptography.hazmat.primitives.ciphers.modes import CFB, OFB  # type: ignore[assignment]
 
 from ._constants import ALG, ECC_CURVE, RC
 from ._marshal import TpmError
 
 __all__ = ["HASHES", "digest_size", "hash_new", "H", "hmac_digest", "kdfa", "kdfe", "aes_cfb",
-           "xor_obfuscate", "DRBG", "derive_rsa", "derive_ecc", "CURVES", "curve_size", "strip_zeros"]
+           "xor_obfuscate", "CFB", "OFB", "DRBG", "derive_rsa", "derive_ecc", "CURVES", "curve_size", "strip_zeros"]
 
 _BE32 = struct.Struct(">I").pack
 
@@ -124,7 +129,7 @@ def kdfe(alg: int, z: bytes, label: bytes, party_u: bytes, party_v: bytes, bits:
 
 def aes_cfb(key: bytes, iv: bytes, data: bytes, decrypt: bool) -> bytes:
     """AES-CFB128 over ``data`` (no padding; the last partial block is XORed)."""
-    c = Cipher(algorithms.AES(key), modes.CFB(iv))
+    c = Cipher(algorithms.AES(key), CFB(iv))
     op = c.decryptor() if decrypt else c.encryptor()
     return op.update(data) + op.finalize()
 
@@ -242,3 +247,69 @@ def derive_ecc(drbg: DRBG, curve: int) -> ec.EllipticCurvePrivateKey:
         d = int.from_bytes(drbg.read(size + 8), "big") % order
         if d:
             return ec.derive_private_key(d, cls())
+
+
+#: NIST curve field primes and b coefficients (a = -3), FIPS 186-4 D.1.2.3 / D.1.2.4.
+_EC_FIELD: dict[int, tuple[int, int]] = {
+    ECC_CURVE.NIST_P256: (2**256 - 2**224 + 2**192 + 2**96 - 1,
+                          0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B),
+    ECC_CURVE.NIST_P384: (2**384 - 2**128 - 2**96 + 2**32 - 1,
+                          0xB3312FA7E23EE7E4988E056BE3F82D19181D9C6EFE8141120314088F5013875AC656398D8A2ED19D2A85C8EDD3EC2AEF),
+}
+
+
+def on_curve(curve: int, x: int, y: int) -> bool:
+    """Whether (x, y) satisfies y^2 = x^3 - 3x + b (mod p)."""
+    p, b = _EC_FIELD[curve]
+    return 0 <= x < p and 0 <= y < p and (y * y - (x * x * x - 3 * x + b)) % p == 0
+
+
+def ec_mul(curve: int, k: int, x: int, y: int) -> tuple[int, int]:
+    """k*(x, y) on a NIST curve (Jacobian double-and-add; used for ECDH Z points with both coordinates).
+
+    :raises TpmError: ECC_POINT if the point is not on the curve or the result is infinity.
+    """
+    if not on_curve(curve, x, y):
+        raise TpmError(RC.ECC_POINT)
+    p = _EC_FIELD[curve][0]
+
+    def dbl(P: tuple[int, int, int]) -> tuple[int, int, int]:
+        X, Y, Z = P
+        if not Y:
+            return (0, 1, 0)
+        zz = Z * Z % p
+        m = 3 * (X - zz) * (X + zz) % p
+        yy = Y * Y % p
+        s = 4 * X * yy % p
+        nx = (m * m - 2 * s) % p
+        return (nx, (m * (s - nx) - 8 * yy * yy) % p, 2 * Y * Z % p)
+
+    def add(P: tuple[int, int, int], Q: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not P[2]:
+            return Q
+        if not Q[2]:
+            return P
+        X1, Y1, Z1 = P
+        X2, Y2, Z2 = Q
+        z1z1, z2z2 = Z1 * Z1 % p, Z2 * Z2 % p
+        u1, u2 = X1 * z2z2 % p, X2 * z1z1 % p
+        s1, s2 = Y1 * Z2 * z2z2 % p, Y2 * Z1 * z1z1 % p
+        if u1 == u2:
+            return dbl(P) if s1 == s2 else (0, 1, 0)
+        h, r = (u2 - u1) % p, (s2 - s1) % p
+        hh = h * h % p
+        hhh = h * hh % p
+        v = u1 * hh % p
+        nx = (r * r - hhh - 2 * v) % p
+        return (nx, (r * (v - nx) - s1 * hhh) % p, Z1 * Z2 * h % p)
+
+    R = (0, 1, 0)
+    Pt = (x, y, 1)
+    for bit in bin(k)[2:]:
+        R = dbl(R)
+        if bit == "1":
+            R = add(R, Pt)
+    if not R[2]:
+        raise TpmError(RC.ECC_POINT)
+    zi = pow(R[2], -1, p)
+    return (R[0] * zi * zi % p, R[1] * zi * zi * zi % p)

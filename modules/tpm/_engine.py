@@ -381,6 +381,8 @@ class Tpm:
                            or role == ADMIN and a & TPMA_OBJECT.adminWithPolicy or role == DUP)
             if need_policy and (s is None or not s.is_policy):
                 raise TpmError(rc_session(RC.AUTH_TYPE, i + 1))
+        elif isinstance(ent, NvIndex) and role == ADMIN and (s is None or not s.is_policy):
+            raise TpmError(rc_session(RC.AUTH_TYPE, i + 1))
         da = self._is_da(h, ent)
         self._da_check(h, da)
         auth = self.auth_of(h, ent)
@@ -537,8 +539,12 @@ class Tpm:
             if h != RH.LOCKOUT and not self.hierarchy_enabled(h):
                 raise TpmError(rc_handle(RC.HIERARCHY, n))
             return h
-        if kind in ("obj", "obj+", "entity"):
-            if h == RH.NULL and kind != "obj":
+        if kind == "parent" and h in _HIERARCHIES + (RH.NULL,):
+            if not self.hierarchy_enabled(h):
+                raise TpmError(rc_handle(RC.HIERARCHY, n))
+            return h
+        if kind in ("obj", "obj+", "entity", "parent"):
+            if h == RH.NULL and kind in ("obj+", "entity"):
                 return None
             if ht in (HT.TRANSIENT, HT.PERSISTENT):
                 o = self.find_object(h)
@@ -626,5 +632,5 @@ class Tpm:
 
 
 # register the commands
-from . import _cmd_misc  # noqa: E402,F401
+from . import _cmd_attest, _cmd_context, _cmd_crypto, _cmd_hierarchy, _cmd_misc, _cmd_object, _cmd_policy  # noqa: E402,F401
 from . import _nv as _nv_cmds, _pcr as _pcr_cmds  # noqa: E402,F401

@@ -292,8 +292,6 @@ def _nv_change_auth(tpm: "Tpm", ctx: Ctx, new_auth: bytes) -> bytes:
     nv = ctx.ent[0]
     if len(strip_zeros(new_auth)) > HASHES[nv.name_alg][1]:
         raise TpmError(rc_param(RC.SIZE, 1))
-    if not _uses_policy(ctx):
-        raise TpmError(rc_handle(RC.AUTH_TYPE, 1))
     nv.auth = strip_zeros(new_auth)
     ctx.resp_auth = nv.auth
     tpm.dirty = True
