@@ -4,6 +4,12 @@ The store core (:class:`Store`) runs over any block device (:class:`BlockIO`) wi
 sealing key, an injected clock and RNG, and an optional freshness anchor.  See docs/persist.md.
 """
 
+from ._anchor import AnchorClient as AnchorClient
+from ._anchor import TcpTransport as TcpTransport
+from ._anchor_service import AnchorService as AnchorService
+from ._anchor_service import AnchorStatistics as AnchorStatistics
+from ._anchor_service import chain_verifier as chain_verifier
+from ._cli import register as register_commands
 from ._errors import AnchorError as AnchorError
 from ._errors import AnchorRequired as AnchorRequired
 from ._errors import BadKey as BadKey
@@ -25,6 +31,12 @@ from ._store import Store as Store
 from ._store import StoreStatistics as StoreStatistics
 
 __all__ = [
+    "AnchorClient",
+    "AnchorService",
+    "AnchorStatistics",
+    "TcpTransport",
+    "chain_verifier",
+    "register_commands",
     "DEFAULT_QUOTA",
     "MAX_VALUE",
     "AnchorError",
