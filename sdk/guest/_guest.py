@@ -442,8 +442,8 @@ class Guest:
         if len(nonce) != NONCE_SIZE:
             raise InvalidParameter("nonce must be 64 bytes")
         op_page, report_page = self.pool.take(), self.pool.take()
-        manifest = [self.pool.take()]
-        certs = [self.pool.take() for _ in range(cert_pages)]
+        manifest = self._grow([], PAGE_SIZE)
+        certs = self._grow([], cert_pages * PAGE_SIZE) if cert_pages else []
         try:
             while True:
                 nonce_gpa = op_page + 0x800
@@ -460,6 +460,9 @@ class Guest:
                     r = self.svsm_call(SVSM_ATTEST_PROTOCOL, SVSM_REQ_ATTEST_SINGLE_SERVICE, op_page)
                 if r.rax == ResultCode.INVALID_PARAMETER and r.rcx > msize:
                     manifest = self._grow(manifest, r.rcx)
+                    continue
+                if r.rax == ResultCode.INVALID_PARAMETER and certs and r.rdx > csize:
+                    certs = self._grow(certs, r.rdx)
                     continue
                 r.raise_for_result()
                 break
