@@ -8,9 +8,11 @@ To keep the hot path cheap, a page is *stored* in one of two forms:
 
 * **plaintext form** (sfn in ``_plain``): the bytes a C=1 guest read returns; DRAM content is
   ``XTS_encrypt(key, tweak=spa, bytes)``, computed only when somebody observes raw DRAM;
-* **raw form**: the DRAM bytes themselves.
+* **raw form**: the DRAM bytes themselves;
+* **plaintext-zero** (bit set in ``_zero``): a C=1 read returns zeros, nothing is allocated; the
+  page is materialised on its first partial write or when the host observes it.
 
-A page absent from the store is raw zeros.  Conversions happen only when a write needs the other
+A page absent from the store (and not plaintext-zero) is raw zeros.  Conversions happen only when a write needs the other
 form, so the guest's private traffic never touches AES, and what anyone can observe is the same as
 if every private write had been encrypted immediately.  Per-page state is one ``bytearray`` and
 one set membership; a 64 GiB guest with nothing touched costs a few dicts.
@@ -38,6 +40,7 @@ class MemoryStatistics(NamedTuple):
     size: int
     backed_pages: int
     plaintext_form_pages: int
+    zero_pages: int
     encryptions: int
     decryptions: int
 
@@ -49,7 +52,7 @@ class PhysicalMemory:
     :param key: 64-byte AES-256-XTS key of the guest (two distinct 32-byte halves).
     """
 
-    __slots__ = ("size", "npages", "_pages", "_plain", "_key", "encryptions", "decryptions")
+    __slots__ = ("size", "npages", "_pages", "_plain", "_zero", "_nzero", "_key", "encryptions", "decryptions")
 
     def __init__(self, size: int, key: bytes) -> None:
         if size <= 0 or size % PAGE_SIZE:
@@ -60,6 +63,9 @@ class PhysicalMemory:
         self.npages = size >> PAGE_SHIFT
         self._pages: dict[int, bytearray] = {}
         self._plain: set[int] = set()
+        #: Bitmap of plaintext-zero pages, allocated on first use (npages / 8 bytes).
+        self._zero: bytearray | None = None
+        self._nzero = 0
         self._key = key
         self.encryptions = 0
         self.decryptions = 0
@@ -89,8 +95,12 @@ class PhysicalMemory:
         """
         if sfn in self._plain:
             return self._pages[sfn]
-        raw = self._pages.get(sfn)
-        page = bytearray(self._xts(sfn, bytes(raw) if raw is not None else _ZERO_PAGE, False))
+        if self._is_zero(sfn):
+            self._clear_zero(sfn)
+            page = bytearray(PAGE_SIZE)
+        else:
+            raw = self._pages.get(sfn)
+            page = bytearray(self._xts(sfn, bytes(raw) if raw is not None else _ZERO_PAGE, False))
         self._pages[sfn] = page
         self._plain.add(sfn)
         return page
@@ -99,6 +109,8 @@ class PhysicalMemory:
         """C=1 read of ``length`` bytes at ``offset`` inside page ``sfn``."""
         if sfn in self._plain:
             return bytes(self._pages[sfn][offset : offset + length])
+        if self._nzero and self._is_zero(sfn):
+            return bytes(length)
         return bytes(self.plaintext_page(sfn)[offset : offset + length])
 
     def write_plain(self, sfn: int, offset: int, data: bytes) -> None:
@@ -113,6 +125,8 @@ class PhysicalMemory:
         """What DRAM holds: ciphertext for plaintext-form pages, bytes as stored otherwise."""
         page = self._pages.get(sfn)
         if page is None:
+            if self._nzero and self._is_zero(sfn):
+                return self._xts(sfn, _ZERO_PAGE, True)[offset : offset + length]
             return bytes(length)
         if sfn in self._plain:
             return self._xts(sfn, bytes(page), True)[offset : offset + length]
@@ -122,7 +136,11 @@ class PhysicalMemory:
         """Write DRAM directly (C=0 guest write, host write, DMA)."""
         page = self._pages.get(sfn)
         if page is None:
-            page = self._pages[sfn] = bytearray(PAGE_SIZE)
+            if self._nzero and self._is_zero(sfn):
+                self._clear_zero(sfn)
+                page = self._pages[sfn] = bytearray(self._xts(sfn, _ZERO_PAGE, True))
+            else:
+                page = self._pages[sfn] = bytearray(PAGE_SIZE)
         elif sfn in self._plain:
             page[:] = self._xts(sfn, bytes(page), True)
             self._plain.discard(sfn)
@@ -132,7 +150,34 @@ class PhysicalMemory:
         """Drop the page's backing: DRAM reads as zeros again (a freshly allocated host page)."""
         self._pages.pop(sfn, None)
         self._plain.discard(sfn)
+        if self._nzero:
+            self._clear_zero(sfn)
+
+    # -- plaintext-zero pages ---------------------------------------------------------------------
+    def _is_zero(self, sfn: int) -> bool:
+        z = self._zero
+        return z is not None and bool(z[sfn >> 3] >> (sfn & 7) & 1)
+
+    def _clear_zero(self, sfn: int) -> None:
+        z = self._zero
+        if z is not None and z[sfn >> 3] >> (sfn & 7) & 1:
+            z[sfn >> 3] &= ~(1 << (sfn & 7)) & 0xFF
+            self._nzero -= 1
+
+    def zero_plain(self, sfn: int) -> None:
+        """Make the page's plaintext all zeros (a C=1 write of 4096 zero bytes) without allocating.
+
+        Costs one bit; DRAM then holds the encryption of a zero page, computed only if observed.
+        """
+        if sfn in self._plain:
+            self._plain.discard(sfn)
+        self._pages.pop(sfn, None)
+        if self._zero is None:
+            self._zero = bytearray((self.npages + 7) >> 3)
+        if not self._zero[sfn >> 3] >> (sfn & 7) & 1:
+            self._zero[sfn >> 3] |= 1 << (sfn & 7)
+            self._nzero += 1
 
     def statistics(self) -> MemoryStatistics:
         """Snapshot of the counters."""
-        return MemoryStatistics(self.size, len(self._pages), len(self._plain), self.encryptions, self.decryptions)
+        return MemoryStatistics(self.size, len(self._pages), len(self._plain), self._nzero, self.encryptions, self.decryptions)

@@ -11,6 +11,7 @@ returns -- or the SVSM asked RUN_VMPL back to the suspended VMPL -- switches bac
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
@@ -32,6 +33,7 @@ from ._constants import (
     SEV_STATUS_SEV_ES,
     SEV_STATUS_SNP,
     VC_PAGE_NOT_VALIDATED,
+    VMEXIT_VMGEXIT,
     VMPL_COUNT,
     PvalidateResult,
     RmpadjustResult,
@@ -40,6 +42,7 @@ from ._constants import (
 from ._errors import NestedPageFault, VmmCommunicationException, VmrunError
 from ._rmp import A, ASID_MASK, ASID_SHIFT, PS, VAL, VMSA, InstructionResult
 from ._views import GuestView
+from ._vmsa import VMSA as VMSA_LAYOUT
 from ._vmsa import VmsaView
 
 if TYPE_CHECKING:
@@ -48,6 +51,11 @@ if TYPE_CHECKING:
 __all__ = ["Vcpu", "VmplEntry", "VcpuStatistics"]
 
 log = logging.getLogger(__name__)
+
+_EXIT = struct.Struct("<Q")
+_EXIT_CODE_OFF = VMSA_LAYOUT.guest_exit_code.offset
+_EXIT_INFO1_OFF = VMSA_LAYOUT.guest_exit_info_1.offset
+_EXIT_INFO2_OFF = VMSA_LAYOUT.guest_exit_info_2.offset
 
 #: What the SVSM registers per VMPL: called with the vCPU, on the thread that ran RUN_VMPL.
 VmplEntry = Callable[["Vcpu"], None]
@@ -243,10 +251,19 @@ class Vcpu:
     def vmgexit(self) -> None:
         """VMGEXIT (``rep; vmmcall``): the hypervisor handles the event named by the GHCB MSR.
 
+        Like the #VMEXIT it is, it writes guest_exit_code = 0x403 (and zero exit infos) into the
+        exiting VMPL's VMSA, which is how the SVSM tells a VMGEXIT from other exits.
+
         Returns when the guest would resume; responses are in the GHCB MSR or the GHCB page.
         """
-        self._vmpl(None)
+        v = self._vmpl(None)
         self.n_vmgexit += 1
+        sfn = self.vmsa_sfn[v]
+        if sfn is not None:  # hardware records the exit in the VMSA of the exiting VMPL
+            page = self.platform.memory.plaintext_page(sfn)
+            _EXIT.pack_into(page, _EXIT_CODE_OFF, VMEXIT_VMGEXIT)
+            _EXIT.pack_into(page, _EXIT_INFO1_OFF, 0)
+            _EXIT.pack_into(page, _EXIT_INFO2_OFF, 0)
         self.platform.hypervisor.handle_vmgexit(self)
 
     # -- guest RMP instructions -----------------------------------------------------------------

@@ -131,3 +131,13 @@ def test_wrmsr_only_ghcb(p) -> None:  # type: ignore[no-untyped-def]
     p.vcpus[0].halt()
     with pytest.raises(VmrunError):
         p.vcpus[0].wrmsr(MSR_GHCB, 0)
+
+
+def test_vmgexit_records_exit_code_in_vmsa(p) -> None:  # type: ignore[no-untyped-def]
+    bsp = p.vcpus[0]
+    codes = []
+    bsp.register_vmpl_entry(0, lambda vcpu: codes.append(vcpu.vmsa(1).guest_exit_code))
+    bsp.vmrun(1)
+    bsp.vmsa().guest_exit_code = 0x1234
+    msr_call(bsp, RunVmplRequest(0))
+    assert codes == [0x403] and bsp.vmsa(1).guest_exit_info_1 == 0

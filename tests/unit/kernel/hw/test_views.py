@@ -137,3 +137,43 @@ def test_dirty_log_records_guest_writes(p) -> None:  # type: ignore[no-untyped-d
     assert bm[1] == 0b10 and sum(bin(b).count("1") for b in bm) == 1
     hv.enable_dirty_logging(False)
     assert p.dirty_log is None
+
+
+def test_zero_whole_pages_costs_no_memory(p) -> None:  # type: ignore[no-untyped-def]
+    v = p.guest_view(0)
+    v.write(0x10000, b"\xff" * (8 * PAGE_SIZE))
+    before = p.memory.statistics().backed_pages
+    v.zero(0x10000 + 10, 8 * PAGE_SIZE - 20)  # 6 whole pages, two partial ends
+    st = p.memory.statistics()
+    assert st.zero_pages == 6 and st.backed_pages == before - 6
+    assert v.read(0x10000, 10) == b"\xff" * 10 and v.read(0x10000 + 10, 8 * PAGE_SIZE - 20) == bytes(8 * PAGE_SIZE - 20)
+    assert v.read(0x10000 + 8 * PAGE_SIZE - 10, 10) == b"\xff" * 10
+    # The host sees the encryption of zeros, the same bytes as if zeros had been written.
+    zeroed = p.host.read(0x11000, PAGE_SIZE)
+    v.write(0x11000, bytes(PAGE_SIZE))
+    assert p.host.read(0x11000, PAGE_SIZE) == zeroed != bytes(PAGE_SIZE)
+    # A partial write materialises only that page.
+    v.write(0x12000 + 5, b"abc")
+    assert v.read(0x12000, 8) == b"\0" * 5 + b"abc"
+    assert p.memory.statistics().zero_pages == 4  # 0x11000 and 0x12000 were materialised
+
+
+def test_zero_checks_every_page_first(p) -> None:  # type: ignore[no-untyped-def]
+    v = p.guest_view(0)
+    v.write(63 * PAGE_SIZE, b"keep")
+    with pytest.raises(NestedPageFault):
+        v.zero(63 * PAGE_SIZE, 2 * PAGE_SIZE)
+    assert v.read(63 * PAGE_SIZE, 4) == b"keep"
+    p.firmware.set_rmp(70 * PAGE_SIZE, assigned=True, gpa=70 * PAGE_SIZE, validated=False)
+    with pytest.raises(VmmCommunicationException):
+        v.zero(70 * PAGE_SIZE, PAGE_SIZE)
+
+
+def test_zero_then_host_write_after_unassign(p) -> None:  # type: ignore[no-untyped-def]
+    v = p.guest_view(0)
+    v.zero(0x20000, PAGE_SIZE)
+    ct = p.host.read(0x20000, PAGE_SIZE)
+    p.vcpus[0].pvalidate(0x20000, validate=False)
+    assert p.hypervisor.rmpupdate(0x20000, 0, assigned=False).rc == 0
+    p.host.write(0x20000, b"host")
+    assert p.host.read(0x20000, PAGE_SIZE) == b"host" + ct[4:]
