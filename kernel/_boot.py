@@ -52,7 +52,7 @@ from svsm.kernel.protocols import (
     VcpuRegistry,
     VmsaSummary,
 )
-from svsm.kernel.protocols._core import EFER_SVME, PERM_READ
+from svsm.kernel.protocols._core import EFER_SVME
 from svsm.kernel.sync import RWLock
 from svsm.sdk import FatalError, InvalidRequest
 from svsm.sdk.attestation import (
@@ -392,7 +392,9 @@ class Svsm:
         view.write(lay.guest_caa_gpa, bytes(8))
         gpa = self.allocator.allocate_zeroed_page()
         view.write(gpa, _build_vmsa(self.guest_vmpl, rip=firmware.gpa))
-        rc = self.cpu_ops.rmpadjust(0, gpa, False, self.guest_vmpl, PERM_READ, True)
+        # No guest permissions on its VMSA page (CREATE_VCPU does the same): no SVSM page is
+        # reachable by the guest.  upstream grants READ here (snp.md 5.3).
+        rc = self.cpu_ops.rmpadjust(0, gpa, False, self.guest_vmpl, 0, True)
         if rc:
             raise FatalError(f"RMPADJUST of the guest VMSA failed: {rc}")
         self.registry.register(gpa, lay.guest_caa_gpa, 0, guest_owned=False)
