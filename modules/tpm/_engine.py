@@ -151,10 +151,19 @@ class Tpm:
         return TpmStatistics(self._n_commands, self._n_errors, self._n_internal, len(self.objects),
                              len(self.persistent), len(self.sessions), len(self.nv), self.failed_tries)
 
-    def save_state(self) -> bytes:
-        """All non-volatile state as versioned bytes (see :mod:`._state`)."""
+    def save_state(self, include_volatile: bool = False) -> bytes:
+        """All non-volatile state as versioned bytes (see :mod:`._state`).
+
+        :param include_volatile: also PCRs, loaded objects and sessions (migration, checkpoints).
+        """
         from ._state import save_state
-        return save_state(self)
+        return save_state(self, include_volatile)
+
+    def nv_on(self) -> None:
+        """mssim NV_ON: NV is always available in this engine."""
+
+    def nv_off(self) -> None:
+        """mssim NV_OFF: NV is always available in this engine."""
 
     # -- the command path -------------------------------------------------------------------------
     def execute(self, command: bytes, locality: int = 0) -> bytes:

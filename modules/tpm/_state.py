@@ -40,12 +40,12 @@ def save_volatile(tpm: "Tpm") -> bytes:
     """PCR values and loaded sessions kept by Shutdown(STATE) for Startup(STATE)."""
     from ._pcr import PCR_BANKS
     allocated = sum(1 << i for i, a in enumerate(PCR_BANKS) if a in tpm.pcrs.allocated)
-    sess = [s.marshal() for s in tpm.sessions.values()]
+    sess = [u8(s.state == "saved") + tpm2b(s.marshal()) for s in tpm.sessions.values()]
     return (u8(allocated) + tpm2b(tpm.pcrs.marshal()) + u32(tpm.pcrs.update_counter) + u16(len(sess))
-            + b"".join(tpm2b(s) for s in sess))
+            + b"".join(sess))
 
 
-def resume_volatile(tpm: "Tpm", data: bytes) -> None:
+def resume_volatile(tpm: "Tpm", data: bytes, keep_resettable: bool = False) -> None:
     """Inverse of :func:`save_volatile` (TPM Resume)."""
     from ._pcr import NUM_PCRS, PCR_BANKS, RESETTABLE
     from ._crypto import HASHES
@@ -57,18 +57,25 @@ def resume_volatile(tpm: "Tpm", data: bytes) -> None:
         alg = banks.u16()
         size = HASHES[alg][1]
         vals = [banks.raw(size) for _ in range(NUM_PCRS)]
-        for i in RESETTABLE:
-            vals[i] = bytes(size)
+        if not keep_resettable:
+            for i in RESETTABLE:
+                vals[i] = bytes(size)
         tpm.pcrs.banks[alg] = vals
     tpm.pcrs.update_counter = r.u32()
     tpm.sessions.clear()
     for _ in range(r.u16()):
+        state = "saved" if r.u8() else "loaded"
         s = Session.unmarshal(r.tpm2b())
+        s.state = state
         tpm.sessions[s.handle] = s
 
 
-def save_state(tpm: "Tpm") -> bytes:
-    """Everything that survives power loss, plus the Shutdown(STATE) snapshot if any."""
+def save_state(tpm: "Tpm", include_volatile: bool = False) -> bytes:
+    """Everything that survives power loss, plus the Shutdown(STATE) snapshot if any.
+
+    :param include_volatile: also PCRs, loaded objects, sessions and the started flag (migration,
+        crash checkpoints): restoring such a blob resumes the TPM exactly where it was.
+    """
     parts = [b"".join(tpm2b(tpm.seeds[h]) + tpm2b(tpm.proofs[h]) for h in _HIERS), tpm2b(tpm.context_key),
              b"".join(tpm2b(tpm.auths[h]) for h in _AUTHS),
              u16(len(tpm.policies)) + b"".join(u32(h) + u16(a) + tpm2b(d) for h, (a, d) in tpm.policies.items()),
@@ -81,6 +88,11 @@ def save_state(tpm: "Tpm") -> bytes:
              u16(len(tpm.persistent)) + b"".join(u32(h) + tpm2b(marshal_object(o)) for h, o in tpm.persistent.items()),
              tpm2b(tpm.saved_state or b"") + u8(tpm.saved_state is not None),
              u8(sum(1 << i for i, a in enumerate(_banks()) if a in (tpm.pcrs.pending or tpm.pcrs.allocated)))]
+    if include_volatile:
+        parts.append(u8(1) + u8(tpm.started) + tpm2b(save_volatile(tpm)) + u64(tpm.context_seq)
+                     + u16(len(tpm.objects)) + b"".join(u32(h) + tpm2b(marshal_object(o)) for h, o in tpm.objects.items()))
+    else:
+        parts.append(u8(0))
     body = b"".join(parts)
     return STATE_MAGIC + u16(STATE_VERSION) + u32(len(body)) + body + hashlib.sha256(body).digest()
 
@@ -148,4 +160,20 @@ def _load_body(tpm: "Tpm", r: Reader) -> None:
     tpm.saved_state = saved if r.u8() else None
     banks = r.u8()
     tpm.pcrs = Pcrs(tuple(a for i, a in enumerate(_banks()) if banks >> i & 1))
+    if r.u8():
+        started = bool(r.u8())
+        volatile = r.tpm2b()
+        seq = r.u64()
+        objects = {}
+        for _ in range(r.u16()):
+            h = r.u32()
+            objects[h] = unmarshal_object(Reader(r.tpm2b()))
+        r.done()
+        tpm.power_on()
+        resume_volatile(tpm, volatile, keep_resettable=True)
+        for sess in tpm.sessions.values():
+            sess.state = "saved" if sess.seq and sess.state == "saved" else sess.state
+        tpm.context_seq = seq
+        tpm.objects = objects
+        tpm.started = started
     r.done()

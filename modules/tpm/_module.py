@@ -1,0 +1,191 @@
+"""The vTPM ring-3 service module: SVSM protocol 2 (coconut-svsm.md 2.5, 5) around the engine.
+
+The package ``svsm.modules.tpm`` is the module object the ``svsm.modules`` entry point names:
+it exports :data:`MANIFEST` and the hook functions below, which act on one
+:class:`VtpmService` per module process.
+
+State: the engine's non-volatile state is written to storage key ``"state"`` after every
+command that changed it, and read back at start.  A state that fails to load stops the module
+(COCONUT panics on purpose, so a blank TPM never overwrites the keys).  Migration and crash
+checkpoints use ``svsm_save_state`` which also carries PCRs, loaded objects and sessions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import time
+from typing import Callable
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from svsm.sdk import (BufferSpec, CallSpec, InvalidFormat, InvalidParameter, InvalidRequest, Manifest,
+                      ModuleContext, ProtocolSpec, Reply, Request, hookimpl)
+from svsm.sdk.tpm import (SVSM_VTPM_CMD, SVSM_VTPM_PROTOCOL, SVSM_VTPM_QUERY, VTPM_BUFFER_SIZE,
+                          VTPM_QUERY_FEATURES, VTPM_QUERY_PLATFORM_COMMANDS, decode_vtpm_request,
+                          encode_vtpm_response)
+
+from ._ek import create_ek, ek_template_rsa2048, provision_ek
+from ._engine import Tpm
+from ._state import StateError
+
+__all__ = ["MANIFEST", "VTPM_SERVICE_GUID", "STATE_KEY", "VtpmService", "SeededRng", "svsm_module_start",
+           "svsm_handle_request", "svsm_save_state", "svsm_restore_state", "svsm_service_manifest",
+           "svsm_module_stop"]
+
+log = logging.getLogger(__name__)
+
+VTPM_SERVICE_GUID = "c476f1eb-0123-45a5-9641-b4e7dde5bfe3"
+STATE_KEY = "state"
+
+MANIFEST = Manifest(
+    name="tpm", version="0.1",
+    protocols=[ProtocolSpec(number=SVSM_VTPM_PROTOCOL, calls=[
+        CallSpec(call=SVSM_VTPM_QUERY),
+        CallSpec(call=SVSM_VTPM_CMD, buffer=BufferSpec(gpa_register="rcx", size=VTPM_BUFFER_SIZE, writable=True)),
+    ])],
+    capabilities=["log", "random", "time", "storage"],
+    service_guid=VTPM_SERVICE_GUID,
+    request_timeout=30.0,
+    description="TPM 2.0 (SVSM vTPM protocol 2); manifest = EK TPMT_PUBLIC",
+)
+
+
+class SeededRng:
+    """AES-256-CTR keystream seeded from the kernel's random syscall (one syscall, many nonces).
+
+    :param seed: 48 bytes: key (32) and initial counter (16).
+    """
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != 48:
+            raise ValueError("SeededRng needs 48 seed bytes")
+        self._enc = Cipher(algorithms.AES(seed[:32]), modes.CTR(seed[32:])).encryptor()
+
+    def __call__(self, n: int) -> bytes:
+        """``n`` pseudo-random bytes."""
+        return self._enc.update(bytes(n))
+
+
+class VtpmService:
+    """One engine plus its storage, serving SVSM_VTPM_QUERY and SVSM_VTPM_CMD."""
+
+    def __init__(self) -> None:
+        self.tpm: Tpm | None = None
+        self.manifest: bytes = b""
+        self._now = 0.0
+        self._clock_fn: Callable[[], float] = time.monotonic
+        self.saves = 0
+
+    def _clock(self) -> float:
+        return self._now
+
+    def _tick(self, ctx: ModuleContext) -> None:
+        self._now = self._clock_fn()
+
+    def start(self, ctx: ModuleContext) -> None:
+        """Load or manufacture the TPM, provision the EKs on first boot, power on (no Startup)."""
+        caps = ctx.capabilities
+        rng = SeededRng(ctx.syscalls.random(48)) if "random" in caps else SeededRng(os.urandom(48))
+        if "time" in caps:
+            self._clock_fn = lambda: ctx.syscalls.time_ns() / 1e9
+        self._tick(ctx)
+        blob = ctx.syscalls.storage_get(STATE_KEY) if "storage" in caps else None
+        if blob is not None:
+            self.tpm = Tpm(rng=rng, clock=self._clock, state=blob)
+        else:
+            self.tpm = Tpm(rng=rng, clock=self._clock)
+            ctx.log.info("vTPM manufactured (no saved state)")
+        now = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=int(self._now))
+        provision_ek(self.tpm, now if self._now > 946684800 else datetime.datetime(2026, 1, 1))
+        self.manifest = create_ek(self.tpm, ek_template_rsa2048()).public.marshal()
+        self.persist(ctx)
+
+    def persist(self, ctx: ModuleContext) -> None:
+        """Write the non-volatile state to storage if a command changed it."""
+        tpm = self.tpm
+        if tpm is not None and tpm.dirty and "storage" in ctx.capabilities:
+            ctx.syscalls.storage_put(STATE_KEY, tpm.save_state())
+            tpm.dirty = False
+            self.saves += 1
+
+    def handle(self, request: Request, ctx: ModuleContext) -> Reply:
+        """SVSM_VTPM_QUERY / SVSM_VTPM_CMD exactly as COCONUT's vtpm.rs answers them.
+
+        :raises InvalidParameter: RCX = 0, platform command != 8, locality != 0, size > 4087.
+        :raises InvalidRequest: the TPM is not powered on.
+        """
+        if request.call == SVSM_VTPM_QUERY:
+            return Reply(rcx=VTPM_QUERY_PLATFORM_COMMANDS, rdx=VTPM_QUERY_FEATURES)
+        if request.rcx == 0 or request.buffer is None:
+            raise InvalidParameter("SVSM_VTPM_CMD: no buffer")
+        page = request.buffer
+        req = decode_vtpm_request(page)
+        if req.locality != 0:
+            raise InvalidParameter("SVSM_VTPM_CMD: locality must be 0")
+        tpm = self.tpm
+        if tpm is None or not tpm.powered:
+            raise InvalidRequest("vTPM not powered on")
+        self._tick(ctx)
+        out = encode_vtpm_response(tpm.execute(req.command, req.locality))
+        self.persist(ctx)
+        return Reply(buffer=out + page[len(out):])
+
+    def restore(self, state: bytes, ctx: ModuleContext) -> None:
+        """Replace the engine with ``state`` (from :meth:`save`, possibly another machine).
+
+        :raises InvalidFormat: the state does not load; the running TPM is kept.
+        """
+        rng = self.tpm.rng if self.tpm is not None else SeededRng(os.urandom(48))
+        try:
+            tpm = Tpm(rng=rng, clock=self._clock, state=state)
+        except StateError:
+            raise InvalidFormat("vTPM state rejected") from None
+        self.tpm = tpm
+        self.manifest = create_ek(tpm, ek_template_rsa2048()).public.marshal()
+        tpm.dirty = True
+        self.persist(ctx)
+
+    def save(self) -> bytes | None:
+        """Whole state including volatile parts."""
+        return self.tpm.save_state(include_volatile=True) if self.tpm is not None else None
+
+
+_SERVICE = VtpmService()
+
+
+@hookimpl
+def svsm_module_start(ctx: ModuleContext) -> None:
+    """Load or manufacture the vTPM (see :meth:`VtpmService.start`)."""
+    _SERVICE.start(ctx)
+
+
+@hookimpl
+def svsm_handle_request(request: Request, ctx: ModuleContext) -> Reply | None:
+    """Serve SVSM_VTPM_QUERY (0) and SVSM_VTPM_CMD (1)."""
+    return _SERVICE.handle(request, ctx)
+
+
+@hookimpl
+def svsm_save_state(ctx: ModuleContext) -> bytes | None:
+    """Whole vTPM state (non-volatile + PCRs, objects, sessions) for migration/checkpoints."""
+    return _SERVICE.save()
+
+
+@hookimpl
+def svsm_restore_state(state: bytes, ctx: ModuleContext) -> None:
+    """Resume from :func:`svsm_save_state` output."""
+    _SERVICE.restore(state, ctx)
+
+
+@hookimpl
+def svsm_service_manifest(ctx: ModuleContext) -> bytes | None:
+    """The RSA EK's TPMT_PUBLIC (coconut-svsm.md 5.2)."""
+    return _SERVICE.manifest or None
+
+
+@hookimpl
+def svsm_module_stop(ctx: ModuleContext) -> None:
+    """Flush state that changed."""
+    _SERVICE.persist(ctx)
