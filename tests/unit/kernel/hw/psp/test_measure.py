@@ -162,3 +162,12 @@ def test_kernel_without_hash_section_is_refused() -> None:
 def test_missing_reset_block_is_refused() -> None:
     with pytest.raises(FirmwareImageError):
         calc_launch_digest(build_image(0x4000, reset_eip=None), vcpus=1, vcpu_sig=1)
+
+
+def test_parallel_page_hashing_equals_serial() -> None:
+    data = bytes(range(256)) * 16 * 300 + b"\x5a" * 4096 * 9  # 309 pages: not a multiple of the chunk
+    assert len(data) >= 1 << 20
+    serial, parallel = LaunchDigest(workers=1), LaunchDigest(workers=3)
+    serial.update_normal(0x10000, data)
+    parallel.update_normal(0x10000, data)
+    assert serial.digest == parallel.digest and serial.pages == parallel.pages == 309
