@@ -24,6 +24,7 @@ from ._constants import (
     PAGE_SHIFT,
     PAGE_SIZE,
     PAGE_SIZE_2M,
+    PAGES_PER_2M,
     PF_PRESENT,
     PF_RMP,
     SEV_FEATURE_ALTERNATE_INJECTION,
@@ -40,7 +41,7 @@ from ._constants import (
     RmpPageSize,
 )
 from ._errors import NestedPageFault, VmmCommunicationException, VmrunError
-from ._rmp import A, ASID_MASK, ASID_SHIFT, PS, VAL, VMSA, InstructionResult
+from ._rmp import _OWNER_IGNORE, A, ASID_MASK, ASID_SHIFT, GFN_SHIFT, PS, VAL, VMSA, InstructionResult
 from ._views import GuestView
 from ._vmsa import VMSA as VMSA_LAYOUT
 from ._vmsa import VmsaView
@@ -51,6 +52,12 @@ if TYPE_CHECKING:
 __all__ = ["Vcpu", "VmplEntry", "VcpuStatistics"]
 
 log = logging.getLogger(__name__)
+
+_PV_SUCCESS = InstructionResult(PvalidateResult.SUCCESS)
+_PV_UNCHANGED = InstructionResult(PvalidateResult.SUCCESS, True)
+_PV_FAIL_INPUT = InstructionResult(PvalidateResult.FAIL_INPUT)
+_PV_FAIL_PERMISSION = InstructionResult(PvalidateResult.FAIL_PERMISSION)
+_PV_FAIL_SIZEMISMATCH = InstructionResult(PvalidateResult.FAIL_SIZEMISMATCH)
 
 _EXIT = struct.Struct("<Q")
 _EXIT_CODE_OFF = VMSA_LAYOUT.guest_exit_code.offset
@@ -92,6 +99,7 @@ class Vcpu:
         self._stack: list[int] = []
         self._return_requested = False
         self._views = [GuestView(platform, v, index) for v in range(VMPL_COUNT)]
+        self._owner_bits = A | (platform.asid << ASID_SHIFT)
         self._lock = threading.RLock()
         self.n_vmgexit = self.n_switch = self.n_pvalidate = self.n_rmpadjust = 0
 
@@ -281,6 +289,9 @@ class Vcpu:
     def pvalidate(self, gpa: int, size: int = RmpPageSize.SIZE_4K, validate: bool = True, *, vmpl: int | None = None) -> InstructionResult:
         """PVALIDATE (snp.md 5.2) at ``vmpl`` (default: the current VMPL).
 
+        This is the hot path of memory acceptance, so the RMP lookup and update are inlined here
+        (same rules as :meth:`RMP.pvalidate`, which the state-machine test cross-checks).
+
         :returns: (EAX, CF): SUCCESS, FAIL_INPUT, FAIL_PERMISSION (above VMPL0),
             FAIL_SIZEMISMATCH; CF=1 if VALIDATED already had the requested value.
         :raises NestedPageFault: the page is not this guest's, or SIZEM (4 KiB on a 2 MiB entry).
@@ -288,11 +299,40 @@ class Vcpu:
         v = self._vmpl(vmpl)
         self.n_pvalidate += 1
         if v != 0:
-            return InstructionResult(PvalidateResult.FAIL_PERMISSION)
-        if size not in (0, 1) or gpa % (PAGE_SIZE_2M if size else PAGE_SIZE):
-            return InstructionResult(PvalidateResult.FAIL_INPUT)
-        e, base = self._owned_entry(gpa, size)
-        return self.platform.rmp.pvalidate(e, base, size, validate)
+            return _PV_FAIL_PERMISSION
+        if size == 0:
+            if gpa & 0xFFF:
+                return _PV_FAIL_INPUT
+        elif size != 1 or gpa % PAGE_SIZE_2M:
+            return _PV_FAIL_INPUT
+        platform = self.platform
+        gfn = gpa >> PAGE_SHIFT
+        npt = platform.npt
+        sfn = npt.get(gfn, gfn) if npt else gfn
+        npages = platform.memory.npages
+        if sfn is None or not 0 <= gfn < npages or not 0 <= sfn < npages:
+            raise NestedPageFault(gpa, NPF_ENC)
+        rmp = platform.rmp
+        table = rmp._e
+        e = table.get(sfn)
+        base = sfn
+        if e is None:
+            base = sfn & ~(PAGES_PER_2M - 1)
+            e = table.get(base)
+            if e is None or not e & PS:
+                raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT)
+        if e & ~_OWNER_IGNORE != self._owner_bits | ((gfn - (sfn - base)) << GFN_SHIFT):
+            raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT)
+        rmp.n_pvalidate += 1
+        if e & PS:
+            if size == 0:
+                raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT | NPF_SIZEM)
+        elif size == 1:
+            return _PV_FAIL_SIZEMISMATCH
+        if bool(e & VAL) == validate:
+            return _PV_UNCHANGED
+        table[base] = e ^ VAL
+        return _PV_SUCCESS
 
     def rmpadjust(self, gpa: int, size: int, attrs: int, *, vmpl: int | None = None) -> InstructionResult:
         """RMPADJUST (snp.md 5.3) at ``vmpl`` (default: the current VMPL).
