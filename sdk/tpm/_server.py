@@ -1,6 +1,9 @@
-"""Threaded socket drivers for the mssim and swtpm protocols.
+"""Socket drivers for the mssim and swtpm protocols: one selector thread per server.
 
-All protocol logic is in :mod:`._mssim` / :mod:`._swtpm`; this file only moves bytes.
+All protocol logic is in :mod:`._mssim` / :mod:`._swtpm`; this file only moves bytes.  One
+thread multiplexes every connection of both ports: the TPM runs one command at a time anyway,
+and tcti-swtpm opens a TCP connection per command, so a thread per connection would cost a
+thread start per command.
 
 Latency: tcti-mssim reads a response as ``u32 size``, then the body, then the ack.  A
 server that writes those as three small writes with Nagle on makes the second write wait
@@ -16,6 +19,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
+import selectors
+import pathlib
+import random
 import socket
 import threading
 from collections.abc import Callable
@@ -32,26 +38,40 @@ log = logging.getLogger(__name__)
 _RECV = 65536
 
 
-def free_port_pair(host: str = "127.0.0.1", attempts: int = 50) -> int:
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999  # the Linux default
+
+
+def free_port_pair(host: str = "127.0.0.1", attempts: int = 200, rng: random.Random | None = None) -> int:
     """A port P such that P and P+1 were both free on ``host`` a moment ago.
 
-    Both TPM protocols put their second channel on P+1, so an ephemeral single port is not
-    enough.  There is an unavoidable race with other processes; callers retry on EADDRINUSE.
+    Both TPM protocols put their second channel on P+1, so one ephemeral port is not enough.
+    Candidates come from *outside* the kernel's ephemeral range: tcti-swtpm opens a TCP
+    connection per command, and the thousands of client ports it leaves in TIME_WAIT make
+    most ephemeral pairs unusable.  There is an unavoidable race with other processes;
+    :meth:`TpmServer.start` retries on EADDRINUSE.
 
+    :param rng: source of candidate ports (injectable for tests).
     :raises OSError: no pair found in ``attempts`` tries.
     """
+    rng = rng or random.Random()
+    lo, hi = _ephemeral_range()
+    ranges = [(r0, r1) for r0, r1 in ((10000, lo - 2), (hi + 1, 65533)) if r1 > r0]
     for _ in range(attempts):
-        with socket.socket() as a:
-            a.bind((host, 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind((host, port + 1))
-                except OSError:
-                    continue
-                return int(port)
+        r0, r1 = rng.choice(ranges)
+        port = rng.randint(r0, r1)
+        try:
+            for p in (port, port + 1):
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind((host, p))
+        except OSError:
+            continue
+        return port
     raise OSError("no two consecutive free TCP ports found")
 
 
@@ -66,8 +86,23 @@ class ServerStatistics:
     replies: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """One thing a connection handler wants done: send ``data`` (or ``parts`` one by one when not
+    in low-latency mode), then maybe close the connection or stop the server."""
+
+    data: bytes = b""
+    parts: tuple[bytes, ...] = ()
+    close: bool = False
+    stop: bool = False
+
+
+#: A connection handler: received bytes (``b""`` = EOF) -> outputs.
+Handler = Callable[[bytes], list[Output]]
+
+
 class TpmServer(abc.ABC):
-    """Two listening sockets (P and P+1), one thread per connection, a shared :class:`TpmPlatform`.
+    """Two listening sockets (P and P+1) served by one selector thread, a shared :class:`TpmPlatform`.
 
     :param target: the TPM (a :class:`TpmDevice`, wrapped in a powered-on platform) or a platform.
     :param host: address to bind; loopback by default.
@@ -89,9 +124,12 @@ class TpmServer(abc.ABC):
         self._requested_port = port
         self.port = port
         self._listeners: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._n_conn = 0
         self._n_err = 0
@@ -100,9 +138,9 @@ class TpmServer(abc.ABC):
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> TpmServer:
-        """Bind both ports and start accepting.
+        """Bind both ports and start serving.
 
-        :raises OSError: the ports are taken (with ``port=0`` a few pairs are tried first).
+        :raises OSError: the ports are taken (with ``port=0`` several pairs are tried first).
         """
         for attempt in range(10):
             port = self._requested_port or free_port_pair(self.host)
@@ -116,10 +154,11 @@ class TpmServer(abc.ABC):
                 if self._requested_port or attempt == 9:
                     raise
         self.port = port
-        for sock, handler in zip(self._listeners, self._handlers(), strict=True):
-            t = threading.Thread(target=self._accept_loop, args=(sock, handler), daemon=True, name=f"tpm-accept-{port}")
-            t.start()
-            self._threads.append(t)
+        for index, sock in enumerate(self._listeners):
+            self._sel.register(sock, selectors.EVENT_READ, ("listen", index))
+        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"tpm-server-{port}")
+        self._thread.start()
         log.info("%s listening on %s:%d/%d", type(self).__name__, self.host, port, port + 1)
         return self
 
@@ -128,34 +167,35 @@ class TpmServer(abc.ABC):
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((self.host, port))
-            s.listen(16)
+            s.listen(64)
+            s.setblocking(False)
         except OSError:
             s.close()
             raise
         return s
 
     def stop(self) -> None:
-        """Close the listeners and every open connection; idempotent."""
+        """Stop serving, close the listeners and every open connection; idempotent."""
+        self._stopping.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # already closed by an earlier stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        if self._thread is None or not self._thread.is_alive():
+            self._close_all()
+
+    def _close_all(self) -> None:
         if self._stopped.is_set():
             return
-        self._stopped.set()
-        for s in self._listeners:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # never connected: close() below is enough
+        for s in [*self._listeners, *self._conns]:
             s.close()
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # the peer already closed it
-        me = threading.current_thread()
-        for t in self._threads:
-            if t is not me:
-                t.join(timeout=5)
+        self._conns.clear()
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self._stopped.set()
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Block until the server stopped (TPM_STOP, CMD_SHUTDOWN or :meth:`stop`)."""
@@ -175,75 +215,101 @@ class TpmServer(abc.ABC):
     # -- plumbing ----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def _handlers(self) -> list[Callable[[socket.socket], None]]:
-        """The connection handlers of port P and port P+1, in that order."""
+    def _handler(self, index: int) -> Handler:
+        """A fresh handler for a connection on port P (``index`` 0) or P+1 (``index`` 1)."""
 
-    def _accept_loop(self, listener: socket.socket, handler: Callable[[socket.socket], None]) -> None:
-        while not self._stopped.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return  # listener closed by stop()
-            if self.low_latency:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._conns.add(conn)
-                self._n_conn += 1
-            t = threading.Thread(target=self._serve, args=(conn, handler), daemon=True, name="tpm-conn")
-            t.start()
-
-    def _serve(self, conn: socket.socket, handler: Callable[[socket.socket], None]) -> None:
+    def _loop(self) -> None:
         try:
-            handler(conn)
+            while not self._stopping.is_set():
+                for key, _ in self._sel.select():
+                    kind, arg = key.data
+                    if kind == "wake":
+                        return
+                    if kind == "listen":
+                        self._accept(key.fileobj, arg)  # type: ignore[arg-type]
+                    else:
+                        self._readable(key.fileobj, arg)  # type: ignore[arg-type]
+        finally:
+            self._close_all()
+
+    def _accept(self, listener: socket.socket, index: int) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return  # the client went away between select and accept
+        conn.setblocking(True)
+        if self.low_latency:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        handler = self._handler(index)
+        self._sel.register(conn, selectors.EVENT_READ, ("conn", handler))
+        with self._lock:
+            self._conns.add(conn)
+            self._n_conn += 1
+        # tcti-swtpm connects and writes at once: serve the command without another select round.
+        try:
+            early = conn.recv(_RECV, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        self._readable(conn, handler, early)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self._sel.unregister(conn)
+        with self._lock:
+            self._conns.discard(conn)
+        conn.close()
+
+    def _readable(self, conn: socket.socket, handler: Handler, data: bytes | None = None) -> None:
+        try:
+            if data is None:
+                data = conn.recv(_RECV)
+            if self.low_latency and data:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            outputs = handler(data)
+            for out in outputs:
+                self._send(conn, out)
+                if out.stop:
+                    self._stopping.set()
+                if out.close:
+                    self._drop(conn)
+                    return
         except TransportError as exc:
             log.info("dropping TPM client: %s", exc)
             with self._lock:
                 self._n_err += 1
+            self._drop(conn)
+            return
         except OSError as exc:
             log.debug("TPM client connection error: %s", exc)
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-            conn.close()
+            self._drop(conn)
+            return
+        if not data:
+            self._drop(conn)
 
-    def _recv(self, conn: socket.socket) -> bytes:
-        data = conn.recv(_RECV)
-        if self.low_latency and data:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        return data
-
-    def _send(self, conn: socket.socket, data: bytes, parts: tuple[bytes, ...] = ()) -> None:
+    def _send(self, conn: socket.socket, out: Output) -> None:
+        if not out.data:
+            return
         with self._lock:
             self._n_replies += 1
-        if self.low_latency or not parts:
-            if data:
-                conn.sendall(data)
+        if self.low_latency or not out.parts:
+            conn.sendall(out.data)
             return
-        for part in parts:
+        for part in out.parts:
             conn.sendall(part)
-
-    def _stop_async(self) -> None:
-        threading.Thread(target=self.stop, daemon=True, name="tpm-stop").start()
 
 
 class MssimServer(TpmServer):
     """The TPM simulator protocol: command port P, platform port P+1 (tpm2-tss ``mssim:`` TCTI)."""
 
-    def _handlers(self) -> list[Callable[[socket.socket], None]]:
-        return [lambda c: self._mssim(c, MssimPort.COMMAND), lambda c: self._mssim(c, MssimPort.PLATFORM)]
+    def _handler(self, index: int) -> Handler:
+        machine = MssimConnection(MssimPort.COMMAND if index == 0 else MssimPort.PLATFORM, self.platform)
 
-    def _mssim(self, conn: socket.socket, port: MssimPort) -> None:
-        machine = MssimConnection(port, self.platform)
-        while True:
-            data = self._recv(conn)
-            for reply in machine.receive(data):
-                self._send(conn, reply.data, reply.parts)
-                if reply.stop:
-                    self._stop_async()
-                if reply.close:
-                    return
-            if not data:
-                return
+        def handle(data: bytes) -> list[Output]:
+            return [Output(r.data, r.parts, r.close, r.stop) for r in machine.receive(data)]
+
+        return handle
 
 
 class SwtpmServer(TpmServer):
@@ -253,21 +319,21 @@ class SwtpmServer(TpmServer):
         super().__init__(target, host, port, **kw)
         self.control = SwtpmControl(self.platform)
 
-    def _handlers(self) -> list[Callable[[socket.socket], None]]:
-        return [self._data, self._ctrl]
+    def _handler(self, index: int) -> Handler:
+        if index == 0:
+            data_machine = SwtpmData(self.platform)
 
-    def _data(self, conn: socket.socket) -> None:
-        machine = SwtpmData(self.platform)
-        while data := self._recv(conn):
-            for reply in machine.receive(data):
-                self._send(conn, reply)
+            def data(raw: bytes) -> list[Output]:
+                return [Output(r) for r in data_machine.receive(raw)]
 
-    def _ctrl(self, conn: socket.socket) -> None:
+            return data
         reader = SwtpmControlReader()
-        while data := self._recv(conn):
-            for req in reader.feed(data):
+
+        def ctrl(raw: bytes) -> list[Output]:
+            outs = []
+            for req in reader.feed(raw):
                 reply = self.control.handle(req)
-                self._send(conn, reply.data)
-                if reply.stop:
-                    self._stop_async()
-                    return
+                outs.append(Output(reply.data, close=reply.stop, stop=reply.stop))
+            return outs
+
+        return ctrl
