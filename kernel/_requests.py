@@ -222,7 +222,7 @@ class RequestLoop:
                 rax = to_result_code(exc)
             except FatalError:
                 self.panicker.panic(vcpu.index, exc)
-            log.debug("CPU %d %r -> %#x (%s)", vcpu.index, params, rax, type(exc).__name__)
+            log.debug("CPU %d %r -> %#x (%s)", vcpu.index, params, rax, type(exc).__name__, exc_info=exc)
         rcx, rdx, r8 = params.outputs()
         view.write(vmsa_gpa + _OFF["rcx"], _Q.pack(rcx) + _Q.pack(rdx))
         view.write(vmsa_gpa + _OFF["r8"], _Q.pack(r8))

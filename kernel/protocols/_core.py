@@ -253,7 +253,7 @@ class CoreProtocol:
             self._mem.check(gpa, CA_HEADER_SIZE)
             self.registry.remap_caa(vmsa_gpa, gpa)
             try:
-                self._mem.write(params.cpu, gpa, bytes(CA_HEADER_SIZE))
+                self._mem.write(params.cpu, gpa, bytes(CA_HEADER_SIZE), allow_registered=True)
             except InvalidAddress:
                 self.registry.remap_caa(vmsa_gpa, caa_gpa)
                 raise
