@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
-from ._constants import PAGE_SHIFT, PAGE_SIZE, PAGES_PER_2M, VMPL_COUNT, RmpPageSize, RmpupdateResult
+from ._constants import PAGE_SHIFT, PAGE_SIZE, PAGES_PER_2M, SEV_FEATURE_SNP_ACTIVE, VMPL_COUNT, RmpPageSize, RmpupdateResult
 from ._errors import GhcbProtocolError, GuestTerminated, HostPageFault
 from ._ghcb import GHCB_SHARED_BUFFER_OFFSET, GHCB_SHARED_BUFFER_SIZE, GhcbError, GhcbPage, SwExitCode
 from ._msr_protocol import (
@@ -256,7 +256,7 @@ class Hypervisor:
         """RUN_VMPL: switch the vCPU (calls the SVSM entry for VMPL0)."""
         src = vcpu.vmpl
         assert src is not None
-        if msg.vmpl >= VMPL_COUNT:
+        if msg.vmpl >= VMPL_COUNT or not (vcpu.can_run(msg.vmpl) or msg.vmpl in vcpu.suspended_vmpls):
             return RunVmplResponse(1)
         vcpu.ghcb_msr[src] = RunVmplResponse(0).encode()
         vcpu.run_vmpl(msg.vmpl)
@@ -331,11 +331,19 @@ class Hypervisor:
         caller's GHCB already holds the result when its VMPL resumes.
         """
         target = ghcb.sw_exit_info_1
-        if target >= VMPL_COUNT:
+        if target >= VMPL_COUNT or not (vcpu.can_run(target) or target in vcpu.suspended_vmpls):
             self._ghcb_error(ghcb, GhcbError.INVALID_INPUT)
             return None
         self._ok(ghcb)
         return lambda: vcpu.run_vmpl(target)
+
+    def nae_cpuid(self, vcpu: Vcpu, ghcb: GhcbPage) -> None:
+        """CPUID NAE (0x72): RAX = leaf, RCX = subleaf; answers RAX/RBX/RCX/RDX (untrusted)."""
+        leaf = ghcb.get("rax")
+        eax, ebx, ecx, edx = self.cpuid(leaf & 0xFFFF_FFFF)
+        for name, value in (("rax", eax), ("rbx", ebx), ("rcx", ecx), ("rdx", edx)):
+            ghcb.set(name, value)
+        self._ok(ghcb)
 
     def nae_hypervisor_features(self, vcpu: Vcpu, ghcb: GhcbPage) -> None:
         """Feature bitmap in SW_EXITINFO2."""
@@ -534,9 +542,12 @@ class Hypervisor:
             self._ghcb_error(ghcb, GhcbError.INVALID_INPUT)
             return
         try:
-            ghcb.get("rax")
+            features = ghcb.get("rax")
         except GhcbProtocolError:
             self._ghcb_error(ghcb, GhcbError.MISSING_INPUT)
+            return
+        if not features & SEV_FEATURE_SNP_ACTIVE:  # the VMSA could never run (snp.md 6)
+            self._ghcb_error(ghcb, GhcbError.INVALID_INPUT)
             return
         sfn = self.gpa_to_spa(vmsa_gpa) >> PAGE_SHIFT
         if target is None:

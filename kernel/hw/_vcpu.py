@@ -150,6 +150,11 @@ class Vcpu:
         """
         return self._return_requested
 
+    @property
+    def suspended_vmpls(self) -> tuple[int, ...]:
+        """VMPLs waiting for an entry call to return, innermost last."""
+        return tuple(self._stack)
+
     def has_entry(self, vmpl: int) -> bool:
         """Whether an entry is registered for ``vmpl``."""
         return vmpl in self._entries
@@ -181,6 +186,16 @@ class Vcpu:
         if feats & SEV_FEATURE_RESTRICTED_INJECTION and feats & SEV_FEATURE_ALTERNATE_INJECTION:
             raise VmrunError("RestrictedInjection and AlternateInjection are mutually exclusive")
         return sfn
+
+    def can_run(self, vmpl: int) -> bool:
+        """Whether VMRUN of ``vmpl`` would pass its checks (what a hypervisor learns by trying)."""
+        if not 0 <= vmpl < VMPL_COUNT:
+            return False
+        try:
+            self._vmrun_check(vmpl)
+        except VmrunError:
+            return False
+        return True
 
     def _switch(self, vmpl: int | None) -> None:
         rmp = self.platform.rmp

@@ -260,3 +260,16 @@ def test_statistics_count_events(p) -> None:  # type: ignore[no-untyped-def]
     st = p.hypervisor.statistics()
     assert dict(st.msr_requests)["SevInfoRequest"] == 1 and dict(st.msr_requests)["RegisterGhcbRequest"] == 1
     assert dict(st.nae_events)["HYPERVISOR_FEATURES"] == 1 and st.vmgexits == 3
+
+
+def test_cpuid_nae_and_run_vmpl_to_unrunnable_vmpl(p) -> None:  # type: ignore[no-untyped-def]
+    bsp = p.vcpus[0]
+    out = ghcb_call(bsp, GHCB, SwExitCode.CPUID, rax=0x8000_001F, rcx=0)
+    assert out.sw_exit_info_1 == 0 and out.get("rbx") & 0x3F == 51 and out.get("rax") & 0x30 == 0x30
+    out = ghcb_call(bsp, GHCB, SwExitCode.SNP_RUN_VMPL, 2)  # no VMSA for VMPL2
+    assert (out.sw_exit_info_1, out.sw_exit_info_2) == (2, GhcbError.INVALID_INPUT) and bsp.vmpl == 0
+    from svsm.kernel.hw import RunVmplRequest, RunVmplResponse
+
+    assert msr_call(bsp, RunVmplRequest(3)) == RunVmplResponse(1)
+    out = ghcb_call(bsp, GHCB, SwExitCode.SNP_AP_CREATION, 1 | 1 << 16 | 5 << 32, 0x8000, rax=0)  # not SNPActive
+    assert out.sw_exit_info_1 == 2 and p.vcpu_by_apic_id(5) is None
