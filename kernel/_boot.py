@@ -58,13 +58,16 @@ from svsm.sdk import FatalError, InvalidRequest
 from svsm.sdk.attestation import (
     ARK_GUID,
     ASK_GUID,
+    CERT_TABLE_ENTRY,
     SNP_REPORT_REQ,
     SNP_REPORT_RSP,
     SNP_SECRETS_PAGE,
     VCEK_GUID,
+    CertTableError,
     GuestMessageClient,
     GuestMessageError,
     MsgType,
+    parse_cert_table,
 )
 from svsm.sdk.guest import SVSM_ATTEST_PROTOCOL, SVSM_CORE_PROTOCOL
 
@@ -223,6 +226,24 @@ class _CpuOps:
     def flush_tlb(self) -> None:
         with self._lock:
             self.tlb_flushes += 1
+
+
+def _cert_table(raw: bytes) -> bytes:
+    """The certificate table the host wrote, cut to its real length (entries + blobs).
+
+    :raises InvalidRequest: the host's table is malformed (no terminator, blob outside).
+    """
+    try:
+        parse_cert_table(raw)
+    except CertTableError as exc:
+        raise InvalidRequest("malformed certificate table from the host") from exc
+    end, pos = 0, 0
+    while True:
+        guid, off, length = CERT_TABLE_ENTRY.unpack_from(raw, pos)
+        pos += CERT_TABLE_ENTRY.size
+        if guid == bytes(16) and not off and not length:
+            return raw[: max(end, pos)]
+        end = max(end, off + length)
 
 
 class BootTimings(NamedTuple):
@@ -434,13 +455,17 @@ class Svsm:
             req = SNP_REPORT_REQ(vmpl=0, flags=0)
             req.report_data[:] = report_data
             view.write(req_gpa, self._msg.request(MsgType.REPORT_REQ, bytes(req)), c_bit=False)
+            too_small = 0
             if cert_capacity is None:
                 g = self.ghcb.nae(vcpu, pc, SwExitCode.SNP_GUEST_REQUEST, req_gpa, resp_gpa)
             else:
                 pages = min(cert_capacity // PAGE, _GREQ_PAGES - 2)
                 g = self.ghcb.nae(vcpu, pc, SwExitCode.SNP_EXT_GUEST_REQUEST, req_gpa, resp_gpa, rax=cert_gpa, rbx=pages)
-                if g.sw_exit_info_2 >> 32 == 1:
-                    raise CertificateBufferTooSmall(g.rbx)
+                if g.sw_exit_info_2 >> 32 == 1 and not g.sw_exit_info_1:
+                    # As Linux: re-issue the same message without certificates so its sequence
+                    # number is consumed and no IV is ever used for two plaintexts.
+                    too_small = g.rbx
+                    g = self.ghcb.nae(vcpu, pc, SwExitCode.SNP_GUEST_REQUEST, req_gpa, resp_gpa)
             if g.sw_exit_info_1 or g.sw_exit_info_2:
                 # The request may have been consumed: never reuse its IV.
                 self._msg = None
@@ -449,10 +474,12 @@ class Svsm:
                 payload = self._msg.response(view.read(resp_gpa, PAGE, c_bit=False))
             except GuestMessageError as exc:
                 raise InvalidRequest("guest request response rejected") from exc
+            if too_small:
+                raise CertificateBufferTooSmall(too_small)
             rsp = SNP_REPORT_RSP.from_buffer_copy(payload[: ctypes.sizeof(SNP_REPORT_RSP)])
             if rsp.status:
                 raise InvalidRequest(f"PSP report status {rsp.status:#x}")
-            certs = view.read(cert_gpa, cert_capacity, c_bit=False) if cert_capacity else b""
+            certs = _cert_table(view.read(cert_gpa, pages * PAGE, c_bit=False)) if cert_capacity else b""
             return bytes(rsp.report)[: rsp.report_size], certs
 
     # -- panic ------------------------------------------------------------------------------------
