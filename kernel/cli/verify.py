@@ -1,12 +1,17 @@
 """``svsm verify DIR``: check a report against its ARK -> ASK -> VCEK chain and print it.
 
 ``DIR`` holds ``report.bin``, ``ark.pem``, ``ask.pem`` and ``vcek.pem`` (what ``svsm attest``
-writes).  Exit status 0 when everything verifies, 1 (FAILED) when anything does not.
+writes).  When it also holds ``manifest.bin`` (a services attestation through the SVSM), the
+binding REPORT_DATA = SHA-512(nonce || manifest) is checked, with ``--nonce`` or else
+``nonce.bin``; without a manifest ``--nonce`` must equal REPORT_DATA (zero-padded).
+Exit status 0 when everything verifies, 1 (FAILED) when anything does not.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import json
 import pathlib
 import sys
@@ -21,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("verify", help="verify an SNP attestation report and its certificate chain")
     p.add_argument("dir", type=pathlib.Path, help="directory with report.bin, ark.pem, ask.pem, vcek.pem")
     p.add_argument("--json", action="store_true", help="print the parsed report as JSON")
-    p.add_argument("--nonce", help="hex; REPORT_DATA must start with it (rest zero)")
+    p.add_argument("--nonce", help="hex, up to 64 bytes (zero-padded): the nonce the report must be bound to")
     p.add_argument("--measurement", help="hex; the expected launch digest")
     p.set_defaults(func=_run)  # fmt: skip
 
@@ -35,7 +40,16 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"{exc.filename}: {exc.strerror}") from exc
     try:
         report = verify_report(files["report.bin"], load_chain(files["ark.pem"], files["ask.pem"], files["vcek.pem"]))
-        if args.nonce is not None and report.report_data != bytes.fromhex(args.nonce).ljust(64, b"\0"):
+        nonce = bytes.fromhex(args.nonce).ljust(64, b"\0") if args.nonce is not None else None
+        manifest_path = args.dir / "manifest.bin"
+        if manifest_path.exists():
+            if nonce is None and (args.dir / "nonce.bin").exists():
+                nonce = (args.dir / "nonce.bin").read_bytes()
+            if nonce is not None:
+                expect = hashlib.sha512(nonce + manifest_path.read_bytes()).digest()
+                if not hmac.compare_digest(report.report_data, expect):
+                    raise VerificationError("REPORT_DATA is not SHA-512(nonce || manifest)")
+        elif nonce is not None and not hmac.compare_digest(report.report_data, nonce):
             raise VerificationError("REPORT_DATA does not match --nonce")
         if args.measurement is not None and report.measurement != bytes.fromhex(args.measurement):
             raise VerificationError("MEASUREMENT does not match --measurement")

@@ -4,6 +4,7 @@ signature (ECDSA P-384 over report[0:0x2A0]); then `svsm verify` on good and tam
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import pathlib
@@ -21,10 +22,22 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def attested(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A services attestation: a CVM boots and its guest asks the SVSM (ATTEST_SERVICES)."""
     out = tmp_path_factory.mktemp("attest")
     state = tmp_path_factory.getbasetemp() / "cli-chips"
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["attest", "--out", str(out), "--nonce", "00112233", "--state-dir", str(state), "--vcpus", "2"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory: pytest.TempPathFactory, attested: pathlib.Path) -> pathlib.Path:
+    """A report asked of the PSP directly with VMPCK0 (same chip as ``attested``)."""
+    out = tmp_path_factory.mktemp("direct")
+    state = tmp_path_factory.getbasetemp() / "cli-chips"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["attest", "--direct", "--out", str(out), "--nonce", "00112233", "--state-dir", str(state),
+                     "--vcpus", "2"]) == 0  # fmt: skip
     return out
 
 
@@ -65,15 +78,23 @@ def test_openssl_verifies_report_signature(attested: pathlib.Path, tmp_path: pat
     assert bad.returncode != 0
 
 
-def test_svsm_verify(attested: pathlib.Path, tmp_path: pathlib.Path) -> None:
+def test_svsm_verify(attested: pathlib.Path, direct: pathlib.Path, tmp_path: pathlib.Path) -> None:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["verify", str(attested), "--json", "--nonce", "00112233"]) == 0
     doc = json.loads(out.getvalue())
-    assert doc["verified"] and doc["report"]["report_data"].startswith("00112233") and doc["report"]["version"] == 3
-    with contextlib.redirect_stdout(io.StringIO()):
+    nonce = bytes.fromhex("00112233").ljust(64, b"\0")
+    bound = hashlib.sha512(nonce + (attested / "manifest.bin").read_bytes()).hexdigest()
+    assert doc["verified"] and doc["report"]["report_data"] == bound and doc["report"]["version"] == 3
+    assert doc["report"]["vmpl"] == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["verify", str(direct), "--json", "--nonce", "00112233"]) == 0
+    assert json.loads(out.getvalue())["report"]["report_data"] == nonce.hex()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert main(["verify", str(attested)]) == 0
         assert main(["verify", str(attested), "--nonce", "ff"]) == 1
+        assert main(["verify", str(direct), "--nonce", "ff"]) == 1
     for name in ("report.bin", "ark.pem", "ask.pem", "vcek.pem"):
         (tmp_path / name).write_bytes((attested / name).read_bytes())
     report = bytearray((attested / "report.bin").read_bytes())
@@ -83,12 +104,13 @@ def test_svsm_verify(attested: pathlib.Path, tmp_path: pathlib.Path) -> None:
         assert main(["verify", str(tmp_path)]) == 1
 
 
-def test_attest_is_stable_across_runs(attested: pathlib.Path, tmp_path: pathlib.Path,
+def test_attest_is_stable_across_runs(attested: pathlib.Path, direct: pathlib.Path, tmp_path: pathlib.Path,
                                      tmp_path_factory: pytest.TempPathFactory) -> None:  # fmt: skip
     state = tmp_path_factory.getbasetemp() / "cli-chips"
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["attest", "--out", str(tmp_path), "--state-dir", str(state), "--vcpus", "2", "--report-version", "5"]) == 0
-    assert (tmp_path / "vcek.pem").read_bytes() == (attested / "vcek.pem").read_bytes()
-    a = AttestationReport.from_bytes((attested / "report.bin").read_bytes())
+        assert main(["attest", "--direct", "--out", str(tmp_path), "--state-dir", str(state), "--vcpus", "2",
+                     "--report-version", "5"]) == 0  # fmt: skip
+    assert (tmp_path / "vcek.pem").read_bytes() == (attested / "vcek.pem").read_bytes() == (direct / "vcek.pem").read_bytes()
+    a = AttestationReport.from_bytes((direct / "report.bin").read_bytes())
     b = AttestationReport.from_bytes((tmp_path / "report.bin").read_bytes())
     assert a.chip_id == b.chip_id and a.measurement == b.measurement and b.version == 5
