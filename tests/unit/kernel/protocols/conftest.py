@@ -24,3 +24,23 @@ def guest(cvm: Any) -> Any:
     g = cvm.guest
     g.accept_memory(*ACCEPTED)
     return g
+
+
+def assert_invariants(cvm: Any) -> None:
+    """No SVSM page (nor a registered guest VMSA) is reachable by the guest; no panic happened."""
+    rmp, lay, vmpl = cvm.platform.rmp, cvm.layout, cvm.svsm.guest_vmpl
+    for sfn in range(lay.svsm_base >> 12, (lay.svsm_base + lay.svsm_size) >> 12):
+        perms = rmp.read(sfn).perms
+        assert not any(perms[vmpl:]), f"SVSM page {sfn << 12:#x} reachable by the guest: {perms}"
+    for rec in cvm.svsm.registry.records():
+        assert not any(rmp.read(rec.vmsa_gpa >> 12).perms[vmpl:]), f"VMSA {rec.vmsa_gpa:#x} reachable"
+        assert rmp.read(rec.vmsa_gpa >> 12).vmsa
+    for p in range(0, lay.svsm_base, 0x1000):
+        if cvm.svsm.allocator.owns(p):  # deposited pages are the SVSM's
+            assert not any(rmp.read(p >> 12).perms[vmpl:])
+    assert cvm.svsm.panicker.panicked is None
+
+
+@pytest.fixture
+def invariants() -> Any:
+    return assert_invariants

@@ -1,0 +1,78 @@
+"""Fuzzing every guest-supplied structure through the whole request path.
+
+Any calling area, PVALIDATE list or register set the guest can produce gives a result code;
+never a crash (panic), and never an SVSM page or a VMSA reachable by the guest.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from svsm.kernel.hw import MSR_GHCB, RunVmplRequest
+from svsm.sdk import ResultCode
+from svsm.sdk.guest import SVSM_CORE_PROTOCOL, SVSM_REQ_CORE_PVALIDATE, request_rax
+
+CODES = {int(c) for c in ResultCode}
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def interesting_gpas(cvm: Any, g: Any) -> list[int]:
+    lay = cvm.layout
+    out = [0, 0x1000, 0x10_0000, 0x20_0000, 0x2F_F000, 0x60_0000, lay.svsm_base, lay.heap_start,
+           lay.svsm_base + lay.svsm_size - 0x1000, cvm.platform.memory_size, g.caa]  # fmt: skip
+    out += [r.vmsa_gpa for r in cvm.svsm.registry.records()]
+    return out
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_pvalidate_list(guest: Any, cvm: Any, invariants: Any, data: st.DataObject) -> None:
+    gpas = interesting_gpas(cvm, guest)
+    n = data.draw(st.integers(0, 6))
+    nxt = data.draw(st.integers(0, 7))
+    entries = [
+        data.draw(st.sampled_from(gpas)) | data.draw(st.integers(0, 0xF)) | data.draw(st.sampled_from([0, 0x10, 0x800]))
+        for _ in range(n)
+    ]  # fmt: skip
+    raw = struct.pack("<HHI", data.draw(st.sampled_from([n, 0, 600])), nxt, data.draw(st.sampled_from([0, 7])))
+    raw += struct.pack(f"<{n}Q", *entries)
+    at = guest.caa + 8 + data.draw(st.sampled_from([0, 0, 4, 0xF00]))
+    guest.mem.write(at, raw)
+    r = guest.svsm_call(SVSM_CORE_PROTOCOL, SVSM_REQ_CORE_PVALIDATE, at)
+    assert r.rax in CODES
+    invariants(cvm)
+
+
+@FUZZ
+@given(call=st.integers(0, 9), regs=st.lists(st.integers(0, 2**64 - 1), min_size=3, max_size=3), pick=st.data())
+def test_fuzz_core_registers(guest: Any, cvm: Any, invariants: Any, call: int, regs: list[int], pick: st.DataObject) -> None:
+    gpas = interesting_gpas(cvm, guest)
+    regs = [pick.draw(st.sampled_from([v, *gpas, 1, 0]))for v in regs]
+    r = guest.svsm_call(SVSM_CORE_PROTOCOL, call, *regs)
+    assert r.rax in CODES
+    if call == 0 and r.rax == 0:
+        guest.caa = regs[0]  # REMAP_CA moved our calling area
+    invariants(cvm)
+
+
+@FUZZ
+@given(header=st.binary(min_size=8, max_size=8))
+def test_fuzz_calling_area(guest: Any, cvm: Any, invariants: Any, header: bytes) -> None:
+    """A calling area with anything in it: the SVSM serves the call iff call_pending == 1."""
+    cpu, regs = guest.cpu, guest.regs
+    regs.rax, regs.rcx = request_rax(0, 6), 0 << 32 | 1
+    guest.mem.write(guest.caa, header)
+    served_before = cvm.svsm.loop.statistics().calls_per_cpu[0]
+    cpu.wrmsr(MSR_GHCB, RunVmplRequest(0).encode())
+    cpu.vmgexit()
+    served = cvm.svsm.loop.statistics().calls_per_cpu[0] - served_before
+    assert served == (header[0] == 1)
+    if served:
+        assert guest.mem.read(guest.caa, 1) == b"\0" and regs.rax == 0 and regs.rcx == 1 << 32 | 1
+    else:
+        assert guest.mem.read(guest.caa, 8) == header and regs.rax == request_rax(0, 6)
+    invariants(cvm)
