@@ -24,7 +24,6 @@ from ._constants import VmplPermission as VmplPermission
 from ._errors import GhcbProtocolError as GhcbProtocolError
 from ._errors import GuestTerminated as GuestTerminated
 from ._errors import HardwareFault as HardwareFault
-from ._errors import HardwareInvariantError as HardwareInvariantError
 from ._errors import HostPageFault as HostPageFault
 from ._errors import NestedPageFault as NestedPageFault
 from ._errors import PageStateChangeFormatError as PageStateChangeFormatError
@@ -78,7 +77,7 @@ from ._vmsa import VmsaView as VmsaView
 __all__ = [
     "CpuidRequest", "CpuidResponse", "FirmwareAccess", "GHCB", "GhcbError", "GhcbPage",
     "GhcbProtocolError", "GuestRequestFirmware", "GuestTerminated", "GuestView", "HardwareFault",
-    "HardwareInvariantError", "HostPageFault", "HostView", "Hypervisor", "HypervisorFeature",
+    "HostPageFault", "HostView", "Hypervisor", "HypervisorFeature",
     "HypervisorFeaturesRequest", "HypervisorFeaturesResponse", "HypervisorStatistics",
     "InstructionResult", "MSR_GHCB", "MSR_SEV_STATUS", "MsrMessage", "MsrProtocolCode",
     "NPF_ENC", "NPF_SIZEM", "NPF_VMPL", "NestedPageFault", "PAGE_SIZE", "PAGE_SIZE_2M", "PF_RMP",

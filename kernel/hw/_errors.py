@@ -8,7 +8,7 @@ fixups, the hypervisor, tests) can react to exactly the fault that real hardware
 
 from __future__ import annotations
 
-from svsm.sdk import FatalError, SvsmError
+from svsm.sdk import SvsmError
 
 from ._constants import NPF_ENC, NPF_SIZEM, NPF_VMPL, PF_RMP, PF_WRITE, VC_PAGE_NOT_VALIDATED
 
@@ -95,10 +95,6 @@ class HostPageFault(HardwareFault):
 
 class VmrunError(HardwareFault):
     """VMRUN refused a VMSA (VMEXIT_INVALID, -1): not RMP VMSA-marked, bad SEV_FEATURES, etc."""
-
-
-class HardwareInvariantError(FatalError):
-    """The simulator's own bookkeeping is inconsistent.  Never expected; treat the VM as dead."""
 
 
 class GhcbProtocolError(SvsmError):

@@ -170,10 +170,17 @@ class Hypervisor:
         log_ = self.platform.dirty_log
         if log_ is None:
             raise ValueError("dirty logging is not enabled")
-        out = set(log_)
-        if clear:
-            log_.clear()
-        return out
+        if not clear:
+            return set(log_)
+        # set.pop() is atomic: a write racing with this loop is either collected now or stays
+        # in the log for the next round, never lost (pre-copy relies on that).
+        out = set()
+        pop = log_.pop
+        while True:
+            try:
+                out.add(pop())
+            except KeyError:
+                return out
 
     def get_dirty_bitmap(self, *, clear: bool = True) -> bytes:
         """The dirty log as a bitmap, one bit per guest frame (bit n of byte n//8 = GFN n)."""

@@ -289,8 +289,11 @@ class RMP:
             return InstructionResult(RmpupdateResult.FAIL_INUSE)
         e &= ~PS
         one = 1 << GFN_SHIFT
-        for i in range(PAGES_PER_2M):
+        # Write the 511 new entries before replacing the 2 MiB one, so a concurrent lookup from
+        # another vCPU thread sees either the old 2 MiB entry or the new 4 KiB entries.
+        for i in range(1, PAGES_PER_2M):
             self._e[sfn + i] = e + i * one
+        self._e[sfn] = e
         return InstructionResult(RmpupdateResult.SUCCESS)
 
     # -- firmware (AMD-SP) ----------------------------------------------------------------------

@@ -273,3 +273,27 @@ def test_cpuid_nae_and_run_vmpl_to_unrunnable_vmpl(p) -> None:  # type: ignore[n
     assert msr_call(bsp, RunVmplRequest(3)) == RunVmplResponse(1)
     out = ghcb_call(bsp, GHCB, SwExitCode.SNP_AP_CREATION, 1 | 1 << 16 | 5 << 32, 0x8000, rax=0)  # not SNPActive
     assert out.sw_exit_info_1 == 2 and p.vcpu_by_apic_id(5) is None
+
+
+def test_dirty_log_loses_nothing_under_concurrent_writes(p) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    hv = p.hypervisor
+    hv.enable_dirty_logging()
+    view = p.guest_view(0)
+    done = threading.Event()
+
+    def writer() -> None:
+        for round_ in range(3):
+            for gfn in range(64):
+                view.write(gfn * PAGE_SIZE, bytes([round_]))
+        done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    seen: set[int] = set()
+    while not done.is_set():
+        seen |= hv.get_dirty_log()
+    t.join()
+    seen |= hv.get_dirty_log()
+    assert seen == set(range(64))
