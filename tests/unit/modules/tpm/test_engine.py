@@ -1,0 +1,127 @@
+"""Command framing, handle resolution, password authorization and dictionary-attack protection."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from tpm_test_helpers import cmd, pw, rc_of
+
+from svsm.modules.tpm import Tpm
+
+CC_STARTUP, CC_GETRANDOM, CC_READPUBLIC, CC_CREATEPRIMARY = 0x144, 0x17B, 0x173, 0x131
+CC_CONTEXTSAVE, CC_NV_DEFINE, CC_NV_WRITE, CC_NV_READ = 0x162, 0x12A, 0x137, 0x14E
+CC_DA_RESET, CC_DA_PARAMS, CC_HCA = 0x139, 0x13A, 0x129
+OWNER, LOCKOUT, NULL = 0x40000001, 0x4000000A, 0x40000007
+
+SEALED_TPL = bytes.fromhex("0008000b00000052000000100000")
+
+
+def create_primary_params(tpl: bytes = SEALED_TPL, auth: bytes = b"", data: bytes = b"") -> bytes:
+    sens = struct.pack(">H", len(auth)) + auth + struct.pack(">H", len(data)) + data
+    return struct.pack(">H", len(sens)) + sens + struct.pack(">H", len(tpl)) + tpl + b"\x00\x00" + b"\x00" * 4
+
+
+def nv_define_params(index: int, attrs: int, size: int, auth: bytes = b"") -> bytes:
+    pub = struct.pack(">IHIHH", index, 0x000B, attrs, 0, size)
+    return struct.pack(">H", len(auth)) + auth + struct.pack(">H", len(pub)) + pub
+
+
+def test_error_responses_are_ten_bytes_in_reference_order() -> None:
+    t = Tpm()
+    assert t.execute(b"\x00\xc1" + bytes(8)) == bytes.fromhex("80010000000a0000001e")  # TPM 1.2 tag
+    assert rc_of(t.execute(bytes.fromhex("80010000000d0000017b0010"))) == 0x142  # size mismatch
+    assert rc_of(t.execute(cmd(0x1FF))) == 0x143  # unknown command
+    assert rc_of(t.execute(cmd(CC_GETRANDOM, params=b"\x00\x08"))) == 0x100  # not started
+    assert rc_of(t.execute(cmd(CC_STARTUP, params=b"\x00\x00"))) == 0
+    assert rc_of(t.execute(cmd(CC_STARTUP, params=b"\x00\x00"))) == 0x100  # started twice
+    assert rc_of(t.execute(cmd(CC_STARTUP + 0, params=b"\x00\x05"))) == 0x100
+    assert t.statistics().internal_failures == 0
+
+
+def test_startup_state_without_saved_state_is_value() -> None:
+    t = Tpm()
+    assert rc_of(t.execute(cmd(CC_STARTUP, params=b"\x00\x01"))) == 0x1C4
+
+
+def test_parameter_errors_carry_their_number(run) -> None:
+    assert rc_of(run(CC_GETRANDOM, params=b"\x00")) == 0x1DA  # INSUFFICIENT, parameter 1
+    assert rc_of(run(CC_GETRANDOM, params=b"\x00\x08\x00")) == 0x095  # trailing bytes: plain SIZE
+    rsp = run(CC_GETRANDOM, params=b"\x01\x00")
+    assert rc_of(rsp) == 0 and struct.unpack(">H", rsp[10:12])[0] == 64  # capped at the largest digest
+
+
+def test_handle_errors(run) -> None:
+    assert rc_of(run(CC_READPUBLIC, (0x80000005,))) == 0x910  # REFERENCE_H0
+    assert rc_of(run(CC_READPUBLIC, (0x81000001,))) == 0x18B  # HANDLE, handle 1
+    assert rc_of(run(CC_READPUBLIC, (OWNER,))) == 0x184  # VALUE, handle 1
+    assert rc_of(run(CC_CREATEPRIMARY, (0x40000003,), create_primary_params(), pw())) == 0x184
+
+
+def test_auth_area_checks(run) -> None:
+    assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params())) == 0x125  # AUTH_MISSING
+    nonce_pw = struct.pack(">IH", 0x40000009, 2) + b"ab" + b"\x01\x00\x00"
+    assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), nonce_pw)) == 0x98F  # NONCE, session 1
+    assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw(attrs=0x21))) == 0x982  # ATTRIBUTES
+    assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw() * 2)) == 0xA8B  # HANDLE, session 2
+    unknown = struct.pack(">IH", 0x02000042, 0) + b"\x01\x00\x00"
+    assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), unknown)) == 0x918  # REFERENCE_S0
+    assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw())) == 0
+    rsp = run(CC_CONTEXTSAVE, (0x80000000,), b"", pw())
+    assert rc_of(rsp) == 0x145  # AUTH_CONTEXT: ContextSave allows no sessions
+
+
+def test_password_session_response_and_wrong_password(run) -> None:
+    rsp = run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw(attrs=0))
+    assert rc_of(rsp) == 0 and rsp.endswith(b"\x00\x00\x01\x00\x00")  # continueSession forced to 1
+    assert rc_of(run(CC_HCA, (OWNER,), b"\x00\x03abc", pw())) == 0
+    assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw(b"abd"))) == 0x9A2  # BAD_AUTH
+    assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw(b"abc\x00\x00"))) == 0  # zeros stripped
+
+
+def test_dictionary_attack_lockout_reset_and_recovery(tpm: Tpm, run, clock) -> None:
+    idx = 0x01000001
+    attrs = 0x00060006  # OWNERWRITE|AUTHWRITE|OWNERREAD|AUTHREAD, DA-protected
+    assert rc_of(run(CC_NV_DEFINE, (OWNER,), nv_define_params(idx, attrs, 8, b"right"), pw())) == 0
+    write = b"\x00\x02hi\x00\x00"
+    for _ in range(3):
+        assert rc_of(run(CC_NV_WRITE, (idx, idx), write, pw(b"wrong"))) == 0x98E  # AUTH_FAIL
+    assert rc_of(run(CC_NV_WRITE, (idx, idx), write, pw(b"right"))) == 0x921  # LOCKOUT
+    assert tpm.statistics().failed_tries == 3
+    clock.now += 1000  # recoveryTime: one failure forgiven
+    assert rc_of(run(CC_NV_WRITE, (idx, idx), write, pw(b"right"))) == 0
+    assert rc_of(run(CC_NV_WRITE, (idx, idx), write, pw(b"wrong"))) == 0x98E
+    assert rc_of(run(CC_DA_RESET, (LOCKOUT,), b"", pw())) == 0
+    assert tpm.statistics().failed_tries == 0
+    # owner auth is DA-exempt: wrong owner password never locks
+    for _ in range(5):
+        assert rc_of(run(CC_NV_WRITE, (OWNER, idx), write, pw(b"x"))) == 0x9A2
+
+
+def test_lockout_auth_failure_locks_lockout_hierarchy(run, clock) -> None:
+    assert rc_of(run(CC_HCA, (LOCKOUT,), b"\x00\x02lk", pw())) == 0
+    assert rc_of(run(CC_DA_RESET, (LOCKOUT,), b"", pw(b"no"))) == 0x98E
+    assert rc_of(run(CC_DA_RESET, (LOCKOUT,), b"", pw(b"lk"))) == 0x921
+    clock.now += 1000  # lockoutRecovery
+    assert rc_of(run(CC_DA_RESET, (LOCKOUT,), b"", pw(b"lk"))) == 0
+    assert rc_of(run(CC_DA_PARAMS, (LOCKOUT,), struct.pack(">III", 1, 0, 0), pw(b"lk"))) == 0
+
+
+def test_object_slots_run_out_with_object_memory(run) -> None:
+    for _ in range(32):
+        assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw())) == 0
+    assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw())) == 0x902
+
+
+def test_statistics_count_commands(tpm: Tpm, run) -> None:
+    before = tpm.statistics()
+    run(CC_GETRANDOM, params=b"\x00\x04")
+    run(0x1FF)
+    after = tpm.statistics()
+    assert (after.commands - before.commands, after.errors - before.errors) == (2, 1)
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x80", b"\x80\x01\x00\x00\x00\x0a\x00\x00"])
+def test_short_commands(tpm: Tpm, bad: bytes) -> None:
+    rsp = tpm.execute(bad)
+    assert len(rsp) == 10 and rc_of(rsp) in (0x01E, 0x142)
