@@ -1,0 +1,129 @@
+"""The request path end to end: GHCB and MSR RUN_VMPL, per-vCPU loops, module routing,
+fixups that keep the kernel serving, and the panic that kills the CVM."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from svsm.kernel import boot
+from svsm.kernel._panic import SvsmPanic
+from svsm.kernel.hw import GuestTerminated
+from svsm.kernel.protocols import GuestMemoryWindow, RequestParams
+from svsm.sdk import InvalidFormat, ResultCode
+from svsm.sdk.guest import SVSM_CORE_PROTOCOL, SVSM_REQ_CORE_PVALIDATE, Guest, PageList, PvalidateEntry
+
+MOD = 9  # a protocol number served by the fake module host
+
+
+class Host:
+    """A module host: call 0 echoes RCX+1 (reading guest memory at RDX), 1 is slow, 2 fails, 3 is a bug."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def serves(self, protocol: int) -> bool:
+        return protocol == MOD
+
+    def protocol_versions(self, protocol: int) -> tuple[int, int] | None:
+        return (1, 2) if protocol == MOD else None
+
+    def handle_request(self, params: RequestParams, memory: GuestMemoryWindow) -> None:
+        if params.call == 0:
+            params.rcx += 1
+            params.rdx = int.from_bytes(memory.read(params.rdx, 8), "little") if params.rdx else 0
+        elif params.call == 1:
+            self.entered.set()
+            assert self.release.wait(20)
+        elif params.call == 2:
+            raise InvalidFormat("bad module request")
+        else:
+            raise RuntimeError("module runtime bug")
+
+    def service_manifests(self) -> Sequence[tuple[uuid.UUID, bytes]]:
+        return []
+
+
+@pytest.fixture
+def cvm() -> Any:
+    with boot(vcpus=3, memory="12M", module_host=Host()) as c:
+        c.guest.accept_memory(0x10_0000, 0x10_0000)
+        yield c
+
+
+def test_module_routing_and_window(cvm: Any) -> None:
+    g = cvm.guest
+    p = g.pool.take()
+    g.mem.write(p, (0xABCD).to_bytes(8, "little"))
+    r = g.svsm_call(MOD, 0, 41, p)
+    assert (r.rax, r.rcx, r.rdx) == (0, 42, 0xABCD)
+    assert g.svsm_call(MOD, 0, 0, cvm.layout.svsm_base).rax == ResultCode.INVALID_ADDRESS  # window is checked
+    assert g.query_protocol(MOD, 2) == (1, 2)
+    assert g.svsm_call(MOD, 2).rax == ResultCode.INVALID_FORMAT
+
+
+def test_ghcb_run_vmpl(cvm: Any) -> None:
+    g = cvm.guest
+    g.use_ghcb = True
+    assert g.query_protocol(0) == (1, 1)
+    assert cvm.hypervisor.statistics().nae_events  # went through the GHCB page
+    assert dict(cvm.hypervisor.statistics().nae_events).get("SNP_RUN_VMPL", 0) >= 1
+
+
+def test_slow_call_on_one_vcpu_does_not_delay_another(cvm: Any) -> None:
+    g = cvm.guest
+    ap = g.start_ap(1)
+    host = cvm.svsm.module_host
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(ap.svsm_call(MOD, 1)))
+    t.start()
+    assert host.entered.wait(10)
+    for _ in range(20):
+        assert g.query_protocol(0) == (1, 1)
+    assert t.is_alive(), "the slow call must still be in progress while the BSP was served"
+    host.release.set()
+    t.join(10)
+    assert out[0].rax == 0
+
+
+def test_fixup_logs_backtrace_and_keeps_serving(cvm: Any, caplog: pytest.LogCaptureFixture) -> None:
+    g = cvm.guest
+    caplog.set_level(logging.WARNING, "svsm.kernel")
+    # a list entry naming a page that was never assigned: PVALIDATE faults (#NPF) inside the SVSM
+    g.mem.write(g.caa + 8, PageList.build([PvalidateEntry(0x60_0000).to_raw()]))
+    r = g.svsm_call(SVSM_CORE_PROTOCOL, SVSM_REQ_CORE_PVALIDATE, g.caa + 8)
+    assert r.rax == ResultCode.INVALID_ADDRESS
+    fixups = [rec for rec in caplog.records if "fixup" in rec.getMessage()]
+    assert fixups and fixups[0].exc_info is not None
+    assert g.query_protocol(0) == (1, 1)
+
+
+def test_panic_wipes_keys_and_terminates(cvm: Any, caplog: pytest.LogCaptureFixture) -> None:
+    g = cvm.guest
+    ap = g.start_ap(1)
+    caplog.set_level(logging.CRITICAL, "svsm.kernel.panic")
+    with pytest.raises(SvsmPanic) as ei:
+        g.svsm_call(MOD, 3)
+    assert ei.value.cpu == 0 and any("RuntimeError" in line for line in ei.value.backtrace)
+    assert "---BACKTRACE---" in caplog.text
+    assert cvm.hypervisor.terminated == (0, 0)
+    secrets = cvm.platform.firmware.read_private(cvm.layout.secrets_gpa)
+    assert secrets[0x20:0xA0] == bytes(128)  # VMPCK0-3 wiped
+    with pytest.raises(GuestTerminated):
+        ap.query_protocol(0)
+
+
+def test_call_not_serviced_without_svsm_entry(cvm: Any) -> None:
+    from svsm.sdk.guest import CallNotServiced
+
+    g: Guest = cvm.guest
+    cvm.platform.vcpus[0].unregister_vmpl_entry(0)  # nobody home at VMPL0: a plain VMPL switch
+    cvm.platform.vcpus[0].register_vmpl_entry(0, lambda v: None)
+    with pytest.raises(CallNotServiced):
+        g.query_protocol(0)
