@@ -17,14 +17,17 @@ chip is stable across runs; private keys are written 0600.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import pathlib
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -75,8 +78,19 @@ def default_state_dir(name: str = "default") -> pathlib.Path:
     return pathlib.Path(base) / "pysvsm" / "psp" / name
 
 
+@contextlib.contextmanager
+def _locked(state_dir: pathlib.Path) -> Iterator[None]:
+    """An exclusive lock on the chip's state directory (between processes)."""
+    fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _write(path: pathlib.Path, data: bytes, private: bool = False) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
@@ -154,9 +168,17 @@ class Chip:
         if product not in PRODUCTS:
             raise ValueError(f"unknown product {product!r}; one of {sorted(PRODUCTS)}")
         path.mkdir(parents=True, exist_ok=True)
+        with _locked(path):  # several processes may share the default chip
+            if not meta_path.exists():
+                cls._manufacture(path, product, tcb, rng, clock())
+        return cls._load(path)
+
+    @classmethod
+    def _manufacture(cls, path: pathlib.Path, product: str, tcb: TcbVersion, rng: Callable[[int], bytes],
+                     now: datetime.datetime) -> None:  # fmt: skip
+        meta_path = path / "chip.json"
         prod = PRODUCTS[product]
         chip_id = rng(64) if prod.layout is TcbLayout.MILAN_GENOA else rng(8) + bytes(56)
-        now = clock()
         log.info("manufacturing simulated %s chip in %s", product, path)
         ark_key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
         ask_key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
@@ -170,7 +192,6 @@ class Chip:
         _write(path / "chip_secret.bin", rng(64), private=True)
         meta = {"product": product, "chip_id": chip_id.hex(), "tcb": tcb._asdict(), "created": now.isoformat()}
         _write(meta_path, json.dumps(meta, indent=2).encode())  # written last: marks the chip complete
-        return cls._load(path)
 
     @classmethod
     def _load(cls, path: pathlib.Path) -> Chip:
@@ -233,10 +254,11 @@ class Chip:
         scalar = int.from_bytes(self._kdf(b"pysvsm VCEK" + raw_tcb.to_bytes(8, "little"), 64), "big")
         key = ec.derive_private_key(scalar % (_P384_ORDER - 1) + 1, ec.SECP384R1())
         path = self.state_dir / f"vcek-{raw_tcb:016x}.pem"
-        cert = x509.load_pem_x509_certificate(path.read_bytes()) if path.exists() else None
-        if cert is None or cert.public_key() != key.public_key():
-            cert = self._vcek_cert(key, raw_tcb)
-            _write(path, cert.public_bytes(serialization.Encoding.PEM))
+        with _locked(self.state_dir):
+            cert = x509.load_pem_x509_certificate(path.read_bytes()) if path.exists() else None
+            if cert is None or cert.public_key() != key.public_key():
+                cert = self._vcek_cert(key, raw_tcb)
+                _write(path, cert.public_bytes(serialization.Encoding.PEM))
         self._vceks[raw_tcb] = (key, cert)
         return key, cert
 

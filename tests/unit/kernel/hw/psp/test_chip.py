@@ -111,3 +111,19 @@ def test_turin_chip(tmp_path: pathlib.Path) -> None:
     assert ext.tcb == TcbVersion(1, 2, 3, 4, 5) and ext.hwid == turin.chip_id[:8] and ext.struct_version == 1
     r = verify_report(_report(turin), load_chain(*turin.chain_pem()))
     assert r.cpuid_fam_id == 0x1A and r.tcb() == TcbVersion(1, 2, 3, 4, 5)
+
+
+@pytest.mark.slow
+def test_concurrent_creation_yields_one_chip(tmp_path: pathlib.Path) -> None:
+    """Two processes manufacturing the same (default-shared) chip end up with one identity."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from svsm.kernel.hw.psp import Chip; c = Chip.load_or_create(sys.argv[1]); "
+            "print(c.chip_id.hex(), c.chain_pem()[2].decode().replace(chr(10), ''))")  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0][0] == outs[1][0]
+    chain = load_chain(*Chip.load_or_create(tmp_path).chain_pem())
+    verify_chain(chain)
