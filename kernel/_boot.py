@@ -209,9 +209,7 @@ class _CpuOps:
         return int(self._retry_sizem(lambda: v.rmpadjust(gpa, int(huge), attrs, vmpl=0), gpa).rc)
 
     def zero(self, cpu: int, gpa: int, size: int) -> None:
-        view = self.platform.vcpus[cpu].view(0)
-        for off in range(0, size, PAGE):
-            view.write(gpa + off, bytes(PAGE))
+        self.platform.vcpus[cpu].view(0).zero(gpa, size)
 
     def read_vmsa(self, cpu: int, gpa: int) -> VmsaSummary:
         raw = self.platform.vcpus[cpu].view(0).read(gpa, PAGE)

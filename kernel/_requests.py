@@ -46,9 +46,11 @@ __all__ = ["PerCpu", "RequestLoop", "SvsmGhcb", "RequestLoopStatistics", "GhcbCa
 log = logging.getLogger("svsm.kernel.requests")
 
 _Q = struct.Struct("<Q")
-_OFF = {n: getattr(VMSA, n).offset for n in ("rax", "rcx", "rdx", "r8", "r9", "sev_features", "efer", "vmpl")}
-#: Bytes of the guest VMSA read per call: up to and including SEV_FEATURES.
-_VMSA_READ = _OFF["sev_features"] + 8
+_OFF = {n: getattr(VMSA, n).offset for n in ("rax", "rcx", "rdx", "r8", "r9", "sev_features", "guest_exit_code")}
+#: Bytes of the guest VMSA read per call: up to and including GUEST_EXIT_CODE.
+_VMSA_READ = _OFF["guest_exit_code"] + 8
+#: GUEST_EXIT_CODE of a VMGEXIT (coconut-svsm.md 1.10 step 3).
+VMEXIT_VMGEXIT = 0x403
 
 
 class GhcbCallError(FatalError):
@@ -198,6 +200,10 @@ class RequestLoop:
         vmsa_gpa, caa_gpa = cur
         view = vcpu.view(0)
         regs = view.read(vmsa_gpa, _VMSA_READ)
+        if _Q.unpack_from(regs, _OFF["guest_exit_code"])[0] != VMEXIT_VMGEXIT:
+            with self._lock:
+                self._not_pending += 1
+            return  # the guest did not exit with VMGEXIT: nothing to serve
         if not CallingAreaHeader.from_bytes(view.read(caa_gpa, 8)).pending:
             with self._lock:
                 self._not_pending += 1

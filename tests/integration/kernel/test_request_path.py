@@ -127,3 +127,17 @@ def test_call_not_serviced_without_svsm_entry(cvm: Any) -> None:
     cvm.platform.vcpus[0].register_vmpl_entry(0, lambda v: None)
     with pytest.raises(CallNotServiced):
         g.query_protocol(0)
+
+
+def test_no_call_served_without_a_guest_vmgexit(cvm: Any) -> None:
+    """A host that switches the vCPU to VMPL0 on its own (no VMGEXIT by the guest) gets nothing served."""
+    from svsm.sdk.guest import request_rax
+
+    g = cvm.guest
+    g.regs.rax, g.regs.rcx = request_rax(0, 6), 1
+    g.regs.guest_exit_code = 0x400  # e.g. an NPF exit, not a VMGEXIT
+    g.mem.write(g.caa, b"\x01")
+    before = cvm.svsm.loop.statistics().calls_per_cpu[0]
+    cvm.platform.vcpus[0].run_vmpl(0)
+    assert cvm.svsm.loop.statistics().calls_per_cpu[0] == before
+    assert g.mem.read(g.caa, 1) == b"\x01" and g.regs.rax == request_rax(0, 6)
