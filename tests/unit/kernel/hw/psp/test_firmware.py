@@ -8,6 +8,8 @@ import pathlib
 
 import pytest
 from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from svsm.kernel.hw.psp import (
     Chip,
@@ -335,3 +337,31 @@ def test_statistics(fw: SnpFirmware) -> None:
 
 def calc_pages() -> int:
     return sum(u.size // 4096 for u in launch_plan(IMAGE, vcpus=1, vcpu_sig=1))
+
+
+# -- fuzzing the firmware's untrusted inputs -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fuzz_guest(chip: Chip) -> Guest:
+    return Guest(SnpFirmware(chip), guest_svn=2)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from([MsgType.REPORT_REQ, MsgType.KEY_REQ]), st.binary(max_size=120))
+def test_fuzz_request_payloads(fuzz_guest: Guest, msg_type: MsgType, payload: bytes) -> None:
+    """Any authenticated payload gets a well-formed response with a known status."""
+    rsp = fuzz_guest.ask(0, msg_type, payload)
+    status = int.from_bytes(rsp[:4], "little")
+    assert status in (0, FwError.INVALID_PARAM, FwError.INVALID_KEY)
+    assert len(rsp) == (0x4C0 if msg_type is MsgType.REPORT_REQ else 64)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(min_size=0, max_size=4096))
+def test_fuzz_raw_request_pages(fuzz_guest: Guest, page: bytes) -> None:
+    """Unauthenticated garbage is refused with a firmware error and never advances a counter."""
+    before = list(fuzz_guest.ctx.seqnos)
+    with pytest.raises(PspError):
+        fuzz_guest.fw.guest_request(fuzz_guest.ctx, page)
+    assert fuzz_guest.ctx.seqnos == before
