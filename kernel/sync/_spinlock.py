@@ -126,7 +126,9 @@ class SpinLock(Generic[T]):
         return self.lock()
 
     def __exit__(self, *exc: object) -> None:
-        self._unlock()
+        # The guard may have been released early inside the block (RAII drop).
+        if self._owner == _get_ident():
+            self._unlock()
 
     # -- inspection ---------------------------------------------------------
     @property

@@ -140,3 +140,14 @@ def test_release_by_other_thread_and_double_release(checker: LockOrderChecker) -
 def test_default_name_is_creation_site() -> None:
     lock = SpinLock()
     assert lock.name.endswith(f"test_spinlock.py:{test_default_name_is_creation_site.__code__.co_firstlineno + 1}")
+
+
+def test_early_guard_release_inside_with(checker: LockOrderChecker) -> None:
+    lock = SpinLock(name="early", checker=checker)
+    with lock as g:
+        g.release()
+        assert not lock.locked()
+        other = threading.Thread(target=lambda: lock.lock())  # another thread takes it meanwhile
+        other.start()
+        other.join()
+    assert lock.locked() and lock.owner == other.ident  # our exit did not release theirs
