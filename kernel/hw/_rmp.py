@@ -1,19 +1,25 @@
 """The Reverse Map Table and the four RMP instructions (snp.md 5).
 
-One entry per 4 KiB system-physical page, indexed by SFN (SPA >> 12).  Entries are packed into a
-single int per page and stored sparsely: a page absent from the dict is hypervisor-owned (all
-fields zero), which is what most pages of a big idle guest are.  A 2 MiB entry is stored once at
-its 2 MiB-aligned SFN with PAGE_SIZE set; the other 511 SFNs stay absent and lookups fall back to
-the aligned entry.
+One entry per 4 KiB system-physical page, indexed by SFN (SPA >> 12).  Storage is sparse and
+compact, per 2 MiB region ("chunk", 512 SFNs):
 
-Packed layout (internal, not the in-memory Zen layout; :meth:`RmpEntry.to_bytes` gives that):
+* a chunk with 4 KiB entries has two ``array('Q')`` of 512: the attribute words and the GPA
+  frames (16 bytes per page, no Python object per entry);
+* a chunk covered by one 2 MiB entry holds a single packed int in ``_big``
+  (attribute word | GPA frame << 56);
+* a chunk with neither is hypervisor-owned (all fields zero) -- most of a big idle guest.
+
+The two forms never coexist for one chunk (RMPUPDATE refuses the overlap; PSMASH converts).
+
+Attribute word (internal, not the in-memory Zen layout; :meth:`RmpEntry.to_bytes` gives that):
 bit 0 ASSIGNED, 1 PAGE_SIZE, 2 IMMUTABLE, 3 VMSA, 4 VALIDATED, bits 8+8*v..15+8*v permission
-mask of VMPL v (v = 0..3), bits 40..55 ASID, bits 56.. GPA >> 12.
+mask of VMPL v (v = 0..3), bits 40..55 ASID.
 """
 
 from __future__ import annotations
 
 import struct
+from array import array
 from typing import NamedTuple
 
 from ._constants import (
@@ -42,10 +48,14 @@ PERM_SHIFT = 8
 PERMS_MASK = ((1 << (8 * VMPL_COUNT)) - 1) << PERM_SHIFT
 ASID_SHIFT = 40
 ASID_MASK = 0xFFFF << ASID_SHIFT
+ATTR_MASK = (1 << 56) - 1
+#: Packing of a 2 MiB entry in ``_big``: attribute word | GPA frame << GFN_SHIFT.
 GFN_SHIFT = 56
-#: Bits that must equal (ASSIGNED | asid | gfn) with IMMUTABLE clear for a guest-owned page.
-_OWNER_IGNORE = PS | VMSA | VAL | PERMS_MASK
-_ALIGN_2M = ~(PAGES_PER_2M - 1)
+#: Attribute bits that must equal (ASSIGNED | asid) -- IMMUTABLE clear -- for a guest-owned page.
+OWNER_MASK = A | IMM | ASID_MASK
+CHUNK_SHIFT = 9
+CHUNK_MASK = PAGES_PER_2M - 1
+_EMPTY = array("Q", bytes(8 * PAGES_PER_2M))
 
 #: RMPUPDATE's 16-byte new-state operand {u64 gpa; u8 assigned; u8 pagesize; u8 immutable;
 #: u8 rsvd; u32 asid} (snp.md 5.4).
@@ -93,13 +103,13 @@ class RmpEntry(NamedTuple):
     perms: tuple[int, int, int, int]
 
     @classmethod
-    def unpack(cls, e: int, sub: int = 0) -> RmpEntry:
-        """Decode a packed entry; ``sub`` is the 4 KiB index inside a 2 MiB entry."""
+    def unpack(cls, e: int, gfn: int) -> RmpEntry:
+        """Decode an attribute word and the GPA frame recorded for the page."""
         return cls(
             bool(e & A),
             RmpPageSize.SIZE_2M if e & PS else RmpPageSize.SIZE_4K,
             bool(e & IMM),
-            ((e >> GFN_SHIFT) + sub) << PAGE_SHIFT if e & A else 0,
+            gfn << PAGE_SHIFT if e & A else 0,
             (e & ASID_MASK) >> ASID_SHIFT,
             bool(e & VMSA),
             bool(e & VAL),
@@ -140,54 +150,86 @@ class RmpStatistics(NamedTuple):
 class RMP:
     """Reverse Map Table of one machine.
 
-    Guest-side instruction semantics (PVALIDATE, RMPADJUST) take the *system* frame the guest's
-    GPA translated to plus the GPA itself; the vCPU does the translation and raises the faults.
+    Guest-side instruction semantics (RMPADJUST) take the *system* frame the guest's GPA
+    translated to; the vCPU does the translation and raises the faults.
 
     :param npages: number of 4 KiB system pages covered.
     """
 
-    __slots__ = ("npages", "_e", "_busy", "n_pvalidate", "n_rmpadjust", "n_rmpupdate", "n_psmash")
+    __slots__ = ("npages", "_attr", "_gfn", "_big", "_busy", "n_pvalidate", "n_rmpadjust", "n_rmpupdate", "n_psmash")
 
     def __init__(self, npages: int) -> None:
         self.npages = npages
-        self._e: dict[int, int] = {}
+        self._attr: dict[int, array[int]] = {}
+        self._gfn: dict[int, array[int]] = {}
+        self._big: dict[int, int] = {}
         #: SFNs in use by a running VMRUN (VMSA pages of running vCPUs): FAIL_INUSE.
         self._busy: set[int] = set()
         self.n_pvalidate = self.n_rmpadjust = self.n_rmpupdate = self.n_psmash = 0
 
     # -- lookups ---------------------------------------------------------------------------------
+    def lookup(self, sfn: int) -> tuple[int, int]:
+        """(attribute word, GPA frame recorded for ``sfn``); (0, 0) for a hypervisor page."""
+        ci = sfn >> CHUNK_SHIFT
+        c = self._attr.get(ci)
+        if c is not None:
+            i = sfn & CHUNK_MASK
+            return c[i], self._gfn[ci][i]
+        b = self._big.get(ci)
+        if b is not None:
+            return b & ATTR_MASK, (b >> GFN_SHIFT) + (sfn & CHUNK_MASK)
+        return 0, 0
+
     def raw(self, sfn: int) -> tuple[int, int]:
-        """Packed entry covering ``sfn`` and the index of ``sfn`` inside it (0 for 4 KiB)."""
-        e = self._e.get(sfn)
-        if e is not None:
-            return e, 0
-        base = sfn & _ALIGN_2M
-        b = self._e.get(base)
-        if b is not None and b & PS:
-            return b, sfn - base
+        """(attribute word, index of ``sfn`` inside its entry: 0 for 4 KiB entries)."""
+        ci = sfn >> CHUNK_SHIFT
+        c = self._attr.get(ci)
+        if c is not None:
+            return c[sfn & CHUNK_MASK], 0
+        b = self._big.get(ci)
+        if b is not None:
+            return b & ATTR_MASK, sfn & CHUNK_MASK
         return 0, 0
 
     def read(self, sfn: int) -> RmpEntry:
         """Decoded entry for page ``sfn`` (what RMPREAD returns)."""
-        e, sub = self.raw(sfn)
-        return RmpEntry.unpack(e, sub)
+        e, gfn = self.lookup(sfn)
+        return RmpEntry.unpack(e, gfn)
 
-    def guest_owned(self, sfn: int, gfn: int, asid: int) -> tuple[int, int]:
-        """Return (packed entry, sub-index) if ``sfn`` is a mutable page of ``asid`` mapped at ``gfn``.
+    def guest_owned(self, sfn: int, gfn: int, asid: int) -> int:
+        """The attribute word if ``sfn`` is a mutable page of ``asid`` mapped at ``gfn``, else 0.
 
-        Covers the first four checks of Table 15-39 (RMP-covered is the caller's job).  Returns
-        entry 0 when the check fails.
+        Covers the first four checks of Table 15-39 (RMP-covered is the caller's job).
         """
-        e, sub = self.raw(sfn)
-        if e & ~_OWNER_IGNORE != A | (asid << ASID_SHIFT) | ((gfn - sub) << GFN_SHIFT):
-            return 0, sub
-        return e, sub
+        e, g = self.lookup(sfn)
+        if e & OWNER_MASK != A | (asid << ASID_SHIFT) or g != gfn:
+            return 0
+        return e
 
-    def _store(self, sfn: int, e: int) -> None:
-        if e:
-            self._e[sfn] = e
-        else:
-            self._e.pop(sfn, None)
+    def set_attrs(self, sfn: int, e: int) -> None:
+        """Replace the attribute word of the entry covering ``sfn`` (GPA and size unchanged)."""
+        ci = sfn >> CHUNK_SHIFT
+        c = self._attr.get(ci)
+        if c is not None:
+            c[sfn & CHUNK_MASK] = e
+            return
+        b = self._big[ci]
+        self._big[ci] = (b & ~ATTR_MASK) | e
+
+    def _set_small(self, sfn: int, e: int, gfn: int) -> None:
+        ci = sfn >> CHUNK_SHIFT
+        c = self._attr.get(ci)
+        if c is None:
+            if not e:
+                return
+            c = self._attr[ci] = array("Q", _EMPTY)
+            self._gfn[ci] = array("Q", _EMPTY)
+        i = sfn & CHUNK_MASK
+        c[i] = e
+        self._gfn[ci][i] = gfn if e else 0
+        if not e and not any(c):
+            del self._attr[ci]
+            del self._gfn[ci]
 
     def set_busy(self, sfn: int, busy: bool) -> None:
         """Mark a VMSA page as in use by a running VMRUN (RMPUPDATE/PSMASH answer FAIL_INUSE)."""
@@ -197,26 +239,10 @@ class RMP:
             self._busy.discard(sfn)
 
     # -- guest instructions ----------------------------------------------------------------------
-    def pvalidate(self, e: int, base_sfn: int, size: int, validate: bool) -> InstructionResult:
-        """Apply PVALIDATE to an entry that already passed the ownership checks.
-
-        :param e: packed entry returned by :meth:`guest_owned`.
-        :param base_sfn: SFN where that entry is stored (2 MiB-aligned for 2 MiB entries).
-        :param size: the instruction's ECX size; the caller has already turned a 4 KiB request on a
-            2 MiB entry into an NPF.
-        :returns: FAIL_SIZEMISMATCH for a 2 MiB request on a 4 KiB entry; CF=1 if unchanged.
-        """
-        self.n_pvalidate += 1
-        if size == RmpPageSize.SIZE_2M and not e & PS:
-            return InstructionResult(PvalidateResult.FAIL_SIZEMISMATCH)
-        if bool(e & VAL) == validate:
-            return InstructionResult(PvalidateResult.SUCCESS, True)
-        self._e[base_sfn] = e ^ VAL
-        return InstructionResult(PvalidateResult.SUCCESS)
-
-    def rmpadjust(self, e: int, base_sfn: int, caller_vmpl: int, size: int, attrs: int) -> InstructionResult:
+    def rmpadjust(self, sfn: int, e: int, caller_vmpl: int, size: int, attrs: int) -> InstructionResult:
         """Apply RMPADJUST (snp.md 5.3) to an entry that passed the ownership/validation checks.
 
+        :param sfn: any page of the entry; :param e: its attribute word.
         :param attrs: RDX: [7:0] target VMPL, [15:8] permission mask, bit 16 VMSA.
         """
         self.n_rmpadjust += 1
@@ -235,7 +261,7 @@ class RMP:
         e = (e & ~(0xFF << shift)) | (perms << shift)
         if caller_vmpl == 0:  # the VMSA bit is honoured only at VMPL0 (snp.md 5.3)
             e = (e | VMSA) if attrs & RMPADJUST_VMSA else (e & ~VMSA)
-        self._e[base_sfn] = e
+        self.set_attrs(sfn, e)
         return InstructionResult(RmpadjustResult.SUCCESS)
 
     # -- hypervisor instructions -----------------------------------------------------------------
@@ -245,55 +271,57 @@ class RMP:
         Assignment to a guest gives VMPL0 all permissions and VMPL1-3 none.
         """
         self.n_rmpupdate += 1
-        if not 0 <= sfn < self.npages or state.page_size not in (0, 1) or state.asid > 0xFFFF:
+        if not 0 <= sfn < self.npages or state.page_size not in (0, 1) or state.asid > 0xFFFF or state.gpa < 0:
             return InstructionResult(RmpupdateResult.FAIL_INPUT)
         big = state.page_size == RmpPageSize.SIZE_2M
-        if big and (sfn % PAGES_PER_2M or sfn + PAGES_PER_2M > self.npages or state.gpa >> PAGE_SHIFT & (PAGES_PER_2M - 1)):
+        ci = sfn >> CHUNK_SHIFT
+        if big and (sfn & CHUNK_MASK or sfn + PAGES_PER_2M > self.npages or state.gpa >> PAGE_SHIFT & CHUNK_MASK):
             return InstructionResult(RmpupdateResult.FAIL_INPUT)
-        cur, sub = self.raw(sfn)
+        cur, _ = self.raw(sfn)
         if cur & IMM:
             return InstructionResult(RmpupdateResult.FAIL_PERMISSION)
         if sfn in self._busy:
             return InstructionResult(RmpupdateResult.FAIL_INUSE)
         if big:
-            e_get = self._e.get
-            for s in range(sfn + 1, sfn + PAGES_PER_2M):
-                if e_get(s) is not None:
-                    return InstructionResult(RmpupdateResult.FAIL_OVERLAP)
-            if cur and not cur & PS:  # a 4 KiB entry at the aligned SFN overlaps too
+            if ci in self._attr:  # 4 KiB entries in the range overlap
                 return InstructionResult(RmpupdateResult.FAIL_OVERLAP)
-        elif cur & PS:
+        elif ci in self._big:
             return InstructionResult(RmpupdateResult.FAIL_OVERLAP)
-        if not state.assigned:
-            self._store(sfn, 0)
-            return InstructionResult(RmpupdateResult.SUCCESS)
-        e = A | (state.asid << ASID_SHIFT) | ((state.gpa >> PAGE_SHIFT) << GFN_SHIFT)
+        gfn = state.gpa >> PAGE_SHIFT
+        e = 0
+        if state.assigned:
+            e = A | (state.asid << ASID_SHIFT)
+            if state.immutable:
+                e |= IMM
+            if state.asid:
+                e |= VMPL_PERMS_ALL << PERM_SHIFT
         if big:
-            e |= PS
-        if state.immutable:
-            e |= IMM
-        if state.asid:
-            e |= VMPL_PERMS_ALL << PERM_SHIFT
-        self._e[sfn] = e
+            if e:
+                self._big[ci] = e | PS | (gfn << GFN_SHIFT)
+            else:
+                self._big.pop(ci, None)
+        else:
+            self._set_small(sfn, e, gfn)
         return InstructionResult(RmpupdateResult.SUCCESS)
 
     def psmash(self, sfn: int) -> InstructionResult:
         """PSMASH (snp.md 5.4): split a 2 MiB entry into 512 4 KiB entries, fields copied."""
         self.n_psmash += 1
-        if not 0 <= sfn < self.npages or sfn % PAGES_PER_2M:
+        if not 0 <= sfn < self.npages or sfn & CHUNK_MASK:
             return InstructionResult(RmpupdateResult.FAIL_INPUT)
-        e = self._e.get(sfn)
-        if e is None or not e & PS:
+        ci = sfn >> CHUNK_SHIFT
+        b = self._big.get(ci)
+        if b is None:
             return InstructionResult(RmpupdateResult.FAIL_INPUT)
         if any(s in self._busy for s in range(sfn, sfn + PAGES_PER_2M)):
             return InstructionResult(RmpupdateResult.FAIL_INUSE)
-        e &= ~PS
-        one = 1 << GFN_SHIFT
-        # Write the 511 new entries before replacing the 2 MiB one, so a concurrent lookup from
-        # another vCPU thread sees either the old 2 MiB entry or the new 4 KiB entries.
-        for i in range(1, PAGES_PER_2M):
-            self._e[sfn + i] = e + i * one
-        self._e[sfn] = e
+        e = b & ATTR_MASK & ~PS
+        gfn = b >> GFN_SHIFT
+        # Publish the 4 KiB arrays before dropping the 2 MiB entry: a concurrent lookup from
+        # another vCPU thread sees either the old entry or the new ones.
+        self._gfn[ci] = array("Q", range(gfn, gfn + PAGES_PER_2M))
+        self._attr[ci] = array("Q", [e]) * PAGES_PER_2M
+        del self._big[ci]
         return InstructionResult(RmpupdateResult.SUCCESS)
 
     # -- firmware (AMD-SP) ----------------------------------------------------------------------
@@ -315,32 +343,38 @@ class RMP:
         """
         if not 0 <= sfn < self.npages:
             raise ValueError(f"system frame {sfn:#x} outside the RMP")
-        cur, _ = self.raw(sfn)
-        if cur & PS:
+        if sfn >> CHUNK_SHIFT in self._big:
             raise ValueError(f"system frame {sfn:#x} is covered by a 2 MiB entry; PSMASH first")
         if not assigned:
-            self._store(sfn, 0)
+            self._set_small(sfn, 0, 0)
             return
         if perms is None:
             perms = (VMPL_PERMS_ALL, 0, 0, 0) if asid else (0, 0, 0, 0)
-        e = A | (asid << ASID_SHIFT) | ((gpa >> PAGE_SHIFT) << GFN_SHIFT)
+        e = A | (asid << ASID_SHIFT)
         e |= (VAL if validated else 0) | (VMSA if vmsa else 0) | (IMM if immutable else 0)
         for v, p in enumerate(perms):
             e |= (p & 0xFF) << (PERM_SHIFT + 8 * v)
-        self._e[sfn] = e
+        self._set_small(sfn, e, gpa >> PAGE_SHIFT)
 
     def statistics(self) -> RmpStatistics:
         """Counts of entries by kind and of instructions executed."""
-        a4 = a2 = val = 0
-        for e in self._e.values():
-            if e & PS:
-                a2 += 1
-            else:
-                a4 += 1
-            if e & VAL:
-                val += 1
-        return RmpStatistics(len(self._e), a4, a2, val, self.n_pvalidate, self.n_rmpadjust, self.n_rmpupdate, self.n_psmash)
+        a4 = val = 0
+        for c in self._attr.values():
+            for e in c:
+                if e:
+                    a4 += 1
+                    if e & VAL:
+                        val += 1
+        a2 = len(self._big)
+        val += sum(1 for b in self._big.values() if b & VAL)
+        return RmpStatistics(a4 + a2, a4, a2, val, self.n_pvalidate, self.n_rmpadjust, self.n_rmpupdate, self.n_psmash)
 
     def items(self) -> list[tuple[int, RmpEntry]]:
-        """All non-default entries as (sfn, entry), for migration and tests."""
-        return [(s, RmpEntry.unpack(e)) for s, e in sorted(self._e.items())]
+        """All non-default entries as (sfn, entry), 2 MiB entries once at their base, sorted."""
+        out = []
+        for ci, c in self._attr.items():
+            g = self._gfn[ci]
+            out += [((ci << CHUNK_SHIFT) + i, RmpEntry.unpack(e, g[i])) for i, e in enumerate(c) if e]
+        for ci, b in self._big.items():
+            out.append((ci << CHUNK_SHIFT, RmpEntry.unpack(b & ATTR_MASK, b >> GFN_SHIFT)))
+        return sorted(out)

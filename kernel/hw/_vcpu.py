@@ -41,7 +41,7 @@ from ._constants import (
     RmpPageSize,
 )
 from ._errors import NestedPageFault, VmmCommunicationException, VmrunError
-from ._rmp import _OWNER_IGNORE, A, ASID_MASK, ASID_SHIFT, GFN_SHIFT, PS, VAL, VMSA, InstructionResult
+from ._rmp import A, ASID_MASK, ASID_SHIFT, CHUNK_MASK, CHUNK_SHIFT, GFN_SHIFT, OWNER_MASK, PS, VAL, VMSA, InstructionResult
 from ._views import GuestView
 from ._vmsa import VMSA as VMSA_LAYOUT
 from ._vmsa import VmsaView
@@ -291,21 +291,22 @@ class Vcpu:
 
     # -- guest RMP instructions -----------------------------------------------------------------
     def _owned_entry(self, gpa: int, size: int) -> tuple[int, int]:
+        """(attribute word, system frame) of the guest-owned page at ``gpa``, or NPF."""
         gfn = gpa >> PAGE_SHIFT
         view = self._views[0]
         sfn = view._translate(gfn, gpa, False, True)
-        e, sub = self.platform.rmp.guest_owned(sfn, gfn, self.platform.asid)
+        e = self.platform.rmp.guest_owned(sfn, gfn, self.platform.asid)
         if not e:
             raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT)
         if size == RmpPageSize.SIZE_4K and e & PS:
             raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT | NPF_SIZEM)
-        return e, sfn - sub
+        return e, sfn
 
     def pvalidate(self, gpa: int, size: int = RmpPageSize.SIZE_4K, validate: bool = True, *, vmpl: int | None = None) -> InstructionResult:
         """PVALIDATE (snp.md 5.2) at ``vmpl`` (default: the current VMPL).
 
         This is the hot path of memory acceptance, so the RMP lookup and update are inlined here
-        (same rules as :meth:`RMP.pvalidate`, which the state-machine test cross-checks).
+        (the RMP state-machine test checks them against a reference model).
 
         :returns: (EAX, CF): SUCCESS, FAIL_INPUT, FAIL_PERMISSION (above VMPL0),
             FAIL_SIZEMISMATCH; CF=1 if VALIDATED already had the requested value.
@@ -328,25 +329,29 @@ class Vcpu:
         if sfn is None or not 0 <= gfn < npages or not 0 <= sfn < npages:
             raise NestedPageFault(gpa, NPF_ENC)
         rmp = platform.rmp
-        table = rmp._e
-        e = table.get(sfn)
-        base = sfn
-        if e is None:
-            base = sfn & ~(PAGES_PER_2M - 1)
-            e = table.get(base)
-            if e is None or not e & PS:
+        ci = sfn >> CHUNK_SHIFT
+        c = rmp._attr.get(ci)
+        if c is not None:
+            i = sfn & CHUNK_MASK
+            e = c[i]
+            if e & OWNER_MASK != self._owner_bits or rmp._gfn[ci][i] != gfn:
                 raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT)
-        if e & ~_OWNER_IGNORE != self._owner_bits | ((gfn - (sfn - base)) << GFN_SHIFT):
+            rmp.n_pvalidate += 1
+            if size == 1:
+                return _PV_FAIL_SIZEMISMATCH
+            if bool(e & VAL) == validate:
+                return _PV_UNCHANGED
+            c[i] = e ^ VAL
+            return _PV_SUCCESS
+        b = rmp._big.get(ci)
+        if b is None or b & OWNER_MASK != self._owner_bits or (b >> GFN_SHIFT) + (sfn & CHUNK_MASK) != gfn:
             raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT)
         rmp.n_pvalidate += 1
-        if e & PS:
-            if size == 0:
-                raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT | NPF_SIZEM)
-        elif size == 1:
-            return _PV_FAIL_SIZEMISMATCH
-        if bool(e & VAL) == validate:
+        if size == 0:
+            raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT | NPF_SIZEM)
+        if bool(b & VAL) == validate:
             return _PV_UNCHANGED
-        table[base] = e ^ VAL
+        rmp._big[ci] = b ^ VAL
         return _PV_SUCCESS
 
     def rmpadjust(self, gpa: int, size: int, attrs: int, *, vmpl: int | None = None) -> InstructionResult:
@@ -361,10 +366,10 @@ class Vcpu:
         self.n_rmpadjust += 1
         if size not in (0, 1) or gpa % (PAGE_SIZE_2M if size else PAGE_SIZE):
             return InstructionResult(RmpadjustResult.FAIL_INPUT)
-        e, base = self._owned_entry(gpa, size)
+        e, sfn = self._owned_entry(gpa, size)
         if not e & VAL:
             raise VmmCommunicationException(VC_PAGE_NOT_VALIDATED, gpa)
-        return self.platform.rmp.rmpadjust(e, base, v, size, attrs)
+        return self.platform.rmp.rmpadjust(sfn, e, v, size, attrs)
 
     def statistics(self) -> VcpuStatistics:
         """Snapshot of this vCPU's counters."""

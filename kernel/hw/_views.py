@@ -27,7 +27,7 @@ from ._constants import (
     VmplPermission,
 )
 from ._errors import HostPageFault, NestedPageFault, VmmCommunicationException
-from ._rmp import A, ASID_SHIFT, GFN_SHIFT, PERM_SHIFT, VAL, _OWNER_IGNORE
+from ._rmp import A, ASID_SHIFT, ATTR_MASK, CHUNK_MASK, CHUNK_SHIFT, GFN_SHIFT, OWNER_MASK, PERM_SHIFT, VAL
 
 if TYPE_CHECKING:
     from ._platform import Platform
@@ -75,8 +75,19 @@ class GuestView:
         """Run the C=1 checks for the page holding ``gpa``; return its system frame."""
         gfn = gpa >> PAGE_SHIFT
         sfn = self._translate(gfn, gpa, write, True)
-        e, sub = self._rmp.raw(sfn)
-        if e & ~_OWNER_IGNORE != self._owner_bits | ((gfn - sub) << GFN_SHIFT):
+        rmp = self._rmp
+        ci = sfn >> CHUNK_SHIFT
+        c = rmp._attr.get(ci)
+        if c is not None:
+            e = c[sfn & CHUNK_MASK]
+            g = rmp._gfn[ci][sfn & CHUNK_MASK]
+        else:
+            b = rmp._big.get(ci)
+            if b is None:
+                raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT | (PF_WRITE if write else 0))
+            e = b & ATTR_MASK
+            g = (b >> GFN_SHIFT) + (sfn & CHUNK_MASK)
+        if e & OWNER_MASK != self._owner_bits or g != gfn:
             raise NestedPageFault(gpa, PF_RMP | NPF_ENC | PF_PRESENT | (PF_WRITE if write else 0))
         if not e & VAL:
             raise VmmCommunicationException(VC_PAGE_NOT_VALIDATED, gpa)
