@@ -1,0 +1,92 @@
+"""Boot: the measured SVSM image, the guest's secrets page, the guest VMPL, clean shutdown, and
+``svsm run``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from svsm.kernel import boot
+from svsm.kernel._boot import MemoryLayout, _launch_plan, kernel_image, parse_size
+from svsm.kernel.hw.psp import LaunchDigest
+from svsm.sdk.attestation import SNP_SECRETS_PAGE
+
+
+def test_measurement_covers_the_kernel_image() -> None:
+    with boot(vcpus=1, memory="12M") as cvm:
+        plan = _launch_plan(cvm.layout, kernel_image(), cvm.firmware)
+        assert LaunchDigest().apply(plan) == cvm.measurement
+        image = bytearray(kernel_image())
+        image[100] ^= 1  # one changed byte of kernel code
+        assert LaunchDigest().apply(_launch_plan(cvm.layout, bytes(image), cvm.firmware)) != cvm.measurement
+        assert b"_boot.py" in kernel_image() and b"def boot(" in kernel_image()
+
+
+def test_boot_is_deterministic_per_configuration() -> None:
+    with boot(vcpus=1, memory="12M") as a:
+        m1 = a.measurement
+    with boot(vcpus=1, memory="12M", seed=7) as b:
+        assert b.measurement == m1  # seed changes keys, not what is measured
+    with boot(vcpus=1, memory="16M") as c:
+        assert c.measurement != m1  # the SVSM moves with the memory size
+
+
+@pytest.mark.parametrize("vmpl", [1, 2, 3])
+def test_guest_secrets_page_and_vmpl(vmpl: int) -> None:
+    with boot(vcpus=1, memory="12M", guest_vmpl=vmpl) as cvm:
+        g = cvm.guest
+        assert g.vmpl == vmpl and cvm.platform.vcpus[0].vmpl == vmpl
+        s = SNP_SECRETS_PAGE.from_buffer_copy(g.mem.read(cvm.layout.guest_secrets_gpa, 4096))
+        real = cvm.svsm.secrets
+        for i in range(4):
+            assert s.vmpck(i) == (bytes(32) if i < vmpl else real.vmpck(i))
+        assert any(real.vmpck(0))
+        lay = cvm.layout
+        assert (s.svsm_base, s.svsm_size, s.svsm_caa, s.svsm_max_version, s.svsm_guest_vmpl) == (
+            lay.svsm_base, lay.svsm_size, lay.guest_caa_gpa, 1, vmpl)
+        assert g.query_protocol(0) == (1, 1)
+        with pytest.raises(Exception):  # noqa: B017 -- the real secrets page is SVSM memory
+            g.mem.read(lay.secrets_gpa, 8)
+
+
+def test_bad_configuration() -> None:
+    with pytest.raises(ValueError):
+        with boot(guest_vmpl=0):
+            pass
+    with pytest.raises(ValueError):
+        MemoryLayout.compute(6 << 20, len(kernel_image()))
+    assert parse_size("64M") == 64 << 20 and parse_size("1G") == 1 << 30 and parse_size(4096) == 4096
+
+
+def test_shutdown_decommissions() -> None:
+    with boot(vcpus=2, memory="12M") as cvm:
+        g = cvm.guest
+    assert all(v.vmpl is None for v in cvm.platform.vcpus)
+    assert not any(cvm.psp_context.vmpcks[0])
+    cvm.shutdown()  # idempotent
+    _ = g
+
+
+@pytest.mark.slow
+def test_svsm_run_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from svsm.kernel.cli import main
+
+    assert main(["run", "--vcpus", "3", "--memory", "16M", "--json"]) == 0
+    rep: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert rep["vcpus"] == 3 and rep["attestation"]["verified"] and rep["attestation"]["measurement_matches"]
+    assert rep["protocols"]["core"] == [1, 1] and rep["protocols"]["vtpm"] is None
+    assert rep["calls_per_cpu"][1] >= 1 and rep["calls_per_cpu"][2] >= 1
+    assert rep["accepted_bytes"] > 8 << 20
+    assert set(rep["phases"]) >= {"accept_memory", "bring_up_aps", "attest", "verify"}
+
+
+def test_svsm_run_table_and_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    from svsm.kernel.cli import main
+
+    assert main(["run", "--vcpus", "1", "--memory", "12M"]) == 0
+    out = capsys.readouterr().out
+    assert "measurement" in out and "PVALIDATE_LOCK" in out
+    assert main(["run", "--memory", "lots"]) == 2
+    assert main(["run", "--memory", "5M"]) == 2
