@@ -21,6 +21,7 @@ from ._constants import RmpadjustResult as RmpadjustResult
 from ._constants import RmpPageSize as RmpPageSize
 from ._constants import RmpupdateResult as RmpupdateResult
 from ._constants import VmplPermission as VmplPermission
+from ._errors import GhcbFieldNotValid as GhcbFieldNotValid
 from ._errors import GhcbProtocolError as GhcbProtocolError
 from ._errors import GuestTerminated as GuestTerminated
 from ._errors import HardwareFault as HardwareFault
@@ -76,7 +77,7 @@ from ._vmsa import VmsaView as VmsaView
 
 __all__ = [
     "CpuidRequest", "CpuidResponse", "FirmwareAccess", "GHCB", "GhcbError", "GhcbPage",
-    "GhcbProtocolError", "GuestRequestFirmware", "GuestTerminated", "GuestView", "HardwareFault",
+    "GhcbFieldNotValid", "GhcbProtocolError", "GuestRequestFirmware", "GuestTerminated", "GuestView", "HardwareFault",
     "HostPageFault", "HostView", "Hypervisor", "HypervisorFeature",
     "HypervisorFeaturesRequest", "HypervisorFeaturesResponse", "HypervisorStatistics",
     "InstructionResult", "MSR_GHCB", "MSR_SEV_STATUS", "MsrMessage", "MsrProtocolCode",

@@ -105,6 +105,10 @@ class GhcbProtocolError(SvsmError):
     """
 
 
+class GhcbFieldNotValid(GhcbProtocolError):
+    """A GHCB field the event needs is not marked in the valid bitmap (-> MISSING_INPUT)."""
+
+
 class PageStateChangeFormatError(GhcbProtocolError):
     """A page state change buffer with a bad header, reserved bits, or unknown operation."""
 

@@ -11,7 +11,7 @@ import ctypes
 import enum
 
 from ._constants import PAGE_SIZE
-from ._errors import GhcbProtocolError
+from ._errors import GhcbFieldNotValid, GhcbProtocolError
 from ._layout import check_layout, packed_fields
 
 __all__ = [
@@ -155,10 +155,10 @@ class GhcbPage:
     def get(self, name: str) -> int:
         """Read a tracked field the other side must have marked valid.
 
-        :raises GhcbProtocolError: the field's valid bit is clear.
+        :raises GhcbFieldNotValid: the field's valid bit is clear.
         """
         if name in _TRACKED and not self.is_valid(name):
-            raise GhcbProtocolError(f"GHCB field {name} not marked valid")
+            raise GhcbFieldNotValid(f"GHCB field {name} not marked valid")
         return int(getattr(self._s, name))
 
     def __getattr__(self, name: str) -> int:

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 from ._constants import PAGE_SHIFT, PAGE_SIZE, PAGES_PER_2M, SEV_FEATURE_SNP_ACTIVE, VMPL_COUNT, RmpPageSize, RmpupdateResult
-from ._errors import GhcbProtocolError, GuestTerminated, HostPageFault
-from ._ghcb import GHCB_SHARED_BUFFER_OFFSET, GHCB_SHARED_BUFFER_SIZE, GhcbError, GhcbPage, SwExitCode
+from ._errors import GhcbFieldNotValid, GhcbProtocolError, GuestTerminated, HostPageFault
+from ._ghcb import GHCB_SHARED_BUFFER_OFFSET, GHCB_SHARED_BUFFER_SIZE, GHCB_USAGE_STANDARD, GhcbError, GhcbPage, SwExitCode
 from ._msr_protocol import (
     CpuidRequest,
     CpuidResponse,
@@ -292,13 +292,20 @@ class Hypervisor:
         host = self.platform.host
         ghcb = GhcbPage(host.read(gpa, PAGE_SIZE))
         then: Callable[[], None] | None = None
+        code: int | None = None
         try:
             code = ghcb.get("sw_exit_code")
             ghcb.get("sw_exit_info_1")
             ghcb.get("sw_exit_info_2")
         except GhcbProtocolError:
+            code = None
             self._ghcb_error(ghcb, GhcbError.MISSING_INPUT)
         else:
+            if ghcb.ghcb_usage != GHCB_USAGE_STANDARD:
+                self._nae_counts["invalid_usage"] += 1
+                self._ghcb_error(ghcb, GhcbError.INVALID_USAGE)
+                code = None
+        if code is not None:
             try:
                 name = SwExitCode(code).name
             except ValueError:
@@ -310,6 +317,8 @@ class Hypervisor:
             else:
                 try:
                     then = handler(vcpu, ghcb)
+                except GhcbFieldNotValid:
+                    self._ghcb_error(ghcb, GhcbError.MISSING_INPUT)
                 except GhcbProtocolError:
                     self._ghcb_error(ghcb, GhcbError.INVALID_INPUT)
         try:

@@ -297,3 +297,28 @@ def test_dirty_log_loses_nothing_under_concurrent_writes(p) -> None:  # type: ig
     t.join()
     seen |= hv.get_dirty_log()
     assert seen == set(range(64))
+
+
+def test_ghcb_usage_and_missing_fields(p) -> None:  # type: ignore[no-untyped-def]
+    from svsm.kernel.hw import GhcbPage
+
+    bsp = p.vcpus[0]
+    view = bsp.view(0)
+    g = GhcbPage()
+    g.set("sw_exit_code", SwExitCode.HYPERVISOR_FEATURES)
+    g.set("sw_exit_info_1", 0)
+    g.set("sw_exit_info_2", 0)
+    g.ghcb_usage = 1
+    view.write(GHCB, g.to_bytes(), c_bit=False)
+    bsp.wrmsr(0xC001_0130, GHCB)
+    bsp.vmgexit()
+    out = GhcbPage(view.read(GHCB, PAGE_SIZE, c_bit=False))
+    assert (out.sw_exit_info_1, out.sw_exit_info_2) == (2, GhcbError.INVALID_USAGE)
+    g = GhcbPage()
+    g.set("sw_exit_code", SwExitCode.HYPERVISOR_FEATURES)  # info1/info2 not marked valid
+    view.write(GHCB, g.to_bytes(), c_bit=False)
+    bsp.vmgexit()
+    out = GhcbPage(view.read(GHCB, PAGE_SIZE, c_bit=False))
+    assert (out.sw_exit_info_1, out.sw_exit_info_2) == (2, GhcbError.MISSING_INPUT)
+    out = ghcb_call(bsp, GHCB, SwExitCode.CPUID)  # RAX (the leaf) not marked valid
+    assert (out.sw_exit_info_1, out.sw_exit_info_2) == (2, GhcbError.MISSING_INPUT)

@@ -268,3 +268,22 @@ class RmpMachine(RuleBasedStateMachine):
 
 TestRmpMachine = RmpMachine.TestCase
 TestRmpMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+def test_storage_is_compact_and_freed(p) -> None:  # type: ignore[no-untyped-def]
+    rmp = p.rmp
+    hv = p.hypervisor
+    base = rmp.statistics().entries
+    assert hv.rmpupdate(PAGE_SIZE_2M, PAGE_SIZE_2M, assigned=True, page_size=1).rc == 0
+    assert rmp.statistics().assigned_2m == 1 and rmp.statistics().entries == base + 1
+    assert [s for s, e in rmp.items() if e.page_size == 1] == [512]
+    assert hv.psmash(PAGE_SIZE_2M).rc == 0
+    assert rmp.statistics().assigned_4k == base + 512 and rmp.statistics().assigned_2m == 0
+    for i in range(512):
+        assert hv.rmpupdate(PAGE_SIZE_2M + i * PAGE_SIZE, 0, assigned=False).rc == 0
+    assert 1 not in rmp._attr and rmp.statistics().entries == base  # the chunk was released
+    assert rmp.read(512).gpa == 0 and not rmp.read(512).assigned
+    # firmware_set refuses pages under a 2 MiB entry.
+    hv.rmpupdate(PAGE_SIZE_2M, PAGE_SIZE_2M, assigned=True, page_size=1)
+    with pytest.raises(ValueError):
+        p.firmware.set_rmp(PAGE_SIZE_2M + PAGE_SIZE, assigned=True, gpa=0)
