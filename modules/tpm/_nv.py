@@ -188,7 +188,7 @@ def _nv_write(tpm: "Tpm", ctx: Ctx, data: bytes, offset: int) -> bytes:
     nv = ctx.ent[1]
     check_write(ctx, nv)
     if nv.nt != NT.ORDINARY:
-        raise TpmError(RC.ATTRIBUTES)
+        raise TpmError(rc_handle(RC.ATTRIBUTES, 2))
     if offset + len(data) > nv.size:
         raise TpmError(RC.NV_RANGE)
     if nv.attrs & TPMA_NV.WRITEALL and len(data) != nv.size:
@@ -221,7 +221,7 @@ def _nv_increment(tpm: "Tpm", ctx: Ctx) -> bytes:
     check_write(ctx, nv)
     if nv.nt != NT.COUNTER:
         raise TpmError(rc_handle(RC.ATTRIBUTES, 2))
-    v = int.from_bytes(nv.data, "big") + 1 if nv.attrs & TPMA_NV.WRITTEN else 0
+    v = (int.from_bytes(nv.data, "big") if nv.attrs & TPMA_NV.WRITTEN else 0) + 1
     nv.data[:] = (v & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
     _written(tpm, nv)
     return b""

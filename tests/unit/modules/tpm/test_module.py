@@ -1,0 +1,146 @@
+"""The vTPM service module: SVSM_VTPM_QUERY/CMD semantics (coconut-svsm.md 2.5), state in storage, manifest."""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+
+import pytest
+
+from svsm.sdk import InvalidFormat, InvalidParameter, InvalidRequest, ModuleContext, Request, load_manifest
+from svsm.sdk.tpm import decode_vtpm_response, encode_vtpm_request
+
+import svsm.modules.tpm as tpm_module
+from tpm_test_helpers import cmd, pw
+from svsm.modules.tpm import MANIFEST, VtpmService, ek_template_rsa2048
+
+STARTUP = bytes.fromhex("80010000000c000001440000")
+GETRANDOM = bytes.fromhex("80010000000c0000017b0008")
+
+
+class FakeSyscalls:
+    """The syscalls the vTPM uses: random, time_ns, storage (a dict)."""
+
+    def __init__(self, store: dict[str, bytes] | None = None, seed: int = 7) -> None:
+        self.store = {} if store is None else store
+        self._rnd = random.Random(seed)
+        self.now_ns = 1_800_000_000 * 10**9
+        self.puts = 0
+
+    def random(self, size: int) -> bytes:
+        return self._rnd.randbytes(size)
+
+    def time_ns(self) -> int:
+        return self.now_ns
+
+    def storage_get(self, key: str) -> bytes | None:
+        return self.store.get(key)
+
+    def storage_put(self, key: str, value: bytes) -> None:
+        self.puts += 1
+        self.store[key] = value
+
+
+def make_ctx(store: dict[str, bytes] | None = None, seed: int = 7) -> ModuleContext:
+    return ModuleContext(FakeSyscalls(store, seed), MANIFEST, frozenset({"log", "random", "time", "storage"}),  # type: ignore[arg-type]
+                         logging.getLogger("test.tpm"))
+
+
+def page_for(command: bytes, locality: int = 0) -> bytes:
+    return encode_vtpm_request(command, locality).ljust(4096, b"\xcc")
+
+
+def call(svc: VtpmService, ctx: ModuleContext, command: bytes, locality: int = 0) -> bytes:
+    reply = svc.handle(Request(protocol=2, call=1, rcx=0x1000, buffer=page_for(command, locality)), ctx)
+    assert reply.buffer is not None and len(reply.buffer) == 4096
+    return decode_vtpm_response(reply.buffer)
+
+
+@pytest.fixture
+def service() -> tuple[VtpmService, ModuleContext]:
+    svc, ctx = VtpmService(), make_ctx()
+    svc.start(ctx)
+    return svc, ctx
+
+
+def test_manifest_declares_protocol_2_and_the_vtpm_guid() -> None:
+    m = load_manifest(tpm_module)
+    assert m.name == "tpm" and m.service_guid == "c476f1eb-0123-45a5-9641-b4e7dde5bfe3"
+    assert [c.call for c in m.protocols[0].calls] == [0, 1] and m.protocols[0].number == 2
+
+
+def test_query(service) -> None:
+    svc, ctx = service
+    reply = svc.handle(Request(protocol=2, call=0), ctx)
+    assert (reply.rcx, reply.rdx) == (1 << 8, 0)
+
+
+def test_command_round_trip_and_not_started(service) -> None:
+    svc, ctx = service
+    assert call(svc, ctx, GETRANDOM)[6:10] == b"\x00\x00\x01\x00"  # TPM_RC_INITIALIZE: the guest sends Startup
+    assert call(svc, ctx, STARTUP) == bytes.fromhex("80010000000a00000000")
+    rsp = call(svc, ctx, GETRANDOM)
+    assert rsp[6:10] == bytes(4) and struct.unpack(">H", rsp[10:12])[0] == 8
+
+
+@pytest.mark.parametrize("page,exc", [
+    (struct.pack("<IBI", 9, 0, 10).ljust(4096, b"\0"), InvalidParameter),      # platform command != 8
+    (struct.pack("<IBI", 8, 1, 12) + STARTUP, InvalidParameter),               # locality != 0
+    (struct.pack("<IBI", 8, 0, 4088).ljust(4096, b"\0"), InvalidParameter),    # inbuf_size > 4087
+])
+def test_bad_requests(service, page: bytes, exc: type) -> None:
+    svc, ctx = service
+    with pytest.raises(exc) as info:
+        svc.handle(Request(protocol=2, call=1, rcx=0x1000, buffer=page.ljust(4096, b"\0")), ctx)
+    assert info.value.code == 0x8000_0005
+
+
+def test_rcx_zero_and_powered_off(service) -> None:
+    svc, ctx = service
+    with pytest.raises(InvalidParameter):
+        svc.handle(Request(protocol=2, call=1, rcx=0, buffer=page_for(STARTUP)), ctx)
+    svc.tpm.power_off()
+    with pytest.raises(InvalidRequest) as info:
+        svc.handle(Request(protocol=2, call=1, rcx=0x1000, buffer=page_for(STARTUP)), ctx)
+    assert info.value.code == 0x8000_0006
+
+
+def test_manifest_is_the_rsa_ek_public_and_stable_across_restarts() -> None:
+    store: dict[str, bytes] = {}
+    svc, ctx = VtpmService(), make_ctx(store)
+    svc.start(ctx)
+    assert len(svc.manifest) == 314 and svc.manifest[:10] == ek_template_rsa2048().marshal()[:10]
+    assert "state" in store
+    again = VtpmService()
+    again.start(make_ctx(store, seed=8))  # a different RNG, but the seeds come from storage
+    assert again.manifest == svc.manifest
+    fresh = VtpmService()
+    fresh.start(make_ctx(seed=9))  # no stored state: a newly manufactured TPM has another EK
+    assert fresh.manifest != svc.manifest
+
+
+def test_state_saved_after_state_changing_commands_only(service) -> None:
+    svc, ctx = service
+    sys = ctx.syscalls
+    call(svc, ctx, STARTUP)
+    puts = sys.puts
+    call(svc, ctx, GETRANDOM)
+    assert sys.puts == puts  # GetRandom changes nothing persistent
+    change_auth = cmd(0x129, (0x40000001,), b"\x00\x02pw", pw())
+    assert call(svc, ctx, change_auth)[6:10] == bytes(4)
+    assert sys.puts == puts + 1
+
+
+def test_save_and_restore_hooks_carry_volatile_state(service) -> None:
+    svc, ctx = service
+    call(svc, ctx, STARTUP)
+    state = svc.save()
+    other = VtpmService()
+    other.start(make_ctx())
+    other.restore(state, make_ctx())
+    assert other.tpm.started and other.manifest == svc.manifest
+    assert call(other, make_ctx(), GETRANDOM)[6:10] == bytes(4)
+    with pytest.raises(InvalidFormat):
+        other.restore(b"garbage", make_ctx())
+    assert other.tpm.started  # the running TPM is kept

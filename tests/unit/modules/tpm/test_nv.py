@@ -1,0 +1,96 @@
+"""NV indices: ordinary, counter, bits, extend; attributes, locks, ranges and authorization checks."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import pytest
+from tpm_test_helpers import pw, rc_of
+
+OWNER, PLATFORM = 0x40000001, 0x4000000C
+DEFINE, UNDEFINE, WRITE, READ, READPUB = 0x12A, 0x122, 0x137, 0x14E, 0x169
+INCREMENT, SETBITS, EXTEND, WRITELOCK, READLOCK = 0x134, 0x135, 0x136, 0x138, 0x14F
+RW_OWNER_AUTH = 0x00060006  # OWNERWRITE|AUTHWRITE|OWNERREAD|AUTHREAD
+
+
+def define(run, index: int, attrs: int, size: int, auth: bytes = b"", hier: int = OWNER) -> int:
+    pub = struct.pack(">IHIHH", index, 0x000B, attrs, 0, size)
+    return rc_of(run(DEFINE, (hier,), struct.pack(">H", len(auth)) + auth + struct.pack(">H", len(pub)) + pub, pw()))
+
+
+def write(run, index: int, data: bytes, offset: int = 0, auth_handle: int | None = None, auth: bytes = b"") -> int:
+    return rc_of(run(WRITE, (auth_handle or index, index), struct.pack(">H", len(data)) + data
+                     + struct.pack(">H", offset), pw(auth)))
+
+
+def read(run, index: int, size: int, offset: int = 0, auth_handle: int | None = None) -> bytes:
+    return run(READ, (auth_handle or index, index), struct.pack(">HH", size, offset), pw())
+
+
+def data(rsp: bytes) -> bytes:
+    """The TPM2B data of an NV_Read response with one session (header, parameterSize, TPM2B)."""
+    n = struct.unpack(">H", rsp[14:16])[0]
+    return rsp[16:16 + n]
+
+
+def test_ordinary_write_read_and_written_bit(run) -> None:
+    idx = 0x01000000
+    assert define(run, idx, RW_OWNER_AUTH, 16) == 0
+    assert rc_of(read(run, idx, 4)) == 0x14A  # NV_UNINITIALIZED
+    name_before = run(READPUB, (idx,))[-34:]
+    assert write(run, idx, b"abcd", 2) == 0
+    rsp = read(run, idx, 6, 0, OWNER)
+    assert rc_of(rsp) == 0 and data(rsp) == b"\x00\x00abcd"
+    assert run(READPUB, (idx,))[-34:] != name_before  # WRITTEN changes the Name
+    assert write(run, idx, b"x" * 10, 10) == 0x146  # NV_RANGE
+    assert rc_of(read(run, idx, 17)) == 0x146
+    assert define(run, idx, RW_OWNER_AUTH, 16) == 0x14C  # NV_DEFINED
+
+
+def test_define_checks(run) -> None:
+    assert define(run, 0x01000001, 0x00000006, 8) == 0x2C2  # no read bit: ATTRIBUTES, parameter 2
+    assert define(run, 0x01000001, RW_OWNER_AUTH | 0x10, 7) == 0x2D5  # counter must be 8 bytes: SIZE
+    assert define(run, 0x01000001, RW_OWNER_AUTH | 0x20000000, 8) == 0x2C2  # WRITTEN set
+    assert define(run, 0x01000001, RW_OWNER_AUTH, 8, hier=PLATFORM) == 0x182  # platform needs PLATFORMCREATE
+    assert define(run, 0x01000001, RW_OWNER_AUTH, 4096) == 0x2D5
+    assert define(run, 0x01000001, RW_OWNER_AUTH, 8, auth=b"x" * 33) == 0x1D5
+
+
+def test_counter_bits_extend(run) -> None:
+    c, b, e = 0x01000002, 0x01000003, 0x01000004
+    assert define(run, c, RW_OWNER_AUTH | 0x10, 8) == 0
+    assert define(run, b, RW_OWNER_AUTH | 0x20, 8) == 0
+    assert define(run, e, RW_OWNER_AUTH | 0x40, 32) == 0
+    for _ in range(3):
+        assert rc_of(run(INCREMENT, (c, c), b"", pw())) == 0
+    assert data(read(run, c, 8)) == struct.pack(">Q", 3)
+    assert write(run, c, b"12345678") == 0x282  # NV_Write on a counter: ATTRIBUTES
+    assert rc_of(run(SETBITS, (b, b), struct.pack(">Q", 0x5), pw())) == 0
+    assert rc_of(run(SETBITS, (b, b), struct.pack(">Q", 0x30), pw())) == 0
+    assert data(read(run, b, 8)) == struct.pack(">Q", 0x35)
+    assert rc_of(run(EXTEND, (e, e), b"\x00\x03abc", pw())) == 0
+    assert data(read(run, e, 32)) == hashlib.sha256(bytes(32) + b"abc").digest()
+
+
+def test_locks_and_authorization(run) -> None:
+    idx = 0x01000005
+    assert define(run, idx, RW_OWNER_AUTH | 0x4000 | 0x80000000, 8, auth=b"nvpw") == 0  # WRITE_STCLEAR|READ_STCLEAR
+    assert write(run, idx, b"12345678", auth=b"nvpw") == 0
+    assert rc_of(run(WRITELOCK, (idx, idx), b"", pw(b"nvpw"))) == 0
+    assert write(run, idx, b"x", auth=b"nvpw") == 0x148  # NV_LOCKED
+    assert rc_of(run(READLOCK, (idx, idx), b"", pw(b"nvpw"))) == 0
+    assert rc_of(read(run, idx, 1, auth_handle=OWNER)) == 0x148
+    ro = 0x01000006
+    assert define(run, ro, 0x00020002, 8) == 0  # OWNER only
+    assert write(run, ro, b"x") == 0x149  # NV_AUTHORIZATION with the index as auth handle
+    assert write(run, ro, b"x", auth_handle=OWNER) == 0
+    assert rc_of(run(UNDEFINE, (OWNER, ro), b"", pw())) == 0
+    assert rc_of(run(READPUB, (ro,))) == 0x18B
+
+
+@pytest.mark.parametrize("size", [1024, 1025])
+def test_nv_buffer_max(run, size: int) -> None:
+    idx = 0x01000007
+    assert define(run, idx, RW_OWNER_AUTH, 2048) == 0
+    assert write(run, idx, bytes(size)) == (0 if size <= 1024 else 0x1D5)
