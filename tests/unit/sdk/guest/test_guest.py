@@ -1,0 +1,113 @@
+"""The guest driver: calling convention details, retries, AP lifecycle, attestation checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from svsm.sdk import Busy, RequestError, ResultCode
+from svsm.sdk.guest import Attestation, PagePool, SvsmCallResult
+
+
+class BusyHost:
+    """Protocol 9 answers BUSY ``busy`` times, then SUCCESS with RCX = attempts."""
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self.attempts = 0
+
+    def serves(self, protocol: int) -> bool:
+        return protocol == 9
+
+    def protocol_versions(self, protocol: int) -> tuple[int, int] | None:
+        return (1, 1) if protocol == 9 else None
+
+    def handle_request(self, params: Any, memory: Any) -> None:
+        self.attempts += 1
+        if self.attempts <= self.busy:
+            raise Busy("later")
+        params.rcx = self.attempts
+
+    def service_manifests(self) -> Sequence[tuple[uuid.UUID, bytes]]:
+        return []
+
+
+@pytest.fixture
+def cvm() -> Iterator[Any]:
+    from svsm.kernel import boot
+
+    with boot(vcpus=2, memory="12M", module_host=BusyHost()) as c:
+        c.guest.accept_memory(0x10_0000, 0x10_0000)
+        yield c
+
+
+def test_page_pool() -> None:
+    pool = PagePool([0x3000, 0x1000])
+    pool.add(0x10000, 0x2000)
+    assert len(pool) == 4
+    got = {pool.take() for _ in range(4)}
+    assert got == {0x1000, 0x3000, 0x10000, 0x11000}
+    with pytest.raises(Exception):  # noqa: B017 -- out of accepted memory is fatal for the guest
+        pool.take()
+    pool.give(0x5000)
+    assert pool.take() == 0x5000
+
+
+def test_result_raise() -> None:
+    assert SvsmCallResult(0, 1, 2, 3, 4).raise_for_result().rcx == 1
+    with pytest.raises(RequestError) as ei:
+        SvsmCallResult(ResultCode.INVALID_ADDRESS, 0, 0, 0, 0).raise_for_result()
+    assert ei.value.code == ResultCode.INVALID_ADDRESS
+
+
+def test_busy_is_retried(cvm: Any) -> None:
+    host = cvm.svsm.module_host
+    host.busy = 3
+    r = cvm.guest.svsm_call(9, 0)
+    assert (r.rax, r.rcx) == (0, 4)
+    host.busy, host.attempts = 10, 0
+    assert cvm.guest.svsm_call(9, 0, max_retries=2).rax == ResultCode.BUSY
+
+
+def test_ap_lifecycle(cvm: Any) -> None:
+    g = cvm.guest
+    ap = g.start_ap(1)
+    assert ap.cpu.apic_id == 1 and ap.vmpl == g.vmpl and ap.caa != g.caa
+    assert ap.query_protocol(0) == (1, 1)
+    free = len(g.pool)
+    g.stop_ap(1)
+    assert len(g.pool) == free + 2
+    assert cvm.svsm.registry.statistics().registered == 1
+    with pytest.raises(RequestError):
+        g.start_ap(5)
+    ap2 = g.start_ap(1)  # the same vCPU can be brought up again
+    assert ap2.query_protocol(1) == (1, 1)
+
+
+def test_attestation_verify_rejects_tampering(cvm: Any) -> None:
+    from svsm.sdk.attestation import VerificationError
+
+    att = cvm.guest.attest(bytes(range(64)))
+    att.verify()
+    with pytest.raises(VerificationError):
+        dataclasses.replace(att, nonce=bytes(64)).verify()
+    with pytest.raises(VerificationError):
+        dataclasses.replace(att, certificates={}).verify()
+    bad = bytearray(att.report)
+    bad[0x50] ^= 1
+    with pytest.raises(VerificationError):
+        Attestation(att.nonce, bytes(bad), att.manifest, att.manifest_bytes, att.certificates).verify()
+
+
+def test_secrets_vmpl_mismatch_is_refused(cvm: Any) -> None:
+    from svsm.sdk import FatalError
+    from svsm.sdk.guest import Guest
+
+    fake = cvm.guest.pool.take()
+    cvm.guest.mem.write(fake, bytes(4096))  # a "secrets page" without the SVSM fields
+    with pytest.raises(FatalError):
+        Guest(cvm.platform.vcpus[0], 2, secrets_gpa=fake, ram=cvm.layout.guest_ram)
