@@ -39,7 +39,7 @@ from svsm.kernel.protocols import Dispatcher, RequestParams, to_result_code
 from svsm.sdk import FatalError
 from svsm.sdk.guest import CallingAreaHeader
 
-from ._panic import Panicker
+from ._panic import Panicker, SvsmPanic
 
 __all__ = ["PerCpu", "RequestLoop", "SvsmGhcb", "RequestLoopStatistics", "GhcbCallError"]
 
@@ -189,7 +189,12 @@ class RequestLoop:
             if not pc.ghcb_registered:
                 self.ghcb.register(vcpu, pc)
             self._serve(vcpu, pc)
-        except FatalError as exc:
+        except SvsmPanic:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- a fault outside any fixup: the kernel is broken
+            # Anything escaping _serve happened outside a protocol handler (reading the guest
+            # VMSA or CAA, registering the GHCB): there is no fixup for it, as in upstream
+            # kernel mode, so it panics.
             self.panicker.panic(vcpu.index, exc)
         self._return_to_guest(vcpu)
 

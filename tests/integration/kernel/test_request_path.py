@@ -141,3 +141,15 @@ def test_no_call_served_without_a_guest_vmgexit(cvm: Any) -> None:
     cvm.platform.vcpus[0].run_vmpl(0)
     assert cvm.svsm.loop.statistics().calls_per_cpu[0] == before
     assert g.mem.read(g.caa, 1) == b"\x01" and g.regs.rax == request_rax(0, 6)
+
+
+def test_host_remapping_the_guest_vmsa_panics_instead_of_serving(cvm: Any) -> None:
+    """The host points the guest VMSA's GPA at another frame: the SVSM's read faults (no fixup
+    outside a protocol handler) and it panics rather than act on registers it cannot trust."""
+    g = cvm.guest
+    vmsa_gfn = cvm.svsm.guest_vmsa_gpa >> 12
+    spare = (cvm.layout.svsm_base >> 12) - 1
+    cvm.hypervisor.remap(vmsa_gfn, spare)
+    with pytest.raises(SvsmPanic):
+        g.svsm_call(SVSM_CORE_PROTOCOL, 6, 1)
+    assert cvm.hypervisor.terminated == (0, 0)
