@@ -7,7 +7,8 @@ has a packed u64 of metadata like COCONUT's ``PageInfo``:
 bits    meaning
 ======  =====================================================
 0-3     :class:`PageType` (tail pages of a block are COMPOUND)
-4-7     order of the block the page belongs to
+4-7     order of the block (head page only; a tail finds it via its head,
+        so a split or merge rewrites one word per level, not the whole block)
 8-15    tag (slab class index for SLAB_PAGE)
 62      the page was lent by the guest (DEPOSIT_MEM)
 ======  =====================================================
@@ -62,6 +63,9 @@ META_DEPOSITED = 1 << 62
 
 def _pack(ptype: int, order: int, tag: int = 0) -> int:
     return ptype | order << _ORDER_SHIFT | tag << _TAG_SHIFT
+
+
+_TAIL = _pack(PageType.COMPOUND, 0)
 
 
 class PageInfo(NamedTuple):
@@ -122,12 +126,13 @@ class PageAllocator:
         self._allocs = self._frees = self._failures = 0
 
     # -- metadata helpers (lock held) --------------------------------------
-    def _set_block(self, pfn: int, order: int, ptype: int, tag: int = 0) -> None:
+    def _write_head(self, pfn: int, order: int, ptype: int, tag: int = 0) -> None:
         meta = self._meta
         meta[pfn] = meta[pfn] & META_DEPOSITED | _pack(ptype, order, tag)
-        tail = _pack(PageType.COMPOUND, order)
-        for p in range(pfn + 1, pfn + (1 << order)):
-            meta[p] = meta[p] & META_DEPOSITED | tail
+
+    def _write_tail(self, pfn: int) -> None:
+        meta = self._meta
+        meta[pfn] = meta[pfn] & META_DEPOSITED | _TAIL
 
     def _head_of(self, pfn: int) -> int | None:
         meta = self._meta
@@ -149,9 +154,13 @@ class PageAllocator:
             if m is None or m & _TYPE_MASK != PageType.FREE:
                 break
             del self._free[order][buddy]
-            pfn = min(pfn, buddy)
+            if buddy < pfn:
+                self._write_tail(pfn)
+                pfn = buddy
+            else:
+                self._write_tail(buddy)
             order += 1
-        self._set_block(pfn, order, PageType.FREE)
+        self._write_head(pfn, order, PageType.FREE)
         self._free[order][pfn] = None
 
     def _insert_free_pages(self, start: int, end: int) -> None:
@@ -178,7 +187,7 @@ class PageAllocator:
             meta = self._meta
             if any(p in meta for p in range(start, end)):
                 raise RangeOverlap(f"range {paddr:#x}+{size:#x} overlaps owned memory")
-            flag = META_DEPOSITED if deposited else 0
+            flag = (META_DEPOSITED if deposited else 0) | _TAIL
             for p in range(start, end):
                 meta[p] = flag
             self._insert_free_pages(start, end)
@@ -245,11 +254,11 @@ class PageAllocator:
             while o > order:
                 o -= 1
                 buddy = pfn + (1 << o)
-                self._set_block(buddy, o, PageType.FREE)
+                self._write_head(buddy, o, PageType.FREE)
                 self._free[o][buddy] = None
-            self._set_block(pfn, order, ptype, tag)
+            self._write_head(pfn, order, ptype, tag)
             paddr = pfn << PAGE_SHIFT
-            self._live[pfn] = PageAllocation(paddr, order, PageType(ptype), site)
+            self._live[pfn] = PageAllocation(paddr, order, ptype, site)
             for p in range(pfn, pfn + (1 << order)):
                 self._freed.pop(p, None)
             self._allocs += 1
@@ -320,7 +329,11 @@ class PageAllocator:
         m = self._meta.get(pfn)
         if m is None:
             return None
-        return PageInfo(pfn << PAGE_SHIFT, PageType(m & _TYPE_MASK), (m >> _ORDER_SHIFT) & 0xF,
+        order = (m >> _ORDER_SHIFT) & 0xF
+        if m & _TYPE_MASK == PageType.COMPOUND:
+            head = self._head_of(pfn)
+            order = (self._meta[head] >> _ORDER_SHIFT) & 0xF if head is not None else 0
+        return PageInfo(pfn << PAGE_SHIFT, PageType(m & _TYPE_MASK), order,
                         (m >> _TAG_SHIFT) & 0xFF, bool(m & META_DEPOSITED))
 
     def raw_metadata(self, paddr: int) -> int | None:

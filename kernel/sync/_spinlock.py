@@ -81,15 +81,21 @@ class SpinLock(Generic[T]):
         checker = self._checker
         if checker.enabled:
             checker.before_acquire(self, self.name)
-        with self._mutex:
-            ticket = self._current
-            self._current = ticket + 1
-            if ticket != self._holder:
+        mutex = self._mutex
+        mutex.acquire()
+        ticket = self._current
+        self._current = ticket + 1
+        if ticket == self._holder:
+            mutex.release()  # uncontended: one short critical section
+        else:
+            try:
                 self._contentions += 1
                 self._waiters += 1
                 while self._holder != ticket:
                     self._cond.wait()
                 self._waiters -= 1
+            finally:
+                mutex.release()
         self._owner = me
         self._acquisitions += 1
         if checker.enabled:
@@ -112,15 +118,18 @@ class SpinLock(Generic[T]):
         return LockGuard(self)
 
     def _unlock(self) -> None:
-        if self._owner != _get_ident():
-            raise LockNotHeld(f"{self.name} released by thread {_get_ident()}, owner {self._owner}")
+        me = _get_ident()
+        if self._owner != me:
+            raise LockNotHeld(f"{self.name} released by thread {me}, owner {self._owner}")
         self._owner = None
         if self._checker.enabled:
             self._checker.released(self)
-        with self._mutex:
-            self._holder += 1
-            if self._waiters:
-                self._cond.notify_all()
+        mutex = self._mutex
+        mutex.acquire()
+        self._holder += 1
+        if self._waiters:
+            self._cond.notify_all()
+        mutex.release()
 
     def __enter__(self) -> LockGuard[T]:
         return self.lock()
