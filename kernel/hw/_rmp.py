@@ -31,7 +31,6 @@ from ._constants import (
     VMPL_COUNT,
     VMPL_PERMS_ALL,
     VMPL_PERMS_RESERVED,
-    PvalidateResult,
     RmpadjustResult,
     RmpPageSize,
     RmpupdateResult,

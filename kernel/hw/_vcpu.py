@@ -24,7 +24,6 @@ from ._constants import (
     PAGE_SHIFT,
     PAGE_SIZE,
     PAGE_SIZE_2M,
-    PAGES_PER_2M,
     PF_PRESENT,
     PF_RMP,
     SEV_FEATURE_ALTERNATE_INJECTION,
