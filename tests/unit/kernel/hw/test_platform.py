@@ -82,3 +82,35 @@ def test_firmware_access_launch_flow() -> None:
         fw.read_raw(0x3001)
     with pytest.raises(ValueError):
         fw.write_private(0x3000, bytes(PAGE_SIZE + 1))
+
+
+_CHILD_4K = r"""
+import json
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+import svsm.kernel.hw as hw
+from svsm.kernel.hw.testing import make_guest
+p = make_guest(memory_size=2 << 30, private=[])
+bsp = p.vcpus[0]
+bsp.vmrun(0)
+view = bsp.view(0)
+base = rss()
+for spa in range(0, 1 << 30, hw.PAGE_SIZE_2M):
+    assert p.hypervisor.rmpupdate(spa, spa, assigned=True, page_size=1).rc == 0
+    assert p.hypervisor.psmash(spa).rc == 0
+for gpa in range(0, 1 << 30, hw.PAGE_SIZE):   # what the SVSM does for the guest: 4K PVALIDATE + zero
+    assert bsp.pvalidate(gpa).rc == 0
+view.zero(0, 1 << 30)
+print(json.dumps([base, rss(), p.rmp.statistics().validated]))
+"""
+
+
+@pytest.mark.slow
+def test_one_gib_validated_at_4k_stays_small() -> None:
+    """262144 validated, zeroed 4 KiB pages: RMP arrays + zero bitmap, a few MiB in total."""
+    out = subprocess.run([sys.executable, "-c", _CHILD_4K], check=True, capture_output=True, text=True, timeout=120)
+    base, after, validated = json.loads(out.stdout)
+    assert validated >= 262144
+    assert after - base < 20 * 1024  # KiB
