@@ -24,9 +24,10 @@ pytestmark = pytest.mark.slow
 def attested(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A services attestation: a CVM boots and its guest asks the SVSM (ATTEST_SERVICES)."""
     out = tmp_path_factory.mktemp("attest")
-    state = tmp_path_factory.getbasetemp() / "cli-chips"
+    state = tmp_path_factory.getbasetemp()  # chip "psp-chip": the one the PSP unit tests use, if they ran
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["attest", "--out", str(out), "--nonce", "00112233", "--state-dir", str(state), "--vcpus", "2"]) == 0
+        assert main(["attest", "--out", str(out), "--nonce", "00112233", "--state-dir", str(state), "--chip", "psp-chip",
+                     "--vcpus", "2"]) == 0  # fmt: skip
     return out
 
 
@@ -34,10 +35,10 @@ def attested(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 def direct(tmp_path_factory: pytest.TempPathFactory, attested: pathlib.Path) -> pathlib.Path:
     """A report asked of the PSP directly with VMPCK0 (same chip as ``attested``)."""
     out = tmp_path_factory.mktemp("direct")
-    state = tmp_path_factory.getbasetemp() / "cli-chips"
+    state = tmp_path_factory.getbasetemp()
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["attest", "--direct", "--out", str(out), "--nonce", "00112233", "--state-dir", str(state),
-                     "--vcpus", "2"]) == 0  # fmt: skip
+                     "--chip", "psp-chip", "--vcpus", "2"]) == 0  # fmt: skip
     return out
 
 
@@ -106,10 +107,10 @@ def test_svsm_verify(attested: pathlib.Path, direct: pathlib.Path, tmp_path: pat
 
 def test_attest_is_stable_across_runs(attested: pathlib.Path, direct: pathlib.Path, tmp_path: pathlib.Path,
                                      tmp_path_factory: pytest.TempPathFactory) -> None:  # fmt: skip
-    state = tmp_path_factory.getbasetemp() / "cli-chips"
+    state = tmp_path_factory.getbasetemp()
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["attest", "--direct", "--out", str(tmp_path), "--state-dir", str(state), "--vcpus", "2",
-                     "--report-version", "5"]) == 0  # fmt: skip
+        assert main(["attest", "--direct", "--out", str(tmp_path), "--state-dir", str(state), "--chip", "psp-chip",
+                     "--vcpus", "2", "--report-version", "5"]) == 0  # fmt: skip
     assert (tmp_path / "vcek.pem").read_bytes() == (attested / "vcek.pem").read_bytes() == (direct / "vcek.pem").read_bytes()
     a = AttestationReport.from_bytes((direct / "report.bin").read_bytes())
     b = AttestationReport.from_bytes((tmp_path / "report.bin").read_bytes())

@@ -104,8 +104,9 @@ def test_broken_state_is_fatal(tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.slow
-def test_turin_chip(tmp_path: pathlib.Path) -> None:
-    turin = Chip.load_or_create(tmp_path, product="Turin", tcb=TcbVersion(boot_loader=1, tee=2, snp=3, microcode=4, fmc=5))
+def test_turin_chip(tmp_path_factory: pytest.TempPathFactory) -> None:
+    turin = Chip.load_or_create(tmp_path_factory.getbasetemp() / "psp-chip-turin", product="Turin",
+                                tcb=TcbVersion(boot_loader=1, tee=2, snp=3, microcode=4, fmc=5))  # fmt: skip
     assert turin.chip_id[8:] == bytes(56)
     ext = vcek_extensions(load_chain(*turin.chain_pem()).vcek)
     assert ext.tcb == TcbVersion(1, 2, 3, 4, 5) and ext.hwid == turin.chip_id[:8] and ext.struct_version == 1

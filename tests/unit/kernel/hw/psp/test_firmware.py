@@ -35,6 +35,7 @@ from svsm.sdk.attestation import (
     SNP_REPORT_RSP,
     SNP_SECRETS_PAGE,
     VCEK_GUID,
+    TcbVersion,
     AttestationReport,
     CertChain,
     GuestMessageClient,
@@ -47,6 +48,8 @@ from svsm.sdk.attestation import (
     verify_report_signature,
 )
 
+#: The second chip the tests share (test_chip.py makes the same one).
+TURIN_TCB = TcbVersion(boot_loader=1, tee=2, snp=3, microcode=4, fmc=5)
 SECTIONS = [(0x800000, 0x2000, SectionType.SNP_SEC_MEM), (0x802000, 0x1000, SectionType.SNP_SECRETS),
             (0x803000, 0x1000, SectionType.CPUID)]  # fmt: skip
 IMAGE = FirmwareImage.parse(build_image(0x4000, sections=SECTIONS))
@@ -246,9 +249,10 @@ def test_report_request_rules(fw: SnpFirmware, vmpck: int, vmpl: int, flags: int
     assert (rsp.report_size == 0x4A0) == (status == 0)
 
 
-def test_report_from_other_chip_fails(fw: SnpFirmware, tmp_path: pathlib.Path, chain: CertChain) -> None:
+@pytest.mark.slow
+def test_report_from_other_chip_fails(fw: SnpFirmware, tmp_path_factory: pytest.TempPathFactory, chain: CertChain) -> None:
     r = bytes(Guest(fw).report().report)
-    other = Chip.load_or_create(tmp_path / "other")
+    other = Chip.load_or_create(tmp_path_factory.getbasetemp() / "psp-chip-turin", product="Turin", tcb=TURIN_TCB)
     with pytest.raises(VerificationError):
         verify_report(r, load_chain(chain.ark.public_bytes(_pem()), chain.ask.public_bytes(_pem()), other.chain_pem()[2]))
     with pytest.raises(VerificationError):
