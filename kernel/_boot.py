@@ -72,7 +72,7 @@ from svsm.sdk.attestation import (
 from svsm.sdk.guest import SVSM_ATTEST_PROTOCOL, SVSM_CORE_PROTOCOL
 
 from ._panic import Panicker
-from ._requests import GhcbCallError, PerCpu, RequestLoop, SvsmGhcb
+from ._requests import GhcbCallError, PerCpu, RequestLoop, SvsmGhcb, current_cpu
 
 __all__ = ["boot", "Cvm", "Svsm", "MemoryLayout", "BootTimings", "kernel_image", "parse_size"]
 
@@ -479,6 +479,21 @@ class Svsm:
                 raise InvalidRequest(f"PSP report status {rsp.status:#x}")
             certs = _cert_table(view.read(cert_gpa, pages * PAGE, c_bit=False)) if cert_capacity else b""
             return bytes(rsp.report)[: rsp.report_size], certs
+
+    def module_report(self, report_data: bytes) -> bytes:
+        """A VMPL0 report with caller-chosen REPORT_DATA, for module syscalls (``Providers.report``).
+
+        Served on the vCPU whose request is in flight on this thread (module syscalls arrive
+        while the module serves a guest call).
+
+        :raises InvalidRequest: no vCPU context on this thread, or the PSP refused.
+        """
+        cpu = current_cpu()
+        if cpu is None:
+            raise InvalidRequest("attestation reports for modules need a vCPU context (a guest call in flight)")
+        if len(report_data) != 64:
+            raise InvalidRequest("REPORT_DATA must be 64 bytes")
+        return self._fetch_report(cpu, report_data, None)[0]
 
     # -- panic ------------------------------------------------------------------------------------
     def _wipe_vmpcks(self) -> None:

@@ -41,9 +41,16 @@ from svsm.sdk.guest import CallingAreaHeader
 
 from ._panic import Panicker, SvsmPanic
 
-__all__ = ["PerCpu", "RequestLoop", "SvsmGhcb", "RequestLoopStatistics", "GhcbCallError"]
+__all__ = ["PerCpu", "RequestLoop", "SvsmGhcb", "RequestLoopStatistics", "GhcbCallError", "current_cpu"]
 
 log = logging.getLogger("svsm.kernel.requests")
+
+_tls = threading.local()
+
+
+def current_cpu() -> int | None:
+    """Index of the vCPU whose request loop runs on this thread (at VMPL0), or None."""
+    return getattr(_tls, "cpu", None)
 
 _Q = struct.Struct("<Q")
 _OFF = {n: getattr(VMSA, n).offset for n in ("rax", "rcx", "rdx", "r8", "r9", "sev_features", "guest_exit_code")}
@@ -185,6 +192,8 @@ class RequestLoop:
         pc = self.percpu[vcpu.index]
         if self.panicker.panicked is not None:
             raise self.panicker.panicked
+        outer = current_cpu()
+        _tls.cpu = vcpu.index
         try:
             if not pc.ghcb_registered:
                 self.ghcb.register(vcpu, pc)
@@ -196,6 +205,8 @@ class RequestLoop:
             # VMSA or CAA, registering the GHCB): there is no fixup for it, as in upstream
             # kernel mode, so it panics.
             self.panicker.panic(vcpu.index, exc)
+        finally:
+            _tls.cpu = outer
         self._return_to_guest(vcpu)
 
     def _serve(self, vcpu: Vcpu, pc: PerCpu) -> None:

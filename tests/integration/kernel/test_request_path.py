@@ -153,3 +153,26 @@ def test_host_remapping_the_guest_vmsa_panics_instead_of_serving(cvm: Any) -> No
     with pytest.raises(SvsmPanic):
         g.svsm_call(SVSM_CORE_PROTOCOL, 6, 1)
     assert cvm.hypervisor.terminated == (0, 0)
+
+
+def test_module_report_needs_a_vcpu_context(cvm: Any) -> None:
+    """Providers.report for module syscalls: served on the vCPU of the call in flight."""
+    from svsm.sdk import InvalidRequest
+    from svsm.sdk.attestation import AttestationReport
+
+    with pytest.raises(InvalidRequest):
+        cvm.svsm.module_report(bytes(64))
+    host = cvm.svsm.module_host
+    got: list[bytes] = []
+    orig = host.handle_request
+
+    def handle(params: RequestParams, memory: GuestMemoryWindow) -> None:
+        if params.call == 7:
+            got.append(cvm.svsm.module_report(b"\x5a" * 64))
+            return
+        orig(params, memory)
+
+    host.handle_request = handle
+    assert cvm.guest.svsm_call(MOD, 7).rax == 0
+    rep = AttestationReport.from_bytes(got[0])
+    assert rep.report_data == b"\x5a" * 64 and rep.vmpl == 0 and rep.measurement == cvm.measurement
