@@ -172,6 +172,9 @@ class SnpFirmware:
     :param report_version: ATTESTATION_REPORT version produced (2, 3 or 5).
     :param platform_info: PLATFORM_INFO of reports (bit 0 SMT_EN by default).
     :param firmware_version: (major, minor, build) reported as current and committed.
+    :param reported_tcb: the TCB reports claim and are signed at (SNP_CONFIG's REPORTED_TCB:
+        a host may report an older TCB so verifiers keep using an older VCEK); default the
+        chip's current TCB.  It may not exceed the current TCB.
     :param rng: randomness for VMPCKs, VMRKs and report IDs (injected).
 
     .. versionadded:: 0.1
@@ -184,10 +187,18 @@ class SnpFirmware:
         report_version: int = 3,
         platform_info: int = 0x1,
         firmware_version: tuple[int, int, int] = (1, 55, 0),
+        reported_tcb: int | None = None,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if report_version not in (2, 3, 5):
             raise ValueError("report_version must be 2, 3 or 5")
+        layout = chip.product.layout
+        if reported_tcb is not None and any(
+            r > c for r, c in zip(decode_tcb(reported_tcb, layout), decode_tcb(chip.raw_tcb, layout))
+        ):
+            raise ValueError("REPORTED_TCB may not exceed the current TCB")
+        #: TCB in REPORTED_TCB; the VCEK for it signs reports and heads the certificate table.
+        self.reported_tcb = chip.raw_tcb if reported_tcb is None else reported_tcb
         self.chip = chip
         self.report_version = report_version
         self.platform_info = platform_info
@@ -349,7 +360,7 @@ class SnpFirmware:
 
     def certificate_table(self) -> bytes:
         """VCEK, ASK and ARK (DER) in the snp.md 2.4 table format."""
-        ark, ask, vcek = self.chip.chain_der()
+        ark, ask, vcek = self.chip.chain_der(self.reported_tcb)
         return build_cert_table({VCEK_GUID: vcek, ASK_GUID: ask, ARK_GUID: ark})
 
     # -- MSG_REPORT_REQ -------------------------------------------------------------------
@@ -383,7 +394,7 @@ class SnpFirmware:
             key_info=1 if any(ctx.author_key_digest) else 0,  # SIGNING_KEY = 0 (VCEK)
             report_data=report_data, measurement=ctx.measurement, host_data=ctx.host_data,
             id_key_digest=ctx.id_key_digest, author_key_digest=ctx.author_key_digest,
-            report_id=ctx.report_id, report_id_ma=b"\xff" * 32, reported_tcb=tcb,
+            report_id=ctx.report_id, report_id_ma=b"\xff" * 32, reported_tcb=self.reported_tcb,
             chip_id=self.chip.chip_id, committed_tcb=tcb, launch_tcb=ctx.launch_tcb,
             current_build=build, current_minor=minor, current_major=major,
             committed_build=build, committed_minor=minor, committed_major=major,
@@ -391,7 +402,7 @@ class SnpFirmware:
         if self.report_version >= 3:
             fields.update(cpuid_fam_id=p.family, cpuid_mod_id=p.model, cpuid_step=p.stepping)
         unsigned = build_report_bytes(**fields)
-        key, _ = self.chip.vcek(tcb)
+        key, _ = self.chip.vcek(self.reported_tcb)
         r, s = decode_dss_signature(key.sign(unsigned[:SIGNED_SIZE], ec.ECDSA(hashes.SHA384())))
         return build_report_bytes(**fields, signature_r=r, signature_s=s)
 

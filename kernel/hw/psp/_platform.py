@@ -83,7 +83,7 @@ class PlatformPsp:
 
     def certificates(self) -> Sequence[tuple[uuid.UUID, bytes]]:
         """VCEK, ASK, ARK (DER) for EXT_GUEST_REQUEST's certificate table."""
-        ark, ask, vcek = self.fw.chip.chain_der()
+        ark, ask, vcek = self.fw.chip.chain_der(self.fw.reported_tcb)
         return [(VCEK_GUID, vcek), (ASK_GUID, ask), (ARK_GUID, ark)]
 
     def statistics(self) -> PspStatistics:

@@ -369,3 +369,20 @@ def test_fuzz_raw_request_pages(fuzz_guest: Guest, page: bytes) -> None:
     with pytest.raises(PspError):
         fuzz_guest.fw.guest_request(fuzz_guest.ctx, page)
     assert fuzz_guest.ctx.seqnos == before
+
+
+def test_reported_tcb_older_than_current(chip: Chip) -> None:
+    from svsm.sdk.attestation import encode_tcb
+
+    older = encode_tcb(TcbVersion(boot_loader=0, tee=0, snp=2, microcode=20))
+    fw = SnpFirmware(chip, reported_tcb=older)
+    g = Guest(fw)
+    report = bytes(g.report(b"t").report)
+    table = parse_cert_table(fw.certificate_table())
+    certs = {k: x509.load_der_x509_certificate(v) for k, v in table.items()}
+    r = verify_report(report, CertChain(certs[ARK_GUID], certs[ASK_GUID], certs[VCEK_GUID]))
+    assert r.reported_tcb == older and r.current_tcb == chip.raw_tcb
+    with pytest.raises(VerificationError):  # the current-TCB VCEK did not sign it
+        verify_report(report, load_chain(*chip.chain_pem()))
+    with pytest.raises(ValueError):
+        SnpFirmware(chip, reported_tcb=encode_tcb(TcbVersion(0, 0, 9, 99)))
