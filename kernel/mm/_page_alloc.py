@@ -102,6 +102,7 @@ class PageAllocatorStatistics(NamedTuple):
     allocations: int
     frees: int
     failures: int
+    reserved_pages: int = 0
 
 
 class PageAllocator:
@@ -180,9 +181,7 @@ class PageAllocator:
         :param deposited: the guest lent them (DEPOSIT_MEM); only such pages can be withdrawn.
         :raises RangeOverlap: misaligned, empty, or overlapping pages already owned.
         """
-        if paddr & (PAGE_SIZE - 1) or size <= 0 or size & (PAGE_SIZE - 1) or paddr < 0:
-            raise RangeOverlap(f"range {paddr:#x}+{size:#x} is not a page-aligned non-empty range")
-        start, end = paddr >> PAGE_SHIFT, (paddr + size) >> PAGE_SHIFT
+        start, end = self._range(paddr, size)
         with self._lock:
             meta = self._meta
             if any(p in meta for p in range(start, end)):
@@ -196,41 +195,83 @@ class PageAllocator:
         """Add guest-lent pages (DEPOSIT_MEM); see :meth:`add_range`."""
         self.add_range(paddr, size, deposited=True)
 
+    @staticmethod
+    def _range(paddr: int, size: int) -> tuple[int, int]:
+        if paddr & (PAGE_SIZE - 1) or size <= 0 or size & (PAGE_SIZE - 1) or paddr < 0:
+            raise RangeOverlap(f"range {paddr:#x}+{size:#x} is not a page-aligned non-empty range")
+        return paddr >> PAGE_SHIFT, (paddr + size) >> PAGE_SHIFT
+
+    def _carve(self, start: int, end: int, *, deposited_only: bool) -> None:
+        """Take the free pages [start, end) off the free lists (lock held).
+
+        The free blocks overlapping the range are split; their parts outside it go
+        back on the free lists.  Checks everything before changing anything.
+
+        :raises PagesInUse: a page is not owned, not deposited (if required), or not free.
+        """
+        meta = self._meta
+        blocks: dict[int, int] = {}
+        for p in range(start, end):
+            m = meta.get(p)
+            if m is None or (deposited_only and not m & META_DEPOSITED):
+                raise PagesInUse(f"page {p << PAGE_SHIFT:#x} was not deposited")
+            head = self._head_of(p)
+            if head is None or meta[head] & _TYPE_MASK != PageType.FREE:
+                raise PagesInUse(f"page {p << PAGE_SHIFT:#x} is in use")
+            blocks[head] = (meta[head] >> _ORDER_SHIFT) & 0xF
+        outside: list[tuple[int, int]] = []
+        for head, order in blocks.items():
+            del self._free[order][head]
+            bend = head + (1 << order)
+            if head < start:
+                outside.append((head, start))
+            if bend > end:
+                outside.append((end, bend))
+        for p in range(start, end):
+            meta[p] = meta[p] & META_DEPOSITED | _TAIL
+            self._freed.pop(p, None)
+        for a, b in outside:
+            self._insert_free_pages(a, b)
+
     def withdraw(self, paddr: int, size: int) -> None:
         """Give back deposited pages (WITHDRAW_MEM); every page must be deposited and free.
 
         :raises RangeOverlap: the range is misaligned or empty.
         :raises PagesInUse: a page is not owned, not deposited, or in use; nothing changed.
         """
-        if paddr & (PAGE_SIZE - 1) or size <= 0 or size & (PAGE_SIZE - 1) or paddr < 0:
-            raise RangeOverlap(f"range {paddr:#x}+{size:#x} is not a page-aligned non-empty range")
-        start, end = paddr >> PAGE_SHIFT, (paddr + size) >> PAGE_SHIFT
+        start, end = self._range(paddr, size)
+        with self._lock:
+            self._carve(start, end, deposited_only=True)
+            for p in range(start, end):
+                del self._meta[p]
+
+    def reserve(self, paddr: int, size: int) -> None:
+        """Mark free owned pages RESERVED (never allocated, e.g. firmware-owned pages in the heap).
+
+        :raises RangeOverlap: the range is misaligned or empty.
+        :raises PagesInUse: a page is not owned or not free; nothing changed.
+        """
+        start, end = self._range(paddr, size)
+        with self._lock:
+            self._carve(start, end, deposited_only=False)
+            for p in range(start, end):
+                self._write_head(p, 0, PageType.RESERVED)
+
+    def unreserve(self, paddr: int, size: int) -> None:
+        """Make RESERVED pages free again.
+
+        :raises PagesInUse: a page of the range is not RESERVED; nothing changed.
+        """
+        start, end = self._range(paddr, size)
         with self._lock:
             meta = self._meta
-            blocks: dict[int, int] = {}
             for p in range(start, end):
                 m = meta.get(p)
-                if m is None or not m & META_DEPOSITED:
-                    raise PagesInUse(f"page {p << PAGE_SHIFT:#x} was not deposited")
-                head = self._head_of(p)
-                assert head is not None
-                hm = meta[head]
-                if hm & _TYPE_MASK != PageType.FREE:
-                    raise PagesInUse(f"page {p << PAGE_SHIFT:#x} is in use")
-                blocks[head] = (hm >> _ORDER_SHIFT) & 0xF
-            outside: list[tuple[int, int]] = []
-            for head, order in blocks.items():
-                del self._free[order][head]
-                bend = head + (1 << order)
-                if head < start:
-                    outside.append((head, start))
-                if bend > end:
-                    outside.append((end, bend))
+                if m is None or m & _TYPE_MASK != PageType.RESERVED:
+                    raise PagesInUse(f"page {p << PAGE_SHIFT:#x} is not reserved")
             for p in range(start, end):
-                del meta[p]
-                self._freed.pop(p, None)
-            for a, b in outside:
-                self._insert_free_pages(a, b)
+                meta[p] = meta[p] & META_DEPOSITED | _TAIL
+            self._insert_free_pages(start, end)
 
     # -- allocation ---------------------------------------------------------
     def allocate_pages(self, order: int = 0, *, ptype: PageType = PageType.ALLOCATED, tag: int = 0) -> int:
@@ -365,6 +406,9 @@ class PageAllocator:
                 used[rec.order] += 1
             free_pages = sum(n << o for o, n in enumerate(free_blocks))
             total = len(self._meta)
-            deposited = sum(1 for m in self._meta.values() if m & META_DEPOSITED)
+            deposited = reserved = 0
+            for m in self._meta.values():
+                deposited += bool(m & META_DEPOSITED)
+                reserved += m & _TYPE_MASK == PageType.RESERVED
             return PageAllocatorStatistics(total, free_pages, total - free_pages, deposited, free_blocks,
-                                           tuple(used), self._allocs, self._frees, self._failures)
+                                           tuple(used), self._allocs, self._frees, self._failures, reserved)

@@ -10,15 +10,17 @@ deadlocks; the order checker does not model that case.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Generic, NamedTuple, TypeVar
 
 from ._errors import LockNotHeld, SelfDeadlock
 from ._lockdep import LockOrderChecker, lock_order_checker
-from ._spinlock import _default_name
+from ._spinlock import MappedGuard, _default_name
 
 __all__ = ["RWLock", "ReadGuard", "WriteGuard", "RWLockStatistics", "READERS_MASK", "WRITER_SHIFT"]
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 READERS_MASK = 0xFFFF_FFFF
 WRITER_SHIFT = 32
@@ -193,6 +195,10 @@ class _RWGuard(Generic[T]):
         if not self._held:
             raise LockNotHeld(f"guard of {self._lock.name} used after release")
         return self._lock._value
+
+    def map(self, project: Callable[[T], U]) -> MappedGuard[U]:
+        """A guard exposing ``project(value)`` that owns the release."""
+        return MappedGuard(self, project(self.value))
 
     def release(self) -> None:
         """Release now.

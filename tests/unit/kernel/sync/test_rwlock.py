@@ -110,3 +110,14 @@ def test_write_guard_sets_value(checker: LockOrderChecker) -> None:
         g.value = 5
     with rw.read() as r:
         assert r.value == 5
+
+
+def test_guards_map_to_a_sub_field(checker: LockOrderChecker) -> None:
+    rw = RWLock({"vmsas": [1]}, name="map", checker=checker)
+    with rw.write().map(lambda d: d["vmsas"]) as mg:
+        mg.value.append(2)
+        assert rw.writer is not None
+    assert rw.state == 0
+    with rw.read().map(lambda d: d["vmsas"]) as mg:
+        assert mg.value == [1, 2] and rw.state == 1
+    assert rw.state == 0
