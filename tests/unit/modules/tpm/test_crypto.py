@@ -33,12 +33,12 @@ def test_xor_obfuscation_is_an_involution() -> None:
 
 
 def test_derived_rsa_is_deterministic_and_valid() -> None:
-    k1 = derive_rsa(DRBG(ALG.SHA256, b"s" * 32, b"t", b"c"), 2048, 65537)
-    k2 = derive_rsa(DRBG(ALG.SHA256, b"s" * 32, b"t", b"c"), 2048, 65537)
-    k3 = derive_rsa(DRBG(ALG.SHA256, b"S" * 32, b"t", b"c"), 2048, 65537)
+    k1 = derive_rsa(DRBG(ALG.SHA256, b"s" * 32, b"t", b"c"), 1024, 65537)
+    k2 = derive_rsa(DRBG(ALG.SHA256, b"s" * 32, b"t", b"c"), 1024, 65537)
+    k3 = derive_rsa(DRBG(ALG.SHA256, b"S" * 32, b"t", b"c"), 1024, 65537)
     n = k1.private_numbers().public_numbers.n
     assert n == k2.private_numbers().public_numbers.n != k3.private_numbers().public_numbers.n
-    assert n.bit_length() == 2048
+    assert n.bit_length() == 1024
 
 
 @pytest.mark.parametrize("curve,cls", [(ECC_CURVE.NIST_P256, ec.SECP256R1), (ECC_CURVE.NIST_P384, ec.SECP384R1)])
