@@ -48,6 +48,9 @@ class MonotonicClock:
     def subscribe(self, callback: Callable[[], None]) -> None:
         """Real time never jumps; nothing to subscribe to."""
 
+    def unsubscribe(self, callback: Callable[[], None]) -> None:
+        """Nothing was subscribed."""
+
 
 class FakeClock:
     """Virtual time for tests.
@@ -75,6 +78,12 @@ class FakeClock:
         """Register a listener for :meth:`advance` / :meth:`jump_to`."""
         with self._mutex:
             self._listeners.append(callback)
+
+    def unsubscribe(self, callback: Callable[[], None]) -> None:
+        """Forget a listener (a scheduler that shut down); unknown ones are ignored."""
+        with self._mutex:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds`` and tell the listeners.

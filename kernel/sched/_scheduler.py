@@ -358,6 +358,9 @@ class Scheduler:
             self._state_cond.notify_all()
             started = self._started
             tasks = list(self._tasks)
+        unsubscribe = getattr(self.clock, "unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe(self._on_clock)
         end = time.monotonic() + timeout
         if started and self._timer_thread.is_alive():
             self._timer_thread.join(max(0.0, end - time.monotonic()))

@@ -22,6 +22,16 @@ def test_fake_clock_advance_and_jump_notify() -> None:
     assert FakeClock(autojump_threshold=0.1).real_timeout(1e9) == 0.1
 
 
+def test_scheduler_unsubscribes_at_shutdown() -> None:
+    from svsm.kernel.sched import Scheduler
+
+    c = FakeClock()
+    s = Scheduler(1, clock=c)
+    assert len(c._listeners) == 1
+    s.shutdown()
+    assert c._listeners == []
+
+
 def test_monotonic_clock() -> None:
     c = MonotonicClock()
     a = c.now()
