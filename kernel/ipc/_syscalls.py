@@ -119,7 +119,7 @@ class SyscallHandler:
         self.measurement = measurement
         self.providers = providers
         self.grants = grants if grants is not None else GrantTable()
-        self._log = logging.getLogger(f"svsm.module.{module}")
+        self._log = logging.getLogger(f"svsm.kernel.modules.{module}")
         self._calls = self._denied = self._failed = 0
         self._table: dict[type, Callable[[Any], m.SyscallReply]] = {
             m.SysLog: self._log_line,

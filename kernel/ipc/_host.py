@@ -1,0 +1,341 @@
+"""The module host: the kernel's ring-3 runtime, as dispatch sees it.
+
+Implements ``svsm.kernel.protocols.ModuleHost`` (docs/dev/requests.md): which
+protocols are served, and one call at a time per module, from any vCPU thread.
+It owns the modules' supervisors, the shared providers (clock, RNG, PSP, storage)
+and a supervisor thread that restarts failed modules with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+from svsm.sdk import Busy, InvalidFormat, UnsupportedProtocol
+from svsm.sdk.abi import Recorder
+
+from ._discovery import ModuleSpec, discover, spec_for
+from ._lifecycle import ModuleState
+from ._measurements import MODULE_MEASUREMENTS_GUID, MeasurementEntry, encode_measurements
+from ._policy import Policy
+from ._sandbox import make_kernel_undumpable
+from ._supervisor import HostContext, Limits, ModuleInfo, ModuleSupervisor
+from ._syscalls import Providers
+
+__all__ = ["CallOutcome", "HostStatistics", "ModuleHost", "ModuleStorageBackend"]
+
+log = logging.getLogger("svsm.kernel.ipc.host")
+
+
+class CallOutcome(NamedTuple):
+    """Result of :meth:`ModuleHost.call`: RAX and the output registers."""
+
+    rax: int
+    rcx: int
+    rdx: int
+    r8: int
+
+
+class HostStatistics(NamedTuple):
+    """Counters over all modules."""
+
+    modules: int
+    serving: int
+    calls: int
+    failures: int
+    restarts: int
+    strikes: int
+
+
+class _Params:
+    """Minimal ``RequestParams`` for :meth:`ModuleHost.call` (tests, CLI)."""
+
+    __slots__ = ("cpu", "protocol", "call", "rcx", "rdx", "r8", "r9")
+
+    def __init__(self, protocol: int, call: int, rcx: int, rdx: int, r8: int, r9: int) -> None:
+        self.cpu, self.protocol, self.call = 0, protocol, call
+        self.rcx, self.rdx, self.r8, self.r9 = rcx, rdx, r8, r9
+
+
+class _NoMemory:
+    def read(self, gpa: int, length: int) -> bytes:
+        from svsm.sdk import InvalidAddress
+
+        raise InvalidAddress("no guest memory attached")
+
+    def write(self, gpa: int, data: bytes) -> None:
+        from svsm.sdk import InvalidAddress
+
+        raise InvalidAddress("no guest memory attached")
+
+
+class ModuleStorageBackend:
+    """Storage syscalls of other modules, served by a module with ``serve_storage``."""
+
+    def __init__(self, supervisor: ModuleSupervisor) -> None:
+        self._sup = supervisor
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        res = self._sup.storage("get", namespace, key)
+        return res.data if res.found else None
+
+    def put(self, namespace: str, key: str, value: bytes) -> None:
+        self._sup.storage("put", namespace, key, value)
+
+    def delete(self, namespace: str, key: str) -> bool:
+        return bool(self._sup.storage("delete", namespace, key).found)
+
+    def list(self, namespace: str, prefix: str) -> list[str]:
+        return list(self._sup.storage("list", namespace, prefix).names)
+
+
+def _default_read_only() -> list[str]:
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.dirname(__file__))}
+    paths.update(p for p in sys.path if p and os.path.isabs(p))
+    import svsm
+
+    paths.update(os.path.dirname(p) for p in getattr(svsm, "__path__", []))
+    return sorted(p for p in paths if os.path.exists(p))
+
+
+class ModuleHost:
+    """Runs ring-3 modules and routes guest calls to them.
+
+    :param modules: module objects or :class:`ModuleSpec` to add (see :meth:`add`).
+    :param mode: ``"process"`` (sandboxed processes) or ``"inprocess"`` (threads, tests only).
+    :param providers: clock/RNG/PSP/disk/storage providers for syscalls.
+    :param policy: the module policy (denials, limits).
+    :param limits: supervision limits.
+    :param recorder: observer of every ABI frame on the kernel side (tests).
+    :param clock: monotonic seconds for deadlines and backoff.
+    :param runtime_dir: parent of the modules' private directories (a temp dir by default).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        modules: Iterable[Any] = (),
+        *,
+        mode: str = "process",
+        providers: Providers | None = None,
+        policy: Policy | None = None,
+        limits: Limits | None = None,
+        recorder: Recorder | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        runtime_dir: str | None = None,
+        tick: float = 0.02,
+    ) -> None:
+        self.mode = mode
+        self.policy = policy or Policy()
+        self.providers = providers or Providers()
+        lim = limits or Limits(request_timeout_cap=self.policy.request_timeout_cap)
+        self._own_dir = runtime_dir is None
+        rdir = runtime_dir or tempfile.mkdtemp(prefix="svsm-modules-")
+        os.chmod(rdir, 0o711)
+        self._ctx = HostContext(
+            providers=self.providers,
+            limits=lim,
+            runtime_dir=rdir,
+            recorder=recorder,
+            clock=clock,
+            read_only=_default_read_only(),
+            address_space=self.policy.address_space,
+            cpu_seconds=self.policy.cpu_seconds,
+            open_files=self.policy.open_files,
+        )
+        self._sups: dict[str, ModuleSupervisor] = {}
+        self._by_protocol: dict[int, ModuleSupervisor] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._tick = tick
+        self.kernel_undumpable = False
+        self.skipped: dict[str, str] = {}
+        for obj in modules:
+            self.add(obj)
+
+    @classmethod
+    def from_installed(cls, *, blocked: Iterable[str] = (), policy: Policy | None = None, **kwargs: Any) -> ModuleHost:
+        """A host with every installed module (entry points ``svsm.modules``) the policy allows."""
+        specs, skipped = discover(policy=policy, blocked=blocked)
+        host = cls(policy=policy, **kwargs)
+        host.skipped.update(skipped)
+        for spec in specs:
+            try:
+                host.add(spec)
+            except InvalidFormat as exc:
+                host.skipped[spec.name] = str(exc)
+        return host
+
+    # -- composition ------------------------------------------------------------------------------
+    def add(self, module: Any, *, mode: str | None = None) -> ModuleSupervisor:
+        """Add a module (object or spec) before or after :meth:`start`.
+
+        :raises InvalidFormat: invalid module, name taken, protocol already served, or denied by policy.
+        """
+        spec = module if isinstance(module, ModuleSpec) else spec_for(module)
+        if not self.policy.allows(spec.name):
+            raise InvalidFormat(f"module {spec.name} denied by policy")
+        if spec.name in self._sups:
+            raise InvalidFormat(f"module name {spec.name} already in use")
+        for p in spec.manifest.protocols:
+            if p.number in self._by_protocol:
+                raise InvalidFormat(f"protocol {p.number:#x} already served by {self._by_protocol[p.number].name}")
+        sup = ModuleSupervisor(spec, self.policy.grant(spec.manifest), mode or self.mode, self._ctx)
+        self._sups[spec.name] = sup
+        for p in spec.manifest.protocols:
+            self._by_protocol[p.number] = sup
+        if self._thread is not None:
+            self._start_one(sup)
+        return sup
+
+    def start(self) -> ModuleHost:
+        """Start every module (storage providers first) and the supervisor thread."""
+        if any(s.mode == "process" for s in self._sups.values()):
+            self.kernel_undumpable = make_kernel_undumpable()
+        order = sorted(self._sups.values(), key=lambda s: "serve_storage" not in s.granted)
+        for sup in order:
+            self._start_one(sup)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._supervise, name="svsm-module-supervisor", daemon=True)
+            self._thread.start()
+        return self
+
+    def _start_one(self, sup: ModuleSupervisor) -> None:
+        sup.start()
+        if "serve_storage" in sup.granted and self.providers.storage.provider_namespace is None:
+            self.providers.storage.set_provider(ModuleStorageBackend(sup), sup.name)
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(self._tick):
+            for sup in list(self._sups.values()):
+                sup.poll()
+
+    def close(self) -> None:
+        """Stop every module (storage providers last) and the supervisor thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        order = sorted(self._sups.values(), key=lambda s: "serve_storage" in s.granted)
+        for sup in order:
+            sup.stop()
+        if self._own_dir:
+            shutil.rmtree(self._ctx.runtime_dir, ignore_errors=True)
+
+    def __enter__(self) -> ModuleHost:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the ModuleHost interface dispatch uses ----------------------------------------------------
+    def _serving(self, protocol: int) -> ModuleSupervisor | None:
+        sup = self._by_protocol.get(protocol)
+        if sup is None or sup.state in (ModuleState.DEAD, ModuleState.DRAINING):
+            return None
+        return sup
+
+    def serves(self, protocol: int) -> bool:
+        """True if a module that is not dead or disabled serves ``protocol`` (restarting counts)."""
+        return self._serving(protocol) is not None
+
+    def protocol_versions(self, protocol: int) -> tuple[int, int] | None:
+        """(min, max) version of ``protocol`` for QUERY_PROTOCOL, or ``None``."""
+        sup = self._serving(protocol)
+        if sup is None:
+            return None
+        p = sup.manifest.protocol(protocol)
+        return None if p is None else (p.min_version, p.max_version)
+
+    def handle_request(self, params: Any, memory: Any) -> None:
+        """Route one guest call to the module serving ``params.protocol``.
+
+        :raises UnsupportedProtocol: nobody (alive) serves it.
+        :raises RequestError: every other failure, including a module crash (BUSY).
+        """
+        sup = self._serving(params.protocol)
+        if sup is None:
+            raise UnsupportedProtocol(f"no module serves protocol {params.protocol:#x}")
+        sup.handle_request(params, memory)
+
+    def service_manifests(self) -> Sequence[tuple[uuid.UUID, bytes]]:
+        """(GUID, bytes) per serving module with a service GUID, then the module measurements."""
+        out: list[tuple[uuid.UUID, bytes]] = []
+        for name in sorted(self._sups):
+            sup = self._sups[name]
+            if sup.manifest.service_guid is None or sup.state is not ModuleState.SERVING:
+                continue
+            try:
+                data = sup.service_manifest()
+            except Busy:
+                continue
+            if data is not None:
+                out.append((uuid.UUID(sup.manifest.service_guid), data))
+        out.append((MODULE_MEASUREMENTS_GUID, self.measurements()))
+        return out
+
+    def measurements(self) -> bytes:
+        """The module-measurement entry (every module the host runs or tries to run)."""
+        return encode_measurements(
+            MeasurementEntry(s.name, s.manifest.version, s.spec.measurement)
+            for s in self._sups.values()
+            if s.state is not ModuleState.DEAD or s.last_failure
+        )
+
+    # -- conveniences --------------------------------------------------------------------------------
+    def call(
+        self, protocol: int, call: int, rcx: int = 0, rdx: int = 0, r8: int = 0, r9: int = 0, memory: Any = None
+    ) -> CallOutcome:
+        """Make one call as dispatch would; errors become RAX (never raised).
+
+        :returns: (RAX, RCX, RDX, R8) as the guest would see them.
+        """
+        from svsm.sdk import RequestError
+
+        params = _Params(protocol, call, rcx, rdx, r8, r9)
+        try:
+            self.handle_request(params, memory if memory is not None else _NoMemory())
+            rax = 0
+        except RequestError as exc:
+            rax = int(exc.code)
+        return CallOutcome(rax, params.rcx, params.rdx, params.r8)
+
+    def module(self, name: str) -> ModuleSupervisor:
+        """The supervisor of module ``name``.  :raises KeyError: no such module."""
+        return self._sups[name]
+
+    def wait_module_ready(self, name: str, timeout: float = 30.0) -> bool:
+        """Wait until module ``name`` is serving (e.g. after a restart); False on timeout."""
+        return self._sups[name].ready.wait(timeout)
+
+    def modules(self) -> list[ModuleInfo]:
+        """Per-module snapshots, by name."""
+        return [self._sups[n].info() for n in sorted(self._sups)]
+
+    def save_state(self, name: str) -> bytes | None:
+        """Module ``name``'s state (migration)."""
+        return self._sups[name].save_state()
+
+    def restore_state(self, name: str, state: bytes) -> None:
+        """Give module ``name`` a saved state (migration destination)."""
+        self._sups[name].restore_state(state)
+
+    def statistics(self) -> HostStatistics:
+        """Counters over all modules."""
+        stats = [s.statistics() for s in self._sups.values()]
+        return HostStatistics(
+            len(self._sups),
+            sum(s.state is ModuleState.SERVING for s in self._sups.values()),
+            sum(s.calls for s in stats),
+            sum(s.failures for s in stats),
+            sum(s.restarts for s in stats),
+            sum(s.strikes for s in stats),
+        )

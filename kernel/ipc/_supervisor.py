@@ -1,0 +1,554 @@
+"""One module's kernel-side handle: spawn, handshake, calls, syscalls, failure and restart.
+
+The thread that needs an answer (a vCPU serving a guest call, or the supervisor
+thread) drives the channel itself: it sends the request and reads frames until the
+matching answer, serving the module's syscalls inline.  No reader thread, no hop.
+Every frame is validated by the sans-IO :class:`~svsm.sdk.abi.Channel`; whatever
+the module does wrong is a *strike*, answered with an :class:`~svsm.sdk.abi.ErrorFrame`;
+too many strikes, a deadline missed or the process gone is a *failure*: the process
+is killed, the request in flight answers BUSY, and the module restarts with backoff
+(or is disabled after a crash loop).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from svsm.sdk import (
+    Busy,
+    InvalidParameter,
+    InvalidRequest,
+    RequestError,
+    ResultCode,
+    UnsupportedCall,
+    UnsupportedProtocol,
+)
+from svsm.sdk._syscalls import error_for_code
+from svsm.sdk.abi import _messages as m
+from svsm.sdk.abi._channel import CLOSED, NEED_DATA, AbiError, Channel, Recorder
+
+from ._discovery import ModuleSpec
+from ._grants import GrantTable, MemoryWindow
+from ._lifecycle import Lifecycle, ModuleEvent, ModuleState
+from ._process import Link, spawn_process, spawn_thread
+from ._sandbox import SandboxConfig
+from ._syscalls import Providers, SyscallHandler
+
+__all__ = ["Limits", "ModuleFailure", "ModuleInfo", "ModuleSupervisor", "SupervisorStatistics"]
+
+log = logging.getLogger("svsm.kernel.ipc.supervisor")
+
+_VALID_CODES = frozenset(int(c) for c in ResultCode if c not in (ResultCode.SUCCESS, ResultCode.PROTOCOL_BASE))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Supervision knobs (kernel policy, not module choice)."""
+
+    #: strikes (rejected frames, denied syscalls) before a module is stopped.
+    max_strikes: int = 8
+    #: failures within :attr:`crash_window` seconds that disable a module.
+    crash_loop: int = 4
+    crash_window: float = 60.0
+    #: restart backoff: base * 2**(failures-1), capped.
+    backoff_base: float = 0.05
+    backoff_max: float = 5.0
+    #: seconds for spawn + handshake + start.
+    start_timeout: float = 60.0
+    #: seconds for a stop / save / restore / manifest / storage exchange.
+    hook_timeout: float = 10.0
+    #: cap on any manifest's request_timeout.
+    request_timeout_cap: float = 60.0
+
+
+class ModuleFailure(Exception):
+    """Internal: the module must be killed (crash, hang, too many strikes)."""
+
+
+class ModuleInfo(NamedTuple):
+    """What ``svsm modules list`` shows about one module."""
+
+    name: str
+    version: str
+    state: str
+    mode: str
+    pid: int | None
+    protections: tuple[str, ...]
+    requested: tuple[str, ...]
+    granted: tuple[str, ...]
+    protocols: tuple[int, ...]
+    measurement: str
+    restarts: int
+    source: str
+    last_failure: str
+
+
+class SupervisorStatistics(NamedTuple):
+    """Counters of one module."""
+
+    calls: int
+    errors: int
+    failures: int
+    restarts: int
+    strikes: int
+    syscalls: int
+    denied: int
+
+
+@dataclass
+class HostContext:
+    """What every supervisor of one host shares."""
+
+    providers: Providers
+    limits: Limits
+    runtime_dir: str
+    recorder: Recorder | None = None
+    clock: Callable[[], float] = time.monotonic
+    read_only: list[str] = field(default_factory=list)
+    address_space: int = 1 << 30
+    cpu_seconds: int = 600
+    open_files: int = 64
+    uid_base: int = 200_000
+    _uids: Any = field(default_factory=lambda: itertools.count(1))
+
+
+class ModuleSupervisor:
+    """Kernel-side handle of one module; every public method is thread-safe.
+
+    :param spec: the discovered module.
+    :param granted: capabilities granted by policy.
+    :param mode: ``"process"`` (sandboxed) or ``"inprocess"`` (a thread; tests only).
+    """
+
+    def __init__(self, spec: ModuleSpec, granted: frozenset[str], mode: str, ctx: HostContext) -> None:
+        if mode not in ("process", "inprocess"):
+            raise ValueError(f"unknown module mode {mode!r}")
+        self.spec = spec
+        self.name = spec.name
+        self.manifest = spec.manifest
+        self.granted = granted
+        self.mode = mode
+        self._ctx = ctx
+        self._lock = threading.RLock()
+        self.lifecycle = Lifecycle()
+        self.grants = GrantTable()
+        self.syscalls = SyscallHandler(self.name, granted, spec.measurement, ctx.providers, self.grants)
+        self._link: Link | None = None
+        self._chan: Channel | None = None
+        self._rbuf = bytearray(256 * 1024)
+        self._ids = itertools.count(1)
+        self._uid = ctx.uid_base + next(ctx._uids) if os.geteuid() == 0 else None
+        self.protections: tuple[str, ...] = ()
+        self.strikes = 0
+        self._failure_times: list[float] = []
+        self._next_restart = 0.0
+        self._checkpoint: bytes | None = None
+        self._since_checkpoint = 0
+        self.last_failure = ""
+        self._calls = self._errors = self._failures = self._restarts = self._strikes_total = 0
+        self._timeout = min(self.manifest.request_timeout, ctx.limits.request_timeout_cap)
+        self.ready = threading.Event()
+
+    # -- state -----------------------------------------------------------------------
+    @property
+    def state(self) -> ModuleState:
+        """Where the module is in its lifecycle."""
+        return self.lifecycle.state
+
+    @property
+    def pid(self) -> int | None:
+        """The module process id (``None`` in-process or when not running)."""
+        return self._link.pid if self._link is not None else None
+
+    def info(self) -> ModuleInfo:
+        """A snapshot for ``svsm modules list``."""
+        return ModuleInfo(
+            self.name,
+            self.manifest.version,
+            self.state.value,
+            self.mode,
+            self.pid,
+            self.protections,
+            tuple(sorted(c.value for c in self.manifest.capabilities)),
+            tuple(sorted(self.granted)),
+            tuple(p.number for p in self.manifest.protocols),
+            self.spec.measurement.hex(),
+            self._restarts,
+            self.spec.source,
+            self.last_failure,
+        )
+
+    def statistics(self) -> SupervisorStatistics:
+        """Counters of this module."""
+        s = self.syscalls.statistics()
+        return SupervisorStatistics(
+            self._calls, self._errors, self._failures, self._restarts, self._strikes_total, s.calls, s.denied
+        )
+
+    # -- start / stop ------------------------------------------------------------------
+    def start(self) -> bool:
+        """Spawn, handshake, run ``svsm_module_start`` (and restore the checkpoint).
+
+        :returns: True if the module is serving; on failure it is scheduled for restart or disabled.
+        """
+        with self._lock:
+            if self.state is ModuleState.DEAD:
+                return False
+            try:
+                self._start_locked()
+                return True
+            except ModuleFailure as exc:
+                self._fail(str(exc))
+                return False
+
+    def _start_locked(self) -> None:
+        deadline = self._ctx.clock() + self._ctx.limits.start_timeout
+        self.strikes = 0
+        self._chan = Channel("kernel", recorder=self._ctx.recorder)
+        self._link = self._spawn()
+        if self._link.sandboxed:
+            report = self._read(deadline)
+            if not isinstance(report, m.SandboxReport) or report.error:
+                raise ModuleFailure(f"sandbox failed: {getattr(report, 'error', type(report).__name__)}")
+            self.protections = tuple(self._verified(report.protections))
+        else:
+            self.protections = ()
+        self._send(
+            m.Hello(
+                abi_major=m.ABI_MAJOR,
+                abi_minor=m.ABI_MINOR,
+                module=self.name,
+                capabilities=sorted(self.granted),
+            )
+        )
+        ack = self._read(deadline)
+        if not isinstance(ack, m.HelloAck) or ack.name != self.name:
+            raise ModuleFailure(f"bad handshake: {type(ack).__name__}")
+        if ack.abi_major != m.ABI_MAJOR:
+            self.last_failure = f"ABI major {ack.abi_major} != {m.ABI_MAJOR}"
+            self._kill()
+            self.lifecycle.fire(ModuleEvent.DISABLED)
+            raise ModuleFailure(self.last_failure)
+        self.lifecycle.fire(ModuleEvent.HANDSHAKE_OK)
+        res = self._exchange(m.Start(id=self._next_id()), m.HookResult, deadline)
+        if res.code:
+            raise ModuleFailure(f"svsm_module_start failed: {res.reason}")
+        if self._checkpoint is not None:
+            res = self._exchange(m.RestoreState(id=self._next_id(), state=self._checkpoint), m.HookResult, deadline)
+            if res.code:
+                raise ModuleFailure(f"svsm_restore_state failed: {res.reason}")
+        self.lifecycle.fire(ModuleEvent.STARTED)
+        self.ready.set()
+        log.info("module %s serving (%s, pid %s)", self.name, self.mode, self.pid)
+
+    def _spawn(self) -> Link:
+        if self.mode == "inprocess":
+            return spawn_thread(self.spec.obj, name=self.name, recorder=None)
+        private = os.path.join(self._ctx.runtime_dir, self.name)
+        os.makedirs(private, mode=0o700, exist_ok=True)
+        if self._uid is not None:
+            os.chown(private, self._uid, self._uid)
+        ro = list(self._ctx.read_only)
+        if self.spec.ref.kind == "file":
+            ro.append(os.path.dirname(self.spec.ref.target))
+        cfg = SandboxConfig(
+            private_dir=private,
+            uid=self._uid,
+            address_space=self._ctx.address_space,
+            cpu_seconds=self._ctx.cpu_seconds,
+            open_files=self._ctx.open_files,
+            read_only=ro,
+        )
+        return spawn_process(self.spec.ref, cfg, name=self.name)
+
+    def _verified(self, claimed: list[str]) -> list[str]:
+        """Keep only claims the kernel can confirm from /proc when it can check them."""
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            return list(claimed)
+        checks = {
+            "seccomp": status.get("Seccomp", "").strip() == "2",
+            "no-new-privs": status.get("NoNewPrivs", "").strip() == "1",
+            "uid": status.get("Uid", "0").split()[0] != "0",
+        }
+        return [p for p in claimed if checks.get(p, True)]
+
+    def stop(self) -> None:
+        """Run ``svsm_module_stop`` and end the process (or cancel a pending restart)."""
+        with self._lock:
+            st = self.state
+            if st is ModuleState.DEAD:
+                return
+            self.lifecycle.fire(ModuleEvent.STOP_REQUESTED)
+            if st is ModuleState.RESTARTING:
+                return
+            try:
+                self._exchange(m.Stop(id=self._next_id()), m.HookResult, self._ctx.clock() + self._ctx.limits.hook_timeout)
+                if self._link is not None:
+                    self._link.join(2.0)
+                self.lifecycle.fire(ModuleEvent.EXITED)
+            except ModuleFailure as exc:
+                self.lifecycle.fire(ModuleEvent.FAILED)
+                self.last_failure = f"stop: {exc}"
+            finally:
+                self._kill()
+                self.ready.clear()
+
+    def _kill(self) -> None:
+        if self._link is not None:
+            self._link.kill()
+            self._link.join(1.0)
+        self.grants.revoke_all()
+
+    # -- failure and restart --------------------------------------------------------------
+    def _fail(self, reason: str) -> None:
+        """Kill the module; schedule a restart with backoff, or disable it after a crash loop."""
+        now = self._ctx.clock()
+        self._failures += 1
+        self.last_failure = reason
+        self.ready.clear()
+        self._kill()
+        lim = self._ctx.limits
+        self._failure_times = [t for t in self._failure_times if now - t < lim.crash_window] + [now]
+        if self.state is ModuleState.DEAD:
+            return
+        if self.state is ModuleState.DRAINING:
+            self.lifecycle.fire(ModuleEvent.FAILED)
+            return
+        if len(self._failure_times) >= lim.crash_loop:
+            log.error("module %s disabled after %d failures: %s", self.name, len(self._failure_times), reason)
+            self.lifecycle.fire(ModuleEvent.DISABLED)
+            return
+        log.warning("module %s failed (%s); restarting", self.name, reason)
+        if self.state is not ModuleState.RESTARTING:
+            self.lifecycle.fire(ModuleEvent.FAILED)
+        delay = min(lim.backoff_max, lim.backoff_base * 2 ** (len(self._failure_times) - 1))
+        self._next_restart = now + delay
+
+    def poll(self) -> None:
+        """Supervisor tick: notice a dead idle process; restart when the backoff expired."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            st = self.state
+            if st is ModuleState.SERVING and self._link is not None and not self._link.is_alive():
+                self._fail(f"exited with status {self._link.exitcode}")
+            elif st is ModuleState.RESTARTING and self._ctx.clock() >= self._next_restart:
+                self.lifecycle.fire(ModuleEvent.RESPAWNED)
+                self._restarts += 1
+                try:
+                    self._start_locked()
+                except ModuleFailure as exc:
+                    self._fail(str(exc))
+        finally:
+            self._lock.release()
+
+    # -- channel I/O --------------------------------------------------------------------------
+    def _next_id(self) -> int:
+        return next(self._ids) & 0xFFFF_FFFF
+
+    def _send(self, msg: Any) -> None:
+        assert self._chan is not None and self._link is not None
+        try:
+            self._link.sock.sendall(self._chan.send(msg))
+        except OSError as exc:
+            raise ModuleFailure(f"channel write failed: {exc}") from None
+
+    def _strike(self, reason: str, code: int = ResultCode.INVALID_FORMAT) -> None:
+        self.strikes += 1
+        self._strikes_total += 1
+        log.warning("module %s: strike %d: %s", self.name, self.strikes, reason)
+        if self.strikes >= self._ctx.limits.max_strikes:
+            raise ModuleFailure(f"misbehaving ({self.strikes} strikes; last: {reason})")
+        self._send(m.ErrorFrame(code=code, reason=reason[: m.MAX_TEXT], strikes=self.strikes))
+
+    def _read(self, deadline: float) -> Any:
+        """The next valid frame; rejects (and strikes) invalid ones."""
+        assert self._chan is not None and self._link is not None
+        chan, sock = self._chan, self._link.sock
+        while True:
+            try:
+                ev = chan.next_event()
+            except AbiError as exc:
+                self._strike(f"{type(exc).__name__}: {exc}")
+                continue
+            if ev is NEED_DATA:
+                remaining = deadline - self._ctx.clock()
+                if remaining <= 0:
+                    raise ModuleFailure("deadline missed (hung)")
+                try:
+                    sock.settimeout(remaining)
+                    n = sock.recv_into(self._rbuf)
+                except socket.timeout:
+                    raise ModuleFailure("deadline missed (hung)") from None
+                except OSError as exc:
+                    raise ModuleFailure(f"channel read failed: {exc}") from None
+                chan.receive_data(memoryview(self._rbuf)[:n] if n else b"")
+                continue
+            if ev is CLOSED:
+                raise ModuleFailure("channel closed (process exited)")
+            return ev
+
+    def _exchange(self, msg: Any, want: type, deadline: float) -> Any:
+        """Send ``msg``; serve syscalls until the ``want`` answer with the same id."""
+        self._send(msg)
+        while True:
+            ev = self._read(deadline)
+            if type(ev) in self.syscalls._table:
+                reply, misbehaved = self.syscalls.handle(ev)
+                if misbehaved:
+                    self.strikes += 1
+                    self._strikes_total += 1
+                    if self.strikes >= self._ctx.limits.max_strikes:
+                        raise ModuleFailure(f"misbehaving ({self.strikes} strikes; syscall not granted)")
+                self._send(reply)
+            elif isinstance(ev, want) and ev.id == msg.id:
+                return ev
+            else:
+                self._strike(f"unexpected {type(ev).__name__} (out of order)", ResultCode.INVALID_REQUEST)
+
+    # -- guest calls --------------------------------------------------------------------------
+    def handle_request(self, params: Any, memory: MemoryWindow) -> None:
+        """Serve one guest call routed to this module (see ``ModuleHost.handle_request``).
+
+        :raises UnsupportedCall: the manifest does not declare the call.
+        :raises InvalidParameter: a register-given buffer size above the declared maximum.
+        :raises InvalidAddress: the guest buffer is not accessible (from ``memory``).
+        :raises Busy: the module is restarting, or failed during this call.
+        :raises RequestError: the module's own error code.
+        """
+        proto = self.manifest.protocol(params.protocol)
+        if proto is None:
+            raise UnsupportedProtocol(f"{self.name} does not serve protocol {params.protocol:#x}")
+        cs = proto.call_spec(params.call)
+        if cs is None:
+            raise UnsupportedCall(f"{self.name}: protocol {params.protocol:#x} has no call {params.call}")
+        with self._lock:
+            st = self.state
+            if st is ModuleState.RESTARTING:
+                raise Busy(f"module {self.name} is restarting")
+            if st is not ModuleState.SERVING:
+                raise UnsupportedProtocol(f"module {self.name} is {st.value}")
+            self._calls += 1
+            try:
+                self._call_locked(params, memory, cs)
+            except RequestError:
+                self._errors += 1
+                raise
+
+    def _call_locked(self, params: Any, memory: MemoryWindow, cs: Any) -> None:
+        buf, grant, gpa, size = None, None, 0, 0
+        b = cs.buffer
+        if b is not None:
+            gpa = getattr(params, b.gpa_register)
+            size = b.size if b.size is not None else getattr(params, b.size_register)
+            if size > b.max_size or size <= 0:
+                raise InvalidParameter(f"buffer size {size} outside 1..{b.max_size}")
+            if b.mode == "copy":
+                buf = memory.read(gpa, size)
+            else:
+                memory.read(gpa, 1)  # the start must be a valid guest address
+                gid = self.grants.create(memory, gpa, size, b.writable)
+                grant = m.GrantInfo(id=gid, gpa=gpa, size=size, writable=b.writable)
+        req = m.CallRequest(
+            id=self._next_id(),
+            protocol=params.protocol,
+            call=params.call,
+            rcx=params.rcx,
+            rdx=params.rdx,
+            r8=params.r8,
+            r9=params.r9,
+            buffer=buf,
+            grant=grant,
+        )
+        try:
+            res = self._exchange(req, m.CallResult, self._ctx.clock() + self._timeout)
+        except ModuleFailure as exc:
+            self._fail(str(exc))
+            raise Busy(f"module {self.name} failed: {exc}") from None
+        finally:
+            if grant is not None:
+                self.grants.revoke(grant.id)
+        for reg in ("rcx", "rdx", "r8"):
+            v = getattr(res, reg)
+            if v is not None:
+                setattr(params, reg, v & 0xFFFF_FFFF_FFFF_FFFF)
+        if res.code:
+            if res.code not in _VALID_CODES and not (
+                ResultCode.PROTOCOL_BASE <= res.code < ResultCode.PROTOCOL_BASE + 0x1000
+            ):
+                self._note_strike(f"result code {res.code:#x} is not an SVSM result code")
+                raise InvalidRequest("module answered with an invalid result code")
+            raise error_for_code(res.code, res.reason)
+        if res.buffer is not None:
+            if b is None or b.mode != "copy" or not b.writable or len(res.buffer) > size:
+                self._note_strike("reply buffer not allowed by the manifest")
+                raise InvalidRequest("module returned a buffer it may not write")
+            memory.write(gpa, res.buffer)
+        self._after_success()
+
+    def _note_strike(self, reason: str) -> None:
+        try:
+            self._strike(reason, ResultCode.INVALID_REQUEST)
+        except ModuleFailure as exc:
+            self._fail(str(exc))
+
+    def _after_success(self) -> None:
+        every = self.manifest.checkpoint_every
+        if not every:
+            return
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= every:
+            self._since_checkpoint = 0
+            state = self._hook(m.SaveState(id=self._next_id()))
+            if state is not None:
+                self._checkpoint = state.data if state.found else None
+
+    # -- lifecycle hooks between calls -------------------------------------------------------------
+    def _hook(self, msg: Any) -> m.HookResult | None:
+        """Run a lifecycle hook; ``None`` if the module failed meanwhile."""
+        try:
+            return self._exchange(msg, m.HookResult, self._ctx.clock() + self._ctx.limits.hook_timeout)
+        except ModuleFailure as exc:
+            self._fail(str(exc))
+            return None
+
+    def _serving_hook(self, msg: Any) -> m.HookResult:
+        with self._lock:
+            if self.state is not ModuleState.SERVING:
+                raise Busy(f"module {self.name} is {self.state.value}")
+            res = self._hook(msg)
+        if res is None:
+            raise Busy(f"module {self.name} failed")
+        if res.code:
+            raise error_for_code(res.code, res.reason)
+        return res
+
+    def save_state(self) -> bytes | None:
+        """``svsm_save_state``: the module's state (migration).  :raises Busy: not serving."""
+        res = self._serving_hook(m.SaveState(id=self._next_id()))
+        return res.data if res.found else None
+
+    def restore_state(self, state: bytes) -> None:
+        """``svsm_restore_state`` (migration destination); also kept as the crash checkpoint."""
+        self._serving_hook(m.RestoreState(id=self._next_id(), state=state))
+        self._checkpoint = bytes(state)
+
+    def service_manifest(self) -> bytes | None:
+        """``svsm_service_manifest``: the bytes for the attestation services manifest."""
+        res = self._serving_hook(m.ManifestRequest(id=self._next_id()))
+        return res.data if res.found else None
+
+    def storage(self, op: str, namespace: str, key: str = "", value: bytes = b"") -> m.HookResult:
+        """Forward another module's storage syscall to this (storage-serving) module."""
+        return self._serving_hook(m.StorageRequest(id=self._next_id(), op=op, namespace=namespace, key=key, value=value))
