@@ -1,101 +1,39 @@
 """Boot: launch the CVM through the PSP, bring up the SVSM kernel, prepare and start the guest.
 
-Why this file is long-ish: it is the one place where the platform, the PSP and the kernel meet
-(upstream ``svsm.rs`` init + ``prepare_fw`` + ``launch_fw``); the pieces it wires live elsewhere.
-
 GPA layout (all inside guest memory; the host maps it identically):
 
 * ``[0, svsm_base)`` guest RAM.  The guest firmware image ends at 1 MiB (legacy BIOS shadow);
   its SEV metadata names the guest's secrets page, CPUID page and calling area (low pages).
 * ``[svsm_base, svsm_base + svsm_size)`` the SVSM region, 2 MiB aligned at the top: the kernel
   image (the source of the ``svsm.kernel`` package, so the launch digest changes when the
-  kernel's code does), the SVSM secrets page, the BSP's VMPL0 VMSA, a boot GHCB page, then the
-  heap (validated by the kernel itself: page state change + PVALIDATE, 2 MiB where aligned).
+  kernel's code does), the SVSM secrets page, the BSP's VMPL0 VMSA, a boot GHCB page, the
+  guest-request pages, then the heap (validated by the kernel itself: page state change +
+  PVALIDATE, 2 MiB where aligned).  See :class:`~svsm.kernel._svsm.MemoryLayout`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import dataclasses
 import functools
-import hashlib
 import logging
 import pathlib
-import threading
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from svsm.kernel.hw import (
-    VMSA,
-    GuestTerminated,
-    HardwareFault,
-    PageStateChangeBuffer,
-    PageStateChangeEntry,
-    PageStateChangeOp,
-    Platform,
-    SwExitCode,
-    Vcpu,
-)
+from svsm.kernel.hw import Platform
 from svsm.kernel.hw.psp import Chip, FirmwareImage, PageType, SectionType, SnpFirmware, build_image, launch
 from svsm.kernel.hw.psp import LaunchUpdate as _LaunchUpdate
-from svsm.kernel.mm import PageAllocator, PerCpuAreas, SlabAllocator
-from svsm.kernel.protocols import (
-    AttestProtocol,
-    CertificateBufferTooSmall,
-    CoreProtocol,
-    Dispatcher,
-    GuestMemory,
-    ModuleHost,
-    VcpuRegistry,
-    VmsaSummary,
-)
-from svsm.kernel.protocols._core import EFER_SVME
-from svsm.kernel.sync import RWLock
-from svsm.sdk import FatalError, InvalidRequest
-from svsm.sdk.attestation import (
-    ARK_GUID,
-    ASK_GUID,
-    CERT_TABLE_ENTRY,
-    SNP_REPORT_REQ,
-    SNP_REPORT_RSP,
-    SNP_SECRETS_PAGE,
-    VCEK_GUID,
-    CertTableError,
-    GuestMessageClient,
-    GuestMessageError,
-    MsgType,
-    parse_cert_table,
-)
-from svsm.sdk.guest import SVSM_ATTEST_PROTOCOL, SVSM_CORE_PROTOCOL
+from svsm.kernel.protocols import ModuleHost
+from svsm.sdk.attestation import ARK_GUID, ASK_GUID, VCEK_GUID
 
-from ._panic import Panicker
-from ._requests import GhcbCallError, PerCpu, RequestLoop, SvsmGhcb, current_cpu
+from ._svsm import FIRMWARE_END, FIRMWARE_SECTIONS, FIRMWARE_SIZE, PAGE, MemoryLayout, Svsm, _build_vmsa
 
-__all__ = ["boot", "Cvm", "Svsm", "MemoryLayout", "BootTimings", "kernel_image", "parse_size"]
+__all__ = ["boot", "Cvm", "Svsm", "MemoryLayout", "BootTimings", "CvmStatistics", "kernel_image", "parse_size"]
 
 log = logging.getLogger("svsm.kernel.boot")
-
-PAGE = 0x1000
-MB2 = 0x20_0000
-#: EFER bits of a long-mode VMSA: LME (8), LMA (10), SVME (12).
-_EFER_LONG = (1 << 8) | (1 << 10) | EFER_SVME
-#: SEV_FEATURES of every VMSA we build (SNPActive only, as sev-snp-measure's snp:svsm mode).
-SEV_FEATURES = 0x1
-_AP_CREATE_ON_INIT, _AP_CREATE = 0, 1
-#: Guest firmware placement and its SEV metadata (gpa, size, type).
-FIRMWARE_END = 0x10_0000
-FIRMWARE_SIZE = 0x1_0000
-_FW_SECTIONS = [
-    (0x1000, 0x4000, int(SectionType.SNP_SEC_MEM)),
-    (0x5000, 0x1000, int(SectionType.SNP_SECRETS)),
-    (0x6000, 0x1000, int(SectionType.CPUID)),
-    (0x7000, 0x1000, int(SectionType.SVSM_CAA)),
-]
-#: The guest-request pages of the SVSM (request, response, 4 certificate pages) per boot.
-_GREQ_PAGES = 6
 
 
 def parse_size(text: str | int) -> int:
@@ -122,49 +60,6 @@ def kernel_image() -> bytes:
     return bytes(out + bytes(-len(out) % PAGE))
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class MemoryLayout:
-    """Where everything lives (see the module docstring)."""
-
-    memory_size: int
-    svsm_base: int
-    svsm_size: int
-    image_pages: int
-    secrets_gpa: int
-    bsp_vmsa_gpa: int
-    boot_ghcb_gpa: int
-    greq_gpa: int
-    heap_start: int
-    firmware_gpa: int
-    guest_secrets_gpa: int
-    guest_cpuid_gpa: int
-    guest_caa_gpa: int
-
-    @classmethod
-    def compute(cls, memory_size: int, image_size: int) -> MemoryLayout:
-        """Place the SVSM at the top of memory, the firmware below 1 MiB.
-
-        :raises ValueError: memory too small for the SVSM and a guest.
-        """
-        fixed = image_size + (3 + _GREQ_PAGES) * PAGE
-        svsm_size = max(4 << 20, (fixed + MB2 + MB2 - 1) // MB2 * MB2)
-        if memory_size % MB2 or memory_size < svsm_size + (4 << 20):
-            raise ValueError(f"memory must be a multiple of 2 MiB and at least {(svsm_size >> 20) + 4} MiB")
-        base = memory_size - svsm_size
-        p = base + image_size
-        return cls(
-            memory_size, base, svsm_size, image_size // PAGE,
-            secrets_gpa=p, bsp_vmsa_gpa=p + PAGE, boot_ghcb_gpa=p + 2 * PAGE, greq_gpa=p + 3 * PAGE,
-            heap_start=p + (3 + _GREQ_PAGES) * PAGE, firmware_gpa=FIRMWARE_END - FIRMWARE_SIZE,
-            guest_secrets_gpa=0x5000, guest_cpuid_gpa=0x6000, guest_caa_gpa=0x7000,
-        )  # fmt: skip
-
-    @property
-    def guest_ram(self) -> tuple[tuple[int, int], ...]:
-        """The guest's memory map: (start, end) ranges."""
-        return ((0, self.svsm_base),)
-
-
 class _PspPort:
     """Binds the PSP firmware to this guest's context for the hypervisor (GuestRequestFirmware)."""
 
@@ -179,341 +74,12 @@ class _PspPort:
         return [(VCEK_GUID, vcek), (ASK_GUID, ask), (ARK_GUID, ark)]
 
 
-class _CpuOps:
-    """:class:`~svsm.kernel.protocols.CpuOps` on the simulated CPU (VMPL0 instructions)."""
-
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
-        self.tlb_flushes = 0
-        self._lock = threading.Lock()
-
-    def _retry_sizem(self, fn: Callable[[], Any], gpa: int) -> Any:
-        try:
-            return fn()
-        except HardwareFault as exc:
-            # #NPF SIZEM: the host PSMASHes the 2 MiB entry and the instruction is retried.
-            if not getattr(exc, "size_mismatch", False):
-                raise
-            entry = PageStateChangeEntry((gpa >> 12) & ~511, PageStateChangeOp.PSMASH, True)
-            self.platform.hypervisor.page_state_change(entry)
-            return fn()
-
-    def pvalidate(self, cpu: int, gpa: int, huge: bool, validate: bool) -> tuple[int, bool]:
-        v = self.platform.vcpus[cpu]
-        r = self._retry_sizem(lambda: v.pvalidate(gpa, int(huge), validate, vmpl=0), gpa)
-        return int(r.rc), bool(r.carry)
-
-    def rmpadjust(self, cpu: int, gpa: int, huge: bool, target_vmpl: int, perms: int, vmsa: bool) -> int:
-        v = self.platform.vcpus[cpu]
-        attrs = target_vmpl | perms << 8 | (1 << 16 if vmsa else 0)
-        return int(self._retry_sizem(lambda: v.rmpadjust(gpa, int(huge), attrs, vmpl=0), gpa).rc)
-
-    def zero(self, cpu: int, gpa: int, size: int) -> None:
-        self.platform.vcpus[cpu].view(0).zero(gpa, size)
-
-    def read_vmsa(self, cpu: int, gpa: int) -> VmsaSummary:
-        raw = self.platform.vcpus[cpu].view(0).read(gpa, PAGE)
-        s = VMSA.from_buffer_copy(raw)
-        return VmsaSummary(s.vmpl, s.efer, s.sev_features)
-
-    def clear_svme(self, cpu: int, gpa: int) -> None:
-        view = self.platform.vcpus[cpu].view(0)
-        off = VMSA.efer.offset
-        view.write_u64(gpa + off, view.read_u64(gpa + off) & ~EFER_SVME)
-
-    def flush_tlb(self) -> None:
-        with self._lock:
-            self.tlb_flushes += 1
-
-
-def _cert_table(raw: bytes) -> bytes:
-    """The certificate table the host wrote, cut to its real length (entries + blobs).
-
-    :raises InvalidRequest: the host's table is malformed (no terminator, blob outside).
-    """
-    try:
-        parse_cert_table(raw)
-    except CertTableError as exc:
-        raise InvalidRequest("malformed certificate table from the host") from exc
-    end, pos = 0, 0
-    while True:
-        guid, off, length = CERT_TABLE_ENTRY.unpack_from(raw, pos)
-        pos += CERT_TABLE_ENTRY.size
-        if guid == bytes(16) and not off and not length:
-            return raw[: max(end, pos)]
-        end = max(end, off + length)
-
-
 class BootTimings(NamedTuple):
     """Seconds spent in each boot phase."""
 
     launch: float
     kernel_init: float
     guest_prepare: float
-
-
-def _build_vmsa(vmpl: int, rip: int = 0) -> bytes:
-    v = VMSA()
-    v.vmpl = vmpl
-    v.efer = _EFER_LONG
-    v.sev_features = SEV_FEATURES
-    v.rip = rip
-    v.cr0 = 0x8000_0011
-    v.rflags = 0x2
-    v.xcr0 = 1
-    v.mxcsr = 0x1F80
-    v.x87_fcw = 0x37F
-    return bytes(v)
-
-
-class Svsm:
-    """The SVSM kernel of one CVM: its allocator, per-CPU state, protocols and request loops.
-
-    Built by :func:`boot`; :meth:`init` runs on the BSP at VMPL0 (upstream ``svsm_init``),
-    :meth:`prepare_guest` is ``prepare_fw`` + ``launch_fw``.
-    """
-
-    def __init__(
-        self,
-        platform: Platform,
-        layout: MemoryLayout,
-        *,
-        guest_vmpl: int,
-        module_host: ModuleHost | None,
-        clock: Callable[[], float],
-    ) -> None:
-        if not 1 <= guest_vmpl <= 3:
-            raise ValueError("guest VMPL must be 1, 2 or 3")
-        self.platform = platform
-        self.layout = layout
-        self.guest_vmpl = guest_vmpl
-        self.module_host = module_host
-        self._clock = clock
-        self.cpu_ops = _CpuOps(platform)
-        self.ghcb = SvsmGhcb()
-        self.registry = VcpuRegistry()
-        self.pvalidate_lock: RWLock[None] = RWLock(None, name="PVALIDATE_LOCK")
-        self.panicker = Panicker(self._wipe_vmpcks, self._terminate)
-        self._greq_lock = threading.Lock()
-        self._msg: GuestMessageClient | None = None
-        self.percpu: list[PerCpu] = []
-        self.guest_vmsa_gpa: int | None = None
-
-    # -- init on the BSP -------------------------------------------------------------------------
-    def init(self) -> None:
-        """Secrets, GHCB, heap validation, allocator, per-CPU areas, AP VMSAs, request loops."""
-        lay, vcpu0 = self.layout, self.platform.vcpus[0]
-        vcpu0.vmrun(0)
-        view = vcpu0.view(0)
-        secrets = SNP_SECRETS_PAGE.from_buffer_copy(view.read(lay.secrets_gpa, PAGE))
-        self.secrets = secrets
-        self._msg = GuestMessageClient(secrets.vmpck(0), 0)
-        boot_pc = PerCpu(0, vcpu0.apic_id, lay.boot_ghcb_gpa)
-        self.ghcb.register(vcpu0, boot_pc)
-        self._validate_heap(vcpu0, boot_pc)
-        self.allocator = PageAllocator(view)
-        self.allocator.add_range(lay.heap_start, lay.svsm_base + lay.svsm_size - lay.heap_start)
-        self.slab = SlabAllocator(self.allocator)
-        self.areas = PerCpuAreas(view, self.allocator, c_bit=self.platform.c_bit)
-        for v in self.platform.vcpus:
-            area = self.areas.create(v.index, v.apic_id)
-            self._make_shared(vcpu0, boot_pc, area.ghcb_page)
-            self.percpu.append(PerCpu(v.index, v.apic_id, area.ghcb_page))
-        self.ghcb.register(vcpu0, self.percpu[0])
-        self.ap_vmsas: dict[int, int] = {}
-        for v in self.platform.vcpus[1:]:
-            self.ap_vmsas[v.index] = self._create_svsm_vmsa(vcpu0, v.apic_id)
-        self.memory = GuestMemory(
-            lambda cpu: self.platform.vcpus[cpu].view(0),
-            lay.guest_ram,
-            (lay.svsm_base, lay.svsm_size),
-            self.registry,
-            (HardwareFault,),
-            svsm_owned=self._svsm_owned,
-        )
-        self.dispatcher = Dispatcher({}, self.module_host, lambda p: self.memory.window(p.cpu))
-        self.core = CoreProtocol(
-            self.memory, self.cpu_ops, self.registry, self.guest_vmpl,
-            self._apic_to_cpu, self._attach, self._current, self.dispatcher.protocol_versions,
-            deposit_pool=self.allocator, pvalidate_lock=self.pvalidate_lock,
-        )  # fmt: skip
-        self.attest = AttestProtocol(self.memory, self._fetch_report, self._services)
-        self.dispatcher._handlers.update({SVSM_CORE_PROTOCOL: self.core, SVSM_ATTEST_PROTOCOL: self.attest})
-        self.loop = RequestLoop(self.percpu, self.dispatcher, self.guest_vmpl, self.panicker, self.ghcb, self._clock)
-        for v in self.platform.vcpus:
-            v.register_vmpl_entry(0, self.loop.entry)
-
-    def _svsm_owned(self, gpa: int, length: int) -> bool:
-        first = gpa - gpa % PAGE
-        return any(self.allocator.owns(p) for p in range(first, gpa + length, PAGE))
-
-    def _validate_heap(self, vcpu: Vcpu, pc: PerCpu) -> None:
-        lay = self.layout
-        start, end = lay.heap_start, lay.svsm_base + lay.svsm_size
-        boundary = min(end, (start + MB2 - 1) // MB2 * MB2)
-        small = [PageStateChangeEntry(g >> 12, PageStateChangeOp.PRIVATE) for g in range(start, boundary, PAGE)]
-        huge = [PageStateChangeEntry(g >> 12, PageStateChangeOp.PRIVATE, True) for g in range(boundary, end, MB2)]
-        self.page_state_change(vcpu, pc, small + huge)
-        for e in small + huge:
-            rc, _ = self.cpu_ops.pvalidate(vcpu.index, e.gpa, e.huge, True)
-            if rc:
-                raise FatalError(f"PVALIDATE of SVSM heap page {e.gpa:#x} failed: {rc}")
-
-    def page_state_change(self, vcpu: Vcpu, pc: PerCpu, entries: list[PageStateChangeEntry]) -> None:
-        """Ask the host to change page states (GHCB PSC, 253 entries per request, re-issued until done).
-
-        :raises GhcbCallError: the host refused.
-        """
-        for i in range(0, len(entries), 253):
-            buf = PageStateChangeBuffer(tuple(entries[i : i + 253]))
-            while not buf.done:
-                scratch = pc.ghcb_gpa + 0x800
-                g = self.ghcb.nae(vcpu, pc, SwExitCode.SNP_PAGE_STATE_CHANGE, 0, 0, buf.encode(), sw_scratch=scratch)
-                if g.sw_exit_info_1 or g.sw_exit_info_2:
-                    raise GhcbCallError("page state change", g.sw_exit_info_1, g.sw_exit_info_2)
-                nxt = PageStateChangeBuffer.decode(g.shared_buffer[: 8 + 8 * len(buf.entries)])
-                if nxt.cur_entry <= buf.cur_entry and not nxt.done:
-                    raise GhcbCallError("page state change (no progress)", 0, 0)
-                buf = nxt
-
-    def _make_shared(self, vcpu: Vcpu, pc: PerCpu, gpa: int) -> None:
-        rc, _ = self.cpu_ops.pvalidate(vcpu.index, gpa, False, False)
-        if rc:
-            raise FatalError(f"rescinding GHCB page {gpa:#x} failed: {rc}")
-        self.page_state_change(vcpu, pc, [PageStateChangeEntry(gpa >> 12, PageStateChangeOp.SHARED)])
-
-    def _create_svsm_vmsa(self, vcpu0: Vcpu, apic_id: int) -> int:
-        gpa = self.allocator.allocate_zeroed_page()
-        vcpu0.view(0).write(gpa, _build_vmsa(0))
-        rc = self.cpu_ops.rmpadjust(0, gpa, False, 1, 0, True)
-        if rc:
-            raise FatalError(f"RMPADJUST of SVSM VMSA {gpa:#x} failed: {rc}")
-        g = self.ghcb.nae(vcpu0, self.percpu[0], SwExitCode.SNP_AP_CREATION, _AP_CREATE | apic_id << 32, gpa, rax=SEV_FEATURES)
-        if g.sw_exit_info_1:
-            raise GhcbCallError("AP creation", g.sw_exit_info_1, g.sw_exit_info_2)
-        return gpa
-
-    # -- prepare_fw / launch_fw -----------------------------------------------------------------
-    def prepare_guest(self, firmware: FirmwareImage) -> None:
-        """Grant the firmware pages, fill the guest's secrets copy, build and register its VMSA."""
-        lay, vcpu0 = self.layout, self.platform.vcpus[0]
-        view = vcpu0.view(0)
-        ranges = [(firmware.gpa, len(firmware.data))] + [(s.gpa, s.size) for s in firmware.sections]
-        for gpa, size in ranges:
-            for p in range(gpa, gpa + size, PAGE):
-                self.core._grant_guest(0, p, False)
-        copy = SNP_SECRETS_PAGE.from_buffer_copy(bytes(self.secrets))
-        for i in range(self.guest_vmpl):
-            getattr(copy, f"vmpck{i}")[:] = bytes(32)
-        copy.svsm_base, copy.svsm_size, copy.svsm_caa = lay.svsm_base, lay.svsm_size, lay.guest_caa_gpa
-        copy.svsm_max_version, copy.svsm_guest_vmpl = 1, self.guest_vmpl
-        view.write(lay.guest_secrets_gpa, bytes(copy))
-        view.write(lay.guest_caa_gpa, bytes(8))
-        gpa = self.allocator.allocate_zeroed_page()
-        view.write(gpa, _build_vmsa(self.guest_vmpl, rip=firmware.gpa))
-        # No guest permissions on its VMSA page (CREATE_VCPU does the same): no SVSM page is
-        # reachable by the guest.  upstream grants READ here (snp.md 5.3).
-        rc = self.cpu_ops.rmpadjust(0, gpa, False, self.guest_vmpl, 0, True)
-        if rc:
-            raise FatalError(f"RMPADJUST of the guest VMSA failed: {rc}")
-        self.registry.register(gpa, lay.guest_caa_gpa, 0, guest_owned=False)
-        self.registry.set_in_use(gpa)
-        self.percpu[0].attach(gpa, lay.guest_caa_gpa)
-        self.guest_vmsa_gpa = gpa
-        info1 = _AP_CREATE_ON_INIT | self.guest_vmpl << 16 | vcpu0.apic_id << 32
-        g = self.ghcb.nae(vcpu0, self.percpu[0], SwExitCode.SNP_AP_CREATION, info1, gpa, rax=SEV_FEATURES)
-        if g.sw_exit_info_1:
-            raise GhcbCallError("guest BSP registration", g.sw_exit_info_1, g.sw_exit_info_2)
-        vcpu0.halt()
-
-    # -- callbacks of the protocols ---------------------------------------------------------------
-    def _apic_to_cpu(self, apic_id: int) -> int | None:
-        for pc in self.percpu:
-            if pc.apic_id == apic_id:
-                return pc.index
-        return None
-
-    def _attach(self, cpu: int, vmsa: int | None, caa: int | None) -> None:
-        self.percpu[cpu].attach(vmsa, caa)
-
-    def _current(self, cpu: int) -> tuple[int, int] | None:
-        return self.percpu[cpu].current()
-
-    def _services(self) -> Sequence[tuple[uuid.UUID, bytes]]:
-        return list(self.module_host.service_manifests()) if self.module_host is not None else []
-
-    def _fetch_report(self, cpu: int, report_data: bytes, cert_capacity: int | None) -> tuple[bytes, bytes]:
-        """A VMPL0 report through the guest-request channel (VMPCK0), certificates if asked."""
-        vcpu, pc, lay = self.platform.vcpus[cpu], self.percpu[cpu], self.layout
-        req_gpa, resp_gpa, cert_gpa = lay.greq_gpa, lay.greq_gpa + PAGE, lay.greq_gpa + 2 * PAGE
-        view = vcpu.view(0)
-        with self._greq_lock:
-            if self._msg is None or not self._msg.usable:
-                raise InvalidRequest("VMPCK0 is wiped; no more guest requests")
-            req = SNP_REPORT_REQ(vmpl=0, flags=0)
-            req.report_data[:] = report_data
-            view.write(req_gpa, self._msg.request(MsgType.REPORT_REQ, bytes(req)), c_bit=False)
-            too_small = 0
-            if cert_capacity is None:
-                g = self.ghcb.nae(vcpu, pc, SwExitCode.SNP_GUEST_REQUEST, req_gpa, resp_gpa)
-            else:
-                pages = min(cert_capacity // PAGE, _GREQ_PAGES - 2)
-                g = self.ghcb.nae(vcpu, pc, SwExitCode.SNP_EXT_GUEST_REQUEST, req_gpa, resp_gpa, rax=cert_gpa, rbx=pages)
-                if g.sw_exit_info_2 >> 32 == 1 and not g.sw_exit_info_1:
-                    # As Linux: re-issue the same message without certificates so its sequence
-                    # number is consumed and no IV is ever used for two plaintexts.
-                    too_small = g.rbx
-                    g = self.ghcb.nae(vcpu, pc, SwExitCode.SNP_GUEST_REQUEST, req_gpa, resp_gpa)
-            if g.sw_exit_info_1 or g.sw_exit_info_2:
-                # The request may have been consumed: never reuse its IV.
-                self._msg = None
-                raise InvalidRequest(f"guest request failed: {g.sw_exit_info_1:#x}/{g.sw_exit_info_2:#x}")
-            try:
-                payload = self._msg.response(view.read(resp_gpa, PAGE, c_bit=False))
-            except GuestMessageError as exc:
-                raise InvalidRequest("guest request response rejected") from exc
-            if too_small:
-                raise CertificateBufferTooSmall(too_small)
-            rsp = SNP_REPORT_RSP.from_buffer_copy(payload[: ctypes.sizeof(SNP_REPORT_RSP)])
-            if rsp.status:
-                raise InvalidRequest(f"PSP report status {rsp.status:#x}")
-            certs = _cert_table(view.read(cert_gpa, pages * PAGE, c_bit=False)) if cert_capacity else b""
-            return bytes(rsp.report)[: rsp.report_size], certs
-
-    def module_report(self, report_data: bytes) -> bytes:
-        """A VMPL0 report with caller-chosen REPORT_DATA, for module syscalls (``Providers.report``).
-
-        Served on the vCPU whose request is in flight on this thread (module syscalls arrive
-        while the module serves a guest call).
-
-        :raises InvalidRequest: no vCPU context on this thread, or the PSP refused.
-        """
-        cpu = current_cpu()
-        if cpu is None:
-            raise InvalidRequest("attestation reports for modules need a vCPU context (a guest call in flight)")
-        if len(report_data) != 64:
-            raise InvalidRequest("REPORT_DATA must be 64 bytes")
-        return self._fetch_report(cpu, report_data, None)[0]
-
-    # -- panic ------------------------------------------------------------------------------------
-    def _wipe_vmpcks(self) -> None:
-        self._msg = None
-        if hasattr(self, "secrets"):
-            for i in range(4):
-                getattr(self.secrets, f"vmpck{i}")[:] = bytes(32)
-            try:
-                self.platform.vcpus[0].view(0).write(self.layout.secrets_gpa + 0x20, bytes(128))
-            except HardwareFault:
-                log.error("could not wipe the VMPCKs in the secrets page")
-
-    def _terminate(self, cpu: int, msr_value: int) -> None:
-        vcpu = self.platform.vcpus[cpu]
-        try:
-            self.ghcb.msr_request(vcpu, msr_value)
-        except GuestTerminated:
-            pass
-        else:
-            log.critical("hypervisor ignored the termination request")
 
 
 @functools.lru_cache(maxsize=8)
@@ -659,8 +225,6 @@ def boot(
 
     .. versionadded:: 0.1
     """
-    import random
-
     if not 1 <= guest_vmpl <= 3:
         raise ValueError("guest VMPL must be 1, 2 or 3")
     size = parse_size(memory)
@@ -668,7 +232,7 @@ def boot(
     t0 = clock()
     image = kernel_image()
     layout = MemoryLayout.compute(size, len(image))
-    fw_image = FirmwareImage.parse(build_image(FIRMWARE_SIZE, sections=_FW_SECTIONS), end_at=FIRMWARE_END)
+    fw_image = FirmwareImage.parse(build_image(FIRMWARE_SIZE, sections=FIRMWARE_SECTIONS), end_at=FIRMWARE_END)
     platform = Platform(memory_size=size, vcpu_count=vcpus, seed=seed, rng=rng, hypervisor=hypervisor)
     fw = SnpFirmware(_chip(psp_state_dir), rng=rng.randbytes)
     result = launch(fw, _launch_plan(layout, image, fw_image), write=_writer(platform))
@@ -685,8 +249,3 @@ def boot(
         yield cvm
     finally:
         cvm.shutdown()
-
-
-def image_digest() -> str:
-    """SHA-384 of the kernel image (what changes the launch digest), hex."""
-    return hashlib.sha384(kernel_image()).hexdigest()
