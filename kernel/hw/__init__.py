@@ -3,6 +3,8 @@
 Start at :class:`Platform`; see ``docs/dev/hw-api.md`` for the seams with the PSP and the SVSM.
 The PSP firmware lives in ``svsm.kernel.hw.psp`` and reaches the machine through
 :class:`FirmwareAccess` only.
+
+.. versionadded:: 0.1
 """
 
 from ._constants import MSR_GHCB as MSR_GHCB

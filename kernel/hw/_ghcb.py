@@ -120,6 +120,8 @@ class GhcbPage:
     MISSING_INPUT).  Attribute access (``page.sw_exit_code``) reads without checking.
 
     :param raw: 4096 bytes read from the shared page; ``None`` for a cleared page.
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("_buf", "_s")

@@ -71,6 +71,8 @@ class GuestRequestFirmware(Protocol):
     returns the 4 KiB response page; on a firmware error it raises an exception carrying an int
     attribute ``fw_error`` (the SNP firmware status), which goes to SW_EXITINFO2[31:0].
     ``certificates()`` returns (GUID, DER/PEM bytes) pairs for EXT_GUEST_REQUEST (snp.md 2.4).
+
+    .. versionadded:: 0.1
     """
 
     def guest_request(self, request: bytes) -> bytes: ...
@@ -107,6 +109,8 @@ class Hypervisor(HostMemoryManager):
     """The honest host.
 
     :param features: hypervisor feature bitmap to advertise (default bits 0, 1, 5).
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, *, features: int = int(DEFAULT_FEATURES)) -> None:

@@ -50,6 +50,8 @@ class PhysicalMemory:
 
     :param size: bytes of memory (multiple of 4 KiB).
     :param key: 64-byte AES-256-XTS key of the guest (two distinct 32-byte halves).
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("size", "npages", "_pages", "_plain", "_zero", "_nzero", "_key", "encryptions", "decryptions")

@@ -37,6 +37,8 @@ class FirmwareAccess:
     Nothing here applies RMP checks: these are the operations only the firmware can do
     (LAUNCH_UPDATE writing a page in the guest's key, setting ASSIGNED+VALIDATED, the VMSA bit,
     IMMUTABLE).  Only ``svsm.kernel.hw.psp`` should hold this object.
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("_platform",)
@@ -123,6 +125,8 @@ class Platform:
     :param rng: randomness source (injectable, house rule 9).
     :param hypervisor: default: an honest :class:`~svsm.kernel.hw.Hypervisor`.
     :param psp: the PSP firmware object (``svsm.kernel.hw.psp``); may be attached later.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(

@@ -102,6 +102,8 @@ class PageStateChangeBuffer:
     :param entries: at most 253 entries.
     :param cur_entry: first entry still to process.
     :param end_entry: index of the last valid entry (inclusive).
+
+    .. versionadded:: 0.1
     """
 
     entries: tuple[PageStateChangeEntry, ...]

@@ -153,6 +153,8 @@ class RMP:
     translated to; the vCPU does the translation and raises the faults.
 
     :param npages: number of 4 KiB system pages covered.
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("npages", "_attr", "_gfn", "_big", "_busy", "n_pvalidate", "n_rmpadjust", "n_rmpupdate", "n_psmash")

@@ -82,6 +82,8 @@ class Vcpu:
     :param platform: the machine.
     :param index: vCPU index (0 = BSP).
     :param apic_id: the APIC ID the hypervisor and guest use to name it.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, platform: Platform, index: int, apic_id: int) -> None:

@@ -49,6 +49,8 @@ class GuestView:
     :param vcpu_index: the vCPU (for fault reporting and statistics only).
     :raises NestedPageFault: from any access, see module docstring.
     :raises VmmCommunicationException: access to a private page that is not validated.
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("platform", "vmpl", "vcpu_index", "_mem", "_rmp", "_owner_bits", "_perm_shift", "_npages")
@@ -201,6 +203,8 @@ class HostView:
     guest memory the same way it maps it for the guest); ``*_spa`` methods take system addresses.
 
     :raises HostPageFault: a write to a page whose RMP entry is assigned.
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("platform",)

@@ -119,6 +119,8 @@ class VmsaView:
 
     :param memory: the machine's physical memory.
     :param sfn: system frame of the VMSA page.
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("_memory", "sfn")

@@ -37,6 +37,8 @@ class AdversarialHypervisor(Hypervisor):
     * ``tamper_response``: callable applied to every PSP response page before the guest sees it.
     * ``hide_dirty``: GFNs never reported by the dirty log.
     * ``before_vmgexit``: callables run with the vCPU before each VMGEXIT is handled.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, **kwargs: int) -> None:

@@ -1,4 +1,7 @@
-"""svsm.kernel.hw.testing -- helpers to bring up a small simulated machine in tests."""
+"""svsm.kernel.hw.testing -- helpers to bring up a small simulated machine in tests.
+
+.. versionadded:: 0.1
+"""
 
 from ._calls import ghcb_call as ghcb_call
 from ._calls import msr_call as msr_call
