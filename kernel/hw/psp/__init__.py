@@ -39,6 +39,10 @@ from ._firmware import PspStatistics as PspStatistics
 from ._firmware import SnpFirmware as SnpFirmware
 from ._firmware import VmmError as VmmError
 from ._hashes import SevHashes as SevHashes
+from ._idblock import ID_AUTH as ID_AUTH
+from ._idblock import ID_BLOCK as ID_BLOCK
+from ._idblock import build_id_block as build_id_block
+from ._idblock import key_digest as key_digest
 from ._launch import LaunchResult as LaunchResult
 from ._launch import PageWriter as PageWriter
 from ._launch import launch as launch
@@ -62,9 +66,9 @@ from ._vmsa import build_reset_vmsa as build_reset_vmsa
 from ._vmsa import cpu_sig as cpu_sig
 
 __all__ = [
-    "CPU_SIGS", "Chip", "ChipProduct", "FirmwareImage", "FirmwareImageError", "FwError",
+    "CPU_SIGS", "Chip", "ID_AUTH", "ID_BLOCK", "ChipProduct", "FirmwareImage", "FirmwareImageError", "FwError",
     "GuestContext", "LaunchDigest", "LaunchResult", "LaunchState", "LaunchUpdate", "PageWriter", "PAGE_INFO", "PRODUCTS",
     "PageType", "PlatformPsp", "PspError", "PspStatistics", "SectionType", "SevHashes", "SevMetadataSection",
-    "SnpFirmware", "VMSA_GPA", "VmmError", "build_image", "build_metadata", "build_reset_vmsa", "build_table",
-    "calc_launch_digest", "cpu_sig", "default_state_dir", "launch", "launch_plan",
+    "SnpFirmware", "VMSA_GPA", "VmmError", "build_id_block", "build_image", "build_metadata", "build_reset_vmsa", "build_table",
+    "calc_launch_digest", "cpu_sig", "default_state_dir", "key_digest", "launch", "launch_plan",
 ]  # fmt: skip

@@ -51,6 +51,7 @@ from svsm.sdk.attestation import (
 )
 
 from ._chip import Chip
+from ._idblock import ID_AUTH, IdBlockError, parse_id_block
 from ._measure import VMSA_GPA, LaunchDigest, PageType
 from ._vmsa import cpu_sig
 
@@ -68,7 +69,10 @@ class FwError(enum.IntEnum):
     INVALID_PLATFORM_STATE = 0x01
     INVALID_GUEST_STATE = 0x02
     INVALID_LEN = 0x04
+    POLICY_FAILURE = 0x07
     INVALID_ADDRESS = 0x09
+    BAD_SIGNATURE = 0x0A
+    BAD_MEASUREMENT = 0x0B
     INVALID_GUEST = 0x10
     INVALID_PARAM = 0x16
     INVALID_KEY = 0x27
@@ -280,25 +284,48 @@ class SnpFirmware:
         ctx: GuestContext,
         *,
         host_data: bytes = bytes(32),
+        id_block: bytes | None = None,
+        id_auth: bytes | None = None,
+        author_key_en: bool | None = None,
         family_id: bytes = bytes(16),
         image_id: bytes = bytes(16),
         guest_svn: int = 0,
-        id_key_digest: bytes = bytes(48),
-        author_key_digest: bytes = bytes(48),
     ) -> bytes:
-        """SNP_LAUNCH_FINISH: freeze the measurement; the guest may now run.
+        """SNP_LAUNCH_FINISH: check the ID block (if any), freeze the measurement; the guest may run.
 
-        The ID-block fields are taken as already verified (no ID block signature model).
-
+        :param host_data: 32 bytes the host binds to the guest (HOST_DATA in reports).
+        :param id_block: the guest owner's signed ID block (:func:`build_id_block`), with
+            ``id_auth``; it sets FAMILY_ID, IMAGE_ID, GUEST_SVN and the key digests.
+        :param author_key_en: check and report the author key (default: when ``id_auth``
+            carries one).
+        :param family_id: without an ID block: the (unsigned) IDs and SVN to record.
         :returns: the final MEASUREMENT.
+        :raises PspError: BAD_SIGNATURE, BAD_MEASUREMENT, POLICY_FAILURE or INVALID_PARAM for
+            a refused ID block (the launch stays unfinished), INVALID_GUEST_STATE.
         """
         if len(host_data) != 32 or len(family_id) != 16 or len(image_id) != 16:
-            raise PspError(FwError.INVALID_PARAM, "bad ID block or host data size")
+            raise PspError(FwError.INVALID_PARAM, "bad ID or host data size")
+        if ctx.state is not LaunchState.LAUNCHING:
+            raise PspError(FwError.INVALID_GUEST_STATE, "LAUNCH_FINISH outside a launch")
+        measurement = ctx.digest.digest
+        id_key_digest = author_key_digest = bytes(48)
+        if id_block is not None or id_auth is not None:
+            if id_block is None or id_auth is None:
+                raise PspError(FwError.INVALID_PARAM, "ID block and ID auth go together")
+            if author_key_en is None:
+                author_key_en = ID_AUTH.from_buffer_copy(id_auth.ljust(ctypes.sizeof(ID_AUTH), b"\0")).auth_key_algo != 0
+            try:
+                info = parse_id_block(id_block, id_auth, measurement=measurement, policy=ctx.policy,
+                                      author_key_en=author_key_en)  # fmt: skip
+            except IdBlockError as exc:
+                raise PspError(FwError(exc.status), str(exc)) from exc
+            family_id, image_id, guest_svn = info.family_id, info.image_id, info.guest_svn
+            id_key_digest, author_key_digest = info.id_key_digest, info.author_key_digest
         ctx._step("launch_finish")
         ctx.host_data, ctx.family_id, ctx.image_id, ctx.guest_svn = host_data, family_id, image_id, guest_svn
         ctx.id_key_digest, ctx.author_key_digest = id_key_digest, author_key_digest
-        ctx.measurement = ctx.digest.digest
-        return ctx.measurement
+        ctx.measurement = measurement
+        return measurement
 
     def decommission(self, ctx: GuestContext) -> None:
         """SNP_DECOMMISSION: wipe the context's keys; further requests fail."""

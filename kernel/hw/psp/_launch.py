@@ -42,11 +42,14 @@ def launch(
     write: PageWriter | None = None,
     policy: int = 0x30000,
     host_data: bytes = bytes(32),
+    id_block: bytes | None = None,
+    id_auth: bytes | None = None,
 ) -> LaunchResult:
     """SNP_LAUNCH_START, SNP_LAUNCH_UPDATE for every page of ``plan``, SNP_LAUNCH_FINISH.
 
     :param plan: from :func:`launch_plan` (or any list of updates, e.g. an SVSM image's).
     :param write: receives every page the firmware places (see :data:`PageWriter`).
+    :param id_block: with ``id_auth``: the guest owner's signed ID block for LAUNCH_FINISH.
     :raises PspError: a firmware command failed; the context is unusable.
     """
     ctx = fw.launch_start(policy)
@@ -69,5 +72,5 @@ def launch(
                 secrets_gpa, secrets = gpa, page
             if write is not None:
                 write(u.page_type, gpa, page, None)
-    measurement = fw.launch_finish(ctx, host_data=host_data)
+    measurement = fw.launch_finish(ctx, host_data=host_data, id_block=id_block, id_auth=id_auth)
     return LaunchResult(ctx=ctx, measurement=measurement, secrets_gpa=secrets_gpa, secrets_page=secrets)

@@ -59,7 +59,8 @@ class PlatformPsp:
             fa.write_private(spa, data[off : off + PAGE_SIZE])
             fa.set_rmp(spa, assigned=True, gpa=gpa + off, validated=True)
 
-    def launch(self, plan: Iterable[LaunchUpdate], *, policy: int = 0x30000, host_data: bytes = bytes(32)) -> LaunchResult:
+    def launch(self, plan: Iterable[LaunchUpdate], *, policy: int = 0x30000, host_data: bytes = bytes(32),
+               id_block: bytes | None = None, id_auth: bytes | None = None) -> LaunchResult:  # fmt: skip
         """Launch the platform's guest: every page of ``plan`` lands in guest memory, assigned
         to the guest's ASID and validated; VMSA pages get the RMP VMSA bit and become the vCPUs'
         VMPL0 VMSAs.
@@ -67,7 +68,8 @@ class PlatformPsp:
         :returns: the launch result (measurement, secrets page location).
         :raises PspError: a firmware command failed.
         """
-        self.result = launch(self.fw, plan, write=self._write, policy=policy, host_data=host_data)
+        self.result = launch(self.fw, plan, write=self._write, policy=policy, host_data=host_data,
+                             id_block=id_block, id_auth=id_auth)  # fmt: skip
         self.ctx = self.result.ctx
         log.info("launched guest ASID %d, measurement %s", self.ctx.asid, self.result.measurement.hex())
         return self.result
