@@ -19,6 +19,7 @@ from ._scheduler import Scheduler as Scheduler
 from ._scheduler import SchedulerStatistics as SchedulerStatistics
 from ._scheduler import TimerHandle as TimerHandle
 from ._task import EXIT_EXCEPTION as EXIT_EXCEPTION
+from ._task import TASK_TRANSITIONS as TASK_TRANSITIONS
 from ._task import Task as Task
 from ._task import TaskState as TaskState
 from ._task import WaitQueue as WaitQueue
@@ -28,5 +29,5 @@ __all__ = [
     "Clock", "FakeClock", "MonotonicClock",
     "Cancelled", "SchedulerError", "TaskFailed", "WaitTimeout",
     "RunQueueStatistics", "Scheduler", "SchedulerStatistics", "TimerHandle",
-    "EXIT_EXCEPTION", "Task", "TaskState", "WaitQueue", "current_task",
+    "EXIT_EXCEPTION", "TASK_TRANSITIONS", "Task", "TaskState", "WaitQueue", "current_task",
 ]

@@ -175,7 +175,7 @@ class Scheduler:
         finally:
             _local.task = None
             with self._mutex:
-                task.state = TaskState.TERMINATED
+                task._transition(TaskState.TERMINATED)
                 rq.current = None
                 self._dispatch(rq)
                 self._state_cond.notify_all()
@@ -185,7 +185,7 @@ class Scheduler:
         """Give an idle CPU to its next PENDING task (mutex held)."""
         if rq.current is None and rq.queue:
             nxt = rq.queue.popleft()
-            nxt.state = TaskState.RUNNING
+            nxt._transition(TaskState.RUNNING)
             rq.current = nxt
             rq.switches += 1
             nxt._cond.notify()
@@ -194,7 +194,7 @@ class Scheduler:
 
     def _make_runnable(self, task: Task) -> None:
         """BLOCKED -> PENDING, queued at the tail (mutex held)."""
-        task.state = TaskState.PENDING
+        task._transition(TaskState.PENDING)
         rq = self._runqueues[task.cpu]
         rq.queue.append(task)
         self._dispatch(rq)
@@ -204,7 +204,7 @@ class Scheduler:
         rq = self._runqueues[task.cpu]
         if rq.current is not task:
             raise SchedulerError(f"{task} blocks but is not running on CPU {task.cpu}")
-        task.state = TaskState.BLOCKED
+        task._transition(TaskState.BLOCKED)
         rq.current = None
         self._dispatch(rq)
         while rq.current is not task:
@@ -224,7 +224,7 @@ class Scheduler:
             rq = self._runqueues[task.cpu]
             if not rq.queue:
                 return
-            task.state = TaskState.PENDING
+            task._transition(TaskState.PENDING)
             rq.queue.append(task)
             rq.current = None
             self._dispatch(rq)

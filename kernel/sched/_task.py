@@ -14,12 +14,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._errors import Cancelled, WaitTimeout
+from ._errors import Cancelled, SchedulerError, WaitTimeout
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
-__all__ = ["TaskState", "Task", "WaitQueue", "current_task", "EXIT_EXCEPTION"]
+__all__ = ["TaskState", "Task", "WaitQueue", "current_task", "EXIT_EXCEPTION", "TASK_TRANSITIONS"]
 
 #: Exit status of a task that raised (COCONUT ``TaskExitStatus::Exception``).
 EXIT_EXCEPTION = 1
@@ -41,6 +41,17 @@ class TaskState(enum.IntEnum):
     TERMINATED = 3
 
 
+#: The task lifecycle, the only transitions the scheduler may make (event -> (from, to)).
+TASK_TRANSITIONS: dict[str, tuple[TaskState, TaskState]] = {
+    "dispatch": (TaskState.PENDING, TaskState.RUNNING),   # the CPU's run queue hands it the CPU
+    "yield": (TaskState.RUNNING, TaskState.PENDING),      # yield_now(): back to the tail of the queue
+    "block": (TaskState.RUNNING, TaskState.BLOCKED),      # WaitQueue.wait(), sleep()
+    "wake": (TaskState.BLOCKED, TaskState.PENDING),       # wake_one/wake_all, timer, shutdown
+    "exit": (TaskState.RUNNING, TaskState.TERMINATED),    # returned, raised, or cancelled
+}
+_ALLOWED = {v: k for k, v in TASK_TRANSITIONS.items()}
+
+
 class Task:
     """One kernel task.  Made by :meth:`Scheduler.spawn`; do not construct directly."""
 
@@ -50,7 +61,7 @@ class Task:
         self.tid = tid
         self.name = name
         self.cpu = cpu
-        self.state = TaskState.PENDING
+        self._state = TaskState.PENDING
         self.fn = fn
         self.args = args
         #: COCONUT encoding: ``code << 16`` for a normal exit, :data:`EXIT_EXCEPTION` if it raised.
@@ -63,6 +74,20 @@ class Task:
         self._done = threading.Event()
         self._thread = threading.Thread(target=sched._bootstrap, args=(self,), name=f"ktask-{tid}-{name}",
                                         daemon=True)
+
+    @property
+    def state(self) -> TaskState:
+        """Where the task is in its lifecycle (:data:`TASK_TRANSITIONS`)."""
+        return self._state
+
+    def _transition(self, new: TaskState) -> None:
+        """Move to ``new`` (scheduler mutex held).
+
+        :raises SchedulerError: the lifecycle table has no such transition (a scheduler bug).
+        """
+        if (self._state, new) not in _ALLOWED:
+            raise SchedulerError(f"{self}: illegal transition {self._state.name} -> {new.name}")
+        self._state = new
 
     def wait_terminated(self, timeout: float | None = None) -> None:
         """Block the caller (real time) until the task has terminated.
