@@ -139,7 +139,10 @@ def _load(tpm: "Tpm", ctx: Ctx, private: bytes, pub: Public) -> bytes:
     validate_public(pub, b"", b"", parent)
     from ._objects import compute_name
     name = compute_name(pub)
-    inner = unwrap_sensitive(parent, name, private)
+    try:
+        inner = unwrap_sensitive(parent, name, private)
+    except TpmError as e:
+        raise TpmError(rc_param(e.rc, 1)) from None
     try:
         r = Reader(inner)
         t, auth, seed, sens = read_sensitive(r)
