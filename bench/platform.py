@@ -5,6 +5,7 @@ Each figure is printed with a baseline measured in the same run and their ratio:
 * PVALIDATE pages/s through ``Vcpu.pvalidate`` (all RMP checks) vs. the cheapest possible Python
   per-page state flip (a dict of ints), i.e. how much the hardware model costs on the hot path;
 * guest memory read/write (C=1, 64 bytes) vs. a bare bytearray slice;
+* RUN_VMPL round trips guest -> SVSM entry -> guest vs. a plain Python call;
 * RSS of an idle 64 GiB guest (all memory private in 2 MiB RMP entries and validated) vs. the
   interpreter with the platform imported;
 * launch measurement MB/s vs. raw SHA-384 (``bench/_launch.py``, provided by PSP), if present.
@@ -114,6 +115,51 @@ print(json.dumps({"baseline_kib": base, "created_kib": created, "idle_validated_
 """
 
 
+def bench_run_vmpl() -> dict[str, float]:
+    """Guest -> SVSM -> guest world switches (RUN_VMPL via the MSR protocol) vs. a plain call.
+
+    Each round trip is two VMGEXITs and two VMRUNs with their RMP VMSA checks: the hardware
+    share of every SVSM call.
+    """
+    from svsm.kernel.hw import MSR_GHCB, PAGE_SIZE, RunVmplRequest, Vcpu
+    from svsm.kernel.hw.testing import make_guest
+
+    p = make_guest(memory_size=8 * MIB, private=[(0, MIB)])
+    bsp = p.vcpus[0]
+    bsp.vmrun(0)
+    view = bsp.view(0)
+    gpa = 0x8000  # guest VMSA at VMPL1, made the way the SVSM makes it
+    view.write(gpa + 0xCA, b"\x01")
+    view.write_u64(gpa + 0x3B0, 1)
+    assert bsp.rmpadjust(gpa, 0, 1 | 1 << 8 | 1 << 16).rc == 0
+    bsp.set_vmsa(1, gpa // PAGE_SIZE)
+    back = RunVmplRequest(1).encode()
+    call = RunVmplRequest(0).encode()
+
+    def entry(vcpu: Vcpu) -> None:
+        vcpu.wrmsr(MSR_GHCB, back)
+        vcpu.vmgexit()
+
+    bsp.register_vmpl_entry(0, entry)
+    bsp.vmrun(1)
+    n = 5000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        bsp.wrmsr(MSR_GHCB, call)
+        bsp.vmgexit()
+    ours = n / (time.perf_counter() - t0)
+    calls = [0]
+
+    def plain(_: object) -> None:
+        calls[0] += 1
+
+    t0 = time.perf_counter()
+    for _ in range(n):
+        plain(bsp)
+    base = n / (time.perf_counter() - t0)
+    return {"run_vmpl_round_trips_per_s": ours, "baseline_calls_per_s": base, "slowdown": base / ours}
+
+
 def bench_rss() -> dict[str, float]:
     """RSS of a fresh interpreter running a 64 GiB guest, measured in a subprocess."""
     root = str(pathlib.Path(__file__).resolve().parent.parent)
@@ -144,6 +190,7 @@ def main() -> int:
     results: dict[str, dict[str, float] | None] = {
         "pvalidate": bench_pvalidate(),
         "access": bench_access(),
+        "run_vmpl": bench_run_vmpl(),
         "rss": bench_rss(),
         "launch": bench_launch(),
     }

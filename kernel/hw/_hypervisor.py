@@ -12,6 +12,7 @@ wants to subvert (``svsm.kernel.hw.adversary`` collects ready-made ones).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -198,7 +199,7 @@ class Hypervisor(HostMemoryManager):
         """RUN_VMPL: switch the vCPU (calls the SVSM entry for VMPL0)."""
         src = vcpu.vmpl
         assert src is not None
-        if msg.vmpl >= VMPL_COUNT or not (vcpu.can_run(msg.vmpl) or msg.vmpl in vcpu.suspended_vmpls):
+        if msg.vmpl >= VMPL_COUNT or not (msg.vmpl in vcpu.suspended_vmpls or vcpu.can_run(msg.vmpl)):
             return RunVmplResponse(1)
         vcpu.ghcb_msr[src] = RunVmplResponse(0).encode()
         vcpu.run_vmpl(msg.vmpl)
@@ -282,7 +283,7 @@ class Hypervisor(HostMemoryManager):
         caller's GHCB already holds the result when its VMPL resumes.
         """
         target = ghcb.sw_exit_info_1
-        if target >= VMPL_COUNT or not (vcpu.can_run(target) or target in vcpu.suspended_vmpls):
+        if target >= VMPL_COUNT or not (target in vcpu.suspended_vmpls or vcpu.can_run(target)):
             self._ghcb_error(ghcb, GhcbError.INVALID_INPUT)
             return None
         self._ok(ghcb)
@@ -449,6 +450,7 @@ class Hypervisor(HostMemoryManager):
         )
 
 
+@functools.cache
 def _snake(name: str) -> str:
     out = []
     for i, ch in enumerate(name):

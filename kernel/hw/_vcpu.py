@@ -62,6 +62,8 @@ _EXIT = struct.Struct("<Q")
 _EXIT_CODE_OFF = VMSA_LAYOUT.guest_exit_code.offset
 _EXIT_INFO1_OFF = VMSA_LAYOUT.guest_exit_info_1.offset
 _EXIT_INFO2_OFF = VMSA_LAYOUT.guest_exit_info_2.offset
+_VMPL_OFF = VMSA_LAYOUT.vmpl.offset
+_FEATURES_OFF = VMSA_LAYOUT.sev_features.offset
 
 #: What the SVSM registers per VMPL: called with the vCPU, on the thread that ran RUN_VMPL.
 VmplEntry = Callable[["Vcpu"], None]
@@ -178,10 +180,10 @@ class Vcpu:
         e, _ = self.platform.rmp.raw(sfn)
         if not e & A or (e & ASID_MASK) >> ASID_SHIFT != self.platform.asid or not e & VMSA:
             raise VmrunError(f"vCPU {self.index}: page {sfn:#x} is not an RMP VMSA page of this guest")
-        view = VmsaView(self.platform.memory, sfn)
-        if view.vmpl != vmpl:
-            raise VmrunError(f"VMSA at {sfn:#x} says VMPL{view.vmpl}, expected VMPL{vmpl}")
-        feats = view.sev_features
+        page = self.platform.memory.plaintext_page(sfn)
+        if page[_VMPL_OFF] != vmpl:
+            raise VmrunError(f"VMSA at {sfn:#x} says VMPL{page[_VMPL_OFF]}, expected VMPL{vmpl}")
+        feats = _EXIT.unpack_from(page, _FEATURES_OFF)[0]
         if not feats & SEV_FEATURE_SNP_ACTIVE:
             raise VmrunError("SEV_FEATURES.SNPActive is clear")
         if feats & SEV_FEATURE_RESTRICTED_INJECTION and feats & SEV_FEATURE_ALTERNATE_INJECTION:
