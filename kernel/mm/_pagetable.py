@@ -25,7 +25,9 @@ from typing import NamedTuple
 
 from svsm.kernel.sync import SpinLock
 
-from ._constants import HUGE_PAGE_SIZE, PAGE_SIZE, PML4_SLOT_KERNEL, PML4_SLOT_PERCPU, PML4_SLOT_USER_END
+from ._constants import (
+    HUGE_PAGE_SIZE, PAGE_SIZE, PML4_SLOT_KERNEL, PML4_SLOT_PERCPU, PML4_SLOT_SELFMAP, PML4_SLOT_USER_END,
+)
 from ._errors import NonCanonicalAddress, PageFault, PageTableError
 from ._memory import PhysMemory, read_u64, write_u64
 from ._page_alloc import PageAllocator
@@ -128,6 +130,8 @@ class PageTable:
         self._lock: SpinLock[None] = SpinLock(name="mm.pagetable.local")
         self._pages: set[int] = set()
         self.root = self._new_table(self._pages)
+        # Slot 493 maps the PML4 onto itself, so every paging entry has a virtual address.
+        write_u64(self.memory, self.root + 8 * PML4_SLOT_SELFMAP, self.root | _P | _RW | _NX | self.c_mask)
         if _shared is None:
             # Pre-populate the shared kernel slot so later clones see every kernel mapping.
             self._ensure_next(self.root, PML4_SLOT_KERNEL, user=False, owned=self._shared.pages)
@@ -144,7 +148,7 @@ class PageTable:
                           _shared=self._shared)
         with self._shared.lock:
             for slot in range(PML4_SLOT_USER_END, 512):
-                if slot == PML4_SLOT_PERCPU:
+                if slot in (PML4_SLOT_PERCPU, PML4_SLOT_SELFMAP):
                     continue
                 entry = read_u64(self.memory, self.root + 8 * slot)
                 if entry:
@@ -184,6 +188,19 @@ class PageTable:
         flags = _P | _RW | (_US if user else 0)
         write_u64(self.memory, slot, nxt | int(flags) | self.c_mask)
         return nxt
+
+    @staticmethod
+    def selfmap_entry_vaddr(vaddr: int, level: int) -> int:
+        """Virtual address, through the slot-493 self-map, of the level-``level`` entry for ``vaddr``.
+
+        :param level: 1 = PTE, 2 = PDE, 3 = PDPTE, 4 = PML4E.
+        """
+        r = PML4_SLOT_SELFMAP
+        va = 0
+        for i in range(level):
+            va |= r << (39 - 9 * i)
+        va |= (vaddr >> (9 * level)) & ((1 << (48 - 9 * level)) - 1) & ~7 & ((1 << 48) - 1)
+        return va | 0xFFFF_0000_0000_0000 if va >> 47 else va
 
     def make_entry(self, paddr: int, flags: PTEFlags, *, encrypted: bool = True, huge: bool = False) -> int:
         """The raw leaf entry for ``paddr`` (PRESENT is added; C-bit if ``encrypted``)."""

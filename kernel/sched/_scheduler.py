@@ -14,6 +14,7 @@ the vCPU threads (docs/dev/CONTRACTS.md, execution model) and may wait on a
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -22,6 +23,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
 from ._clock import Clock, MonotonicClock
@@ -91,12 +93,16 @@ class Scheduler:
 
     :param ncpus: number of run queues (one per vCPU).
     :param clock: time source for timers and sleeps (a :class:`FakeClock` in tests).
+    :param cpu_context: ``cpu_context(i)`` is entered around every task of CPU ``i``, e.g.
+        ``lambda i: areas.get(i).activate()`` so that ``this_cpu()`` works in kernel tasks.
     """
 
-    def __init__(self, ncpus: int = 1, *, clock: Clock | None = None) -> None:
+    def __init__(self, ncpus: int = 1, *, clock: Clock | None = None,
+                 cpu_context: Callable[[int], AbstractContextManager[Any]] | None = None) -> None:
         if ncpus < 1:
             raise SchedulerError(f"need at least one CPU, got {ncpus}")
         self.clock: Clock = clock or MonotonicClock()
+        self._cpu_context = cpu_context
         self._mutex = threading.Lock()
         self._state_cond = threading.Condition(self._mutex)  # idle / timer changes
         self._runqueues = [RunQueue(i) for i in range(ncpus)]
@@ -162,7 +168,9 @@ class Scheduler:
         try:
             if task.cancelled:
                 raise Cancelled("cancelled before it ran")
-            rv = task.fn(*task.args)
+            ctx = self._cpu_context(task.cpu) if self._cpu_context is not None else contextlib.nullcontext()
+            with ctx:
+                rv = task.fn(*task.args)
             task._result = rv
             task.exit_status = (int(rv) if isinstance(rv, int) else 0) << 16
         except Cancelled:

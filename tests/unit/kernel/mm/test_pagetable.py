@@ -218,3 +218,19 @@ def test_walker_survives_arbitrary_entries(vaddr: int, entry: int, write: bool, 
     except (PageFault, NonCanonicalAddress):
         return
     assert 0 <= t.paddr < 1 << 48
+
+
+def test_selfmap_slot_493_exposes_every_paging_entry() -> None:
+    boot = make()
+    cpu = boot.clone_for_cpu()
+    for pt in (boot, cpu):
+        pt.map_4k(VA + 7 * PAGE_SIZE, 0x6000_0000)
+        t = pt.translate(VA + 7 * PAGE_SIZE)
+        for level, entry in zip((4, 3, 2, 1), t.entries):
+            raw = int.from_bytes(pt.read(pt.selfmap_entry_vaddr(VA + 7 * PAGE_SIZE, level), 8), "little")
+            assert raw & ~0x60 == entry & ~0x60  # same entry (A/D may have changed since)
+        pml4_self = pt.translate(pt.selfmap_entry_vaddr(0, 4))
+        assert pml4_self.paddr == pt.root and not pml4_self.executable  # each table maps its own root
+        pt.unmap(VA + 7 * PAGE_SIZE)
+    with pytest.raises(PageFault):  # user mode cannot reach the page tables
+        cpu.translate(cpu.selfmap_entry_vaddr(VA, 1), user=True)

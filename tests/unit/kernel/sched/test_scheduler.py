@@ -275,3 +275,24 @@ def test_real_clock_timer_fires() -> None:
     s.call_later(0.01, done.set)
     assert done.wait(5)
     s.shutdown()
+
+
+def test_cpu_context_wraps_each_task(clock: FakeClock) -> None:
+    import contextlib
+
+    active: dict[int, int] = {}
+    seen: list[tuple[int, int]] = []
+
+    @contextlib.contextmanager
+    def on_cpu(i: int):  # type: ignore[no-untyped-def]
+        active[threading.get_ident()] = i
+        try:
+            yield
+        finally:
+            del active[threading.get_ident()]
+
+    s = Scheduler(2, clock=clock, cpu_context=on_cpu)
+    for cpu in (0, 1, 1):
+        s.spawn(lambda c=cpu: seen.append((c, active[threading.get_ident()])), cpu=cpu).wait_terminated(5)
+    s.shutdown()
+    assert seen == [(0, 0), (1, 1), (1, 1)] and active == {}
