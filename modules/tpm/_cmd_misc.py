@@ -220,7 +220,11 @@ def _get_capability(tpm: "Tpm", ctx: Ctx, cap: int, prop: int, count: int) -> by
         if ht not in (HT.PCR, HT.NV_INDEX, HT.HMAC_SESSION, HT.POLICY_SESSION, HT.PERMANENT, HT.TRANSIENT,
                       HT.PERSISTENT):
             raise TpmError(rc_param(RC.VALUE, 2))
-        more, body = _cap_list(_handles(tpm, ht), lambda h: h >= prop, count, 254, u32)
+        if ht in (HT.HMAC_SESSION, HT.POLICY_SESSION):  # both list sessions of either type, by index
+            handles = sorted(_handles(tpm, ht), key=lambda h: h & 0xFFFFFF)
+            more, body = _cap_list(handles, lambda h: h & 0xFFFFFF >= prop & 0xFFFFFF, count, 254, u32)
+        else:
+            more, body = _cap_list(_handles(tpm, ht), lambda h: h >= prop, count, 254, u32)
     elif cap == CAP.COMMANDS:
         specs = sorted(COMMANDS.values(), key=lambda s: s.cc)
         more, body = _cap_list(specs, lambda s: s.cc >= (prop & 0xFFFF), count, 254, lambda s: u32(s.tpma_cc()))
