@@ -10,7 +10,7 @@ import argparse
 import base64
 import pathlib
 
-from svsm.kernel.hw.psp import CPU_SIGS, FirmwareImage, FirmwareImageError, SevHashes, calc_launch_digest, cpu_sig
+from svsm.kernel.hw.psp import CPU_SIGS, FirmwareImage, FirmwareImageError, SevHashes, VmmType, calc_launch_digest, cpu_sig
 
 from ._main import ExitCode, UsageError
 
@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vcpu-family", metavar="FAMILY", type=int)
     p.add_argument("--vcpu-model", metavar="MODEL", type=int)
     p.add_argument("--vcpu-stepping", metavar="STEPPING", type=int)
+    p.add_argument("--vmm-type", metavar="VMMTYPE", choices=[v.value for v in VmmType], default="QEMU",
+                   help="whose launch to reproduce (QEMU, ec2, gce)")
     p.add_argument("--ovmf", metavar="PATH", required=True, type=pathlib.Path, help="OVMF firmware image")
     p.add_argument("--kernel", metavar="PATH", type=pathlib.Path, help="kernel for measured direct boot")
     p.add_argument("--initrd", metavar="PATH", type=pathlib.Path, help="initrd (with --kernel)")
@@ -43,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)  # fmt: skip
 
 
-def _vcpu_sig(args: argparse.Namespace) -> int:
+def _vcpu_sig(args: argparse.Namespace, vmm: VmmType) -> int:
     if args.vcpu_family is not None:
         if args.vcpu_model is None or args.vcpu_stepping is None:
             raise UsageError("--vcpu-family needs --vcpu-model and --vcpu-stepping")
@@ -52,6 +54,8 @@ def _vcpu_sig(args: argparse.Namespace) -> int:
         return int(args.vcpu_sig)
     if args.vcpu_type is not None:
         return CPU_SIGS[args.vcpu_type]
+    if vmm is not VmmType.QEMU:
+        return 0  # EC2 and GCE put a fixed 0x600 in RDX
     raise UsageError("missing --vcpu-type or --vcpu-sig or --vcpu-family")
 
 
@@ -75,12 +79,13 @@ def _run(args: argparse.Namespace) -> int:
                 initrd = args.initrd.read_bytes() if args.initrd else None
                 hashes = SevHashes.of(args.kernel.read_bytes(), initrd, args.append)
             seed = bytes.fromhex(args.snp_ovmf_hash) if args.snp_ovmf_hash else None
-            sig = _vcpu_sig(args)
+            vmm = VmmType(args.vmm_type)
+            sig = _vcpu_sig(args, vmm)
             digest = calc_launch_digest(image, vcpus=args.vcpus, vcpu_sig=sig, guest_features=args.guest_features,
-                                        hashes=hashes, ovmf_hash=seed)  # fmt: skip
+                                        hashes=hashes, ovmf_hash=seed, vmm_type=vmm)  # fmt: skip
             if args.dump_vmsa:
                 plan = launch_plan(image, vcpus=args.vcpus, vcpu_sig=sig, guest_features=args.guest_features,
-                                   hashes=hashes, include_firmware=False)  # fmt: skip
+                                   hashes=hashes, include_firmware=False, vmm_type=vmm)  # fmt: skip
                 for u in plan:
                     if u.page_type is PageType.VMSA:
                         pathlib.Path(f"vmsa{u.vcpu}.bin").write_bytes(u.data or b"")

@@ -57,6 +57,8 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
         ["--vcpus", "4", "--vcpu-type", "EPYC-Milan", "--guest-features", "0x21"],
         ["--vcpus", "2", "--vcpu-sig", "0xA10F10", "--output-format", "base64"],
         ["--vcpus", "3", "--vcpu-family", "26", "--vcpu-model", "0", "--vcpu-stepping", "0"],
+        ["--vcpus", "2", "--vmm-type", "ec2"],
+        ["--vcpus", "2", "--vmm-type", "gce", "--guest-features", "0x21"],
     ],
 )
 def test_debian_ovmf_cli_parity(extra: list[str]) -> None:

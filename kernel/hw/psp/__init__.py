@@ -62,6 +62,7 @@ from ._ovmf import build_image as build_image
 from ._ovmf import build_metadata as build_metadata
 from ._ovmf import build_table as build_table
 from ._vmsa import CPU_SIGS as CPU_SIGS
+from ._vmsa import VmmType as VmmType
 from ._vmsa import build_reset_vmsa as build_reset_vmsa
 from ._vmsa import cpu_sig as cpu_sig
 
@@ -69,6 +70,6 @@ __all__ = [
     "CPU_SIGS", "Chip", "ID_AUTH", "ID_BLOCK", "ChipProduct", "FirmwareImage", "FirmwareImageError", "FwError",
     "GuestContext", "LaunchDigest", "LaunchResult", "LaunchState", "LaunchUpdate", "PageWriter", "PAGE_INFO", "PRODUCTS",
     "PageType", "PlatformPsp", "PspError", "PspStatistics", "SectionType", "SevHashes", "SevMetadataSection",
-    "SnpFirmware", "VMSA_GPA", "VmmError", "build_id_block", "build_image", "build_metadata", "build_reset_vmsa", "build_table",
+    "SnpFirmware", "VMSA_GPA", "VmmError", "VmmType", "build_id_block", "build_image", "build_metadata", "build_reset_vmsa", "build_table",
     "calc_launch_digest", "cpu_sig", "default_state_dir", "key_digest", "launch", "launch_plan",
 ]  # fmt: skip

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ._hashes import SevHashes
 from ._ovmf import FirmwareImage, FirmwareImageError, SectionType
-from ._vmsa import build_reset_vmsa
+from ._vmsa import VmmType, build_reset_vmsa
 
 __all__ = [
     "BSP_EIP",
@@ -192,14 +192,19 @@ def launch_plan(
     guest_features: int = 0x1,
     hashes: SevHashes | None = None,
     include_firmware: bool = True,
+    vmm_type: VmmType = VmmType.QEMU,
 ) -> list[LaunchUpdate]:
-    """The updates QEMU issues to launch ``image`` (snp.md 3.2, ``--mode snp``, QEMU VMM).
+    """The updates a VMM issues to launch ``image`` (snp.md 3.2, ``--mode snp``).
+
+    QEMU by default; GCE measures SNP_SEC_MEM as UNMEASURED pages, EC2 moves the CPUID pages
+    after all other sections (and both use their own reset VMSAs, see :func:`build_reset_vmsa`).
 
     :param vcpus: number of vCPUs (one VMSA each).
     :param vcpu_sig: CPUID 1 EAX of the vCPU model.
     :param guest_features: SEV_FEATURES of every VMSA.
     :param hashes: kernel/initrd/cmdline digests for measured direct boot.
     :param include_firmware: False when the caller seeds the digest with a firmware hash.
+    :param vmm_type: whose launch to reproduce.
     :raises FirmwareImageError: no SEV-ES reset block with vcpus > 1 (or none at all), a
         kernel given for an image without a kernel-hashes section, or a bad section size.
     """
@@ -209,13 +214,17 @@ def launch_plan(
     if include_firmware:
         plan.append(LaunchUpdate(PageType.NORMAL, image.gpa, len(image.data), image.data))
     has_hash_section = False
+    sec_mem = PageType.UNMEASURED if vmm_type is VmmType.GCE else PageType.ZERO
     for sec in image.sections:
-        if sec.type is SectionType.SNP_SEC_MEM or sec.type is SectionType.SVSM_CAA:
+        if sec.type is SectionType.SNP_SEC_MEM:
+            plan.append(LaunchUpdate(sec_mem, sec.gpa, sec.size))
+        elif sec.type is SectionType.SVSM_CAA:
             plan.append(LaunchUpdate(PageType.ZERO, sec.gpa, sec.size))
         elif sec.type is SectionType.SNP_SECRETS:
             plan.append(LaunchUpdate(PageType.SECRETS, sec.gpa, PAGE_SIZE))
         elif sec.type is SectionType.CPUID:
-            plan.append(LaunchUpdate(PageType.CPUID, sec.gpa, PAGE_SIZE))
+            if vmm_type is not VmmType.EC2:
+                plan.append(LaunchUpdate(PageType.CPUID, sec.gpa, PAGE_SIZE))
         else:  # SNP_KERNEL_HASHES
             has_hash_section = True
             if hashes is None:
@@ -227,11 +236,13 @@ def launch_plan(
             if sec.size != PAGE_SIZE:
                 raise FirmwareImageError(f"kernel-hashes section is {sec.size:#x} bytes, expected one page")
             plan.append(LaunchUpdate(PageType.NORMAL, sec.gpa, PAGE_SIZE, hashes.page(table_gpa & (PAGE_SIZE - 1))))
+    if vmm_type is VmmType.EC2:
+        plan += [LaunchUpdate(PageType.CPUID, s.gpa, PAGE_SIZE) for s in image.sections if s.type is SectionType.CPUID]
     if hashes is not None and not has_hash_section:
         raise FirmwareImageError("a kernel was given but the firmware has no SNP_KERNEL_HASHES section")
     ap_eip = image.sev_es_reset_eip  # raises for images without the reset block, as QEMU does
-    bsp = build_reset_vmsa(BSP_EIP, vcpu_sig, guest_features)
-    ap = build_reset_vmsa(ap_eip, vcpu_sig, guest_features) if vcpus > 1 else b""
+    bsp = build_reset_vmsa(BSP_EIP, vcpu_sig, guest_features, vmm_type)
+    ap = build_reset_vmsa(ap_eip, vcpu_sig, guest_features, vmm_type) if vcpus > 1 else b""
     for i in range(vcpus):
         plan.append(LaunchUpdate(PageType.VMSA, VMSA_GPA, PAGE_SIZE, bsp if i == 0 else ap, vcpu=i))
     return plan
@@ -245,8 +256,9 @@ def calc_launch_digest(
     guest_features: int = 0x1,
     hashes: SevHashes | None = None,
     ovmf_hash: bytes | None = None,
+    vmm_type: VmmType = VmmType.QEMU,
 ) -> bytes:
-    """The launch digest sev-snp-measure prints for ``--mode snp`` (QEMU VMM type).
+    """The launch digest sev-snp-measure prints for ``--mode snp`` (``--vmm-type``, default QEMU).
 
     :param image: the firmware (parsed, or raw bytes parsed here).
     :param ovmf_hash: a precomputed digest of the firmware pages (``--snp-ovmf-hash``).
@@ -259,5 +271,5 @@ def calc_launch_digest(
         image = FirmwareImage.parse(image)
     ld = LaunchDigest(ovmf_hash) if ovmf_hash is not None else LaunchDigest()
     plan = launch_plan(image, vcpus=vcpus, vcpu_sig=vcpu_sig, guest_features=guest_features, hashes=hashes,
-                       include_firmware=ovmf_hash is None)  # fmt: skip
+                       include_firmware=ovmf_hash is None, vmm_type=vmm_type)  # fmt: skip
     return ld.apply(plan)

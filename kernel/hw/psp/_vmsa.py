@@ -7,9 +7,19 @@ sev-snp-measure's ``--dump-vmsa`` in the tests).  The layout is kernel/hw's VMSA
 
 from __future__ import annotations
 
+import enum
+
 from .._vmsa import VMSA, SegmentRecord
 
-__all__ = ["CPU_SIGS", "build_reset_vmsa", "cpu_sig"]
+__all__ = ["CPU_SIGS", "VmmType", "build_reset_vmsa", "cpu_sig"]
+
+
+class VmmType(enum.Enum):
+    """Which VMM's reset state and launch order to reproduce (sev-snp-measure ``--vmm-type``)."""
+
+    QEMU = "QEMU"
+    EC2 = "ec2"
+    GCE = "gce"
 
 
 def cpu_sig(family: int, model: int, stepping: int) -> int:
@@ -37,28 +47,35 @@ assert CPU_SIGS["EPYC-Milan"] == 0xA00F11 and CPU_SIGS["EPYC-Genoa"] == 0xA10F10
 assert CPU_SIGS["EPYC-Turin"] == 0xB00F00
 
 
-def build_reset_vmsa(eip: int, vcpu_sig: int, sev_features: int) -> bytes:
-    """The reset-state VMSA QEMU launches a vCPU with (snp.md 3.3, QEMU VMM type).
+def build_reset_vmsa(eip: int, vcpu_sig: int, sev_features: int, vmm_type: VmmType = VmmType.QEMU) -> bytes:
+    """The reset-state VMSA a VMM launches a vCPU with (snp.md 3.3).
 
     Built on kernel/hw's :class:`VMSA` layout (declared once there).
 
     :param eip: BSP: 0xFFFFFFF0; APs: the SEV-ES reset block's EIP.
-    :param vcpu_sig: CPUID 1 EAX, placed in RDX.
+    :param vcpu_sig: CPUID 1 EAX, placed in RDX (QEMU; EC2 and GCE put 0x600 there).
     :param sev_features: the guest's SEV_FEATURES (bit 0 SNPActive must be set for SNP).
+    :param vmm_type: QEMU (default), EC2 or GCE register differences (snp.md 3.3).
     :returns: one 4 KiB page.
     """
+    cs, ss, tr, g_pat, rdx, mxcsr, fcw = 0x9B, 0x93, 0x8B, 0x0007040600070406, vcpu_sig, 0x1F80, 0x37F
+    if vmm_type is VmmType.EC2:
+        cs, ss, tr, rdx, mxcsr, fcw = (0x9A if eip == 0xFFFFFFF0 else 0x9B), 0x92, 0x83, 0x600, 0, 0
+    elif vmm_type is VmmType.GCE:
+        g_pat, rdx, mxcsr, fcw = 0x00070106, 0x600, 0, 0
     vmsa = VMSA()
-    for seg in ("es", "ss", "ds", "fs", "gs"):
+    for seg in ("es", "ds", "fs", "gs"):
         setattr(vmsa, seg, SegmentRecord(0, 0x93, 0xFFFF, 0))
-    vmsa.cs = SegmentRecord(0xF000, 0x9B, 0xFFFF, eip & 0xFFFF0000)
+    vmsa.ss = SegmentRecord(0, ss, 0xFFFF, 0)
+    vmsa.cs = SegmentRecord(0xF000, cs, 0xFFFF, eip & 0xFFFF0000)
     vmsa.gdtr = SegmentRecord(0, 0, 0xFFFF, 0)
     vmsa.idtr = SegmentRecord(0, 0, 0xFFFF, 0)
     vmsa.ldtr = SegmentRecord(0, 0x82, 0xFFFF, 0)
-    vmsa.tr = SegmentRecord(0, 0x8B, 0xFFFF, 0)
+    vmsa.tr = SegmentRecord(0, tr, 0xFFFF, 0)
     for name, value in (
         ("efer", 0x1000), ("cr4", 0x40), ("cr0", 0x10), ("dr7", 0x400), ("dr6", 0xFFFF0FF0),
-        ("rflags", 0x2), ("rip", eip & 0xFFFF), ("g_pat", 0x0007040600070406), ("rdx", vcpu_sig),
-        ("sev_features", sev_features), ("xcr0", 0x1), ("mxcsr", 0x1F80), ("x87_fcw", 0x37F),
+        ("rflags", 0x2), ("rip", eip & 0xFFFF), ("g_pat", g_pat), ("rdx", rdx),
+        ("sev_features", sev_features), ("xcr0", 0x1), ("mxcsr", mxcsr), ("x87_fcw", fcw),
         ("vmpl", 0),
     ):  # fmt: skip
         setattr(vmsa, name, value)

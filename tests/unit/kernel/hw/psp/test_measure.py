@@ -171,3 +171,21 @@ def test_parallel_page_hashing_equals_serial() -> None:
     serial.update_normal(0x10000, data)
     parallel.update_normal(0x10000, data)
     assert serial.digest == parallel.digest and serial.pages == parallel.pages == 309
+
+
+@pytest.mark.parametrize("vmm", ["ec2", "gce"])
+@pytest.mark.parametrize("vcpus", [1, 3])
+def test_other_vmm_types_match(tmp_path: pathlib.Path, vmm: str, vcpus: int) -> None:
+    require_module("sevsnpmeasure")
+    from sevsnpmeasure import guest, sev_mode, vmm_types
+    from sevsnpmeasure.vmsa import VMSA as TheirVMSA
+
+    from svsm.kernel.hw.psp import VmmType
+
+    path = tmp_path / "fw.fd"
+    path.write_bytes(build_image(0x6000, reset_eip=0xFFFFE104, sections=SYNTH_SECTIONS))
+    theirs = guest.calc_launch_digest(sev_mode.SevMode.SEV_SNP, vcpus, 0, str(path), None, None, None, 0x1, "",
+                                      vmm_types.VMMType[vmm])  # fmt: skip
+    assert calc_launch_digest(path.read_bytes(), vcpus=vcpus, vcpu_sig=0, vmm_type=VmmType(vmm)) == theirs
+    for eip in (0xFFFFFFF0, 0xFFFFE104):
+        assert build_reset_vmsa(eip, 0, 0x21, VmmType(vmm)) == bytes(TheirVMSA.build_save_area(eip, 0x21, 0, vmm_types.VMMType[vmm]))
