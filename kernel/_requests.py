@@ -21,7 +21,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from svsm.kernel.hw import (
     MSR_GHCB,
@@ -79,10 +79,14 @@ class PerCpu:
     the pair is swapped under a small lock; a generation counter tells the loop it changed.
     """
 
-    def __init__(self, index: int, apic_id: int, ghcb_gpa: int) -> None:
+    def __init__(self, index: int, apic_id: int, ghcb_gpa: int, area: Any = None) -> None:
         self.index = index
         self.apic_id = apic_id
         self.ghcb_gpa = ghcb_gpa
+        #: The KINFRA per-CPU area (page tables + mapping window) of this CPU.
+        self.area = area
+        #: (generation, VMSA paddr, CAA paddr) of the current per-CPU mappings ("TLB").
+        self.mapped: tuple[int, int, int] | None = None
         self.ghcb_registered = False
         self._lock = threading.Lock()
         self._guest: tuple[int, int] | None = None
@@ -100,6 +104,36 @@ class PerCpu:
         """(guest VMSA GPA, CAA GPA) this CPU serves, or None."""
         with self._lock:
             return self._guest
+
+    def current_with_generation(self) -> tuple[tuple[int, int] | None, int]:
+        """The pair and the generation it belongs to, read together."""
+        with self._lock:
+            return self._guest, self.generation
+
+    def map_guest_context(self) -> tuple[int, int] | None:
+        """Map the guest VMSA and CAA into this CPU's window (upstream ``GuestVmsaRef``).
+
+        Called on this CPU's own thread; remaps when CREATE_VCPU or REMAP_CA bumped the
+        generation.  The two virtual addresses are translated once through this CPU's page
+        tables and the result is kept like a TLB entry until the next remap (a walk per
+        access would cost more than the call itself).
+
+        :returns: (VMSA physical address, CAA physical address), or None without a guest.
+        """
+        cur, gen = self.current_with_generation()
+        if cur is None:
+            if self.mapped is not None:
+                self.area.unmap_guest_context()
+                self.mapped = None
+            return None
+        if self.mapped is None or self.mapped[0] != gen:
+            pt = self.area.page_table
+            vmsa = pt.translate(self.area.map_vmsa(cur[0]), write=True)
+            caa = pt.translate(self.area.map_caa(cur[1]), write=True)
+            if not (vmsa.encrypted and caa.encrypted):
+                raise FatalError("guest VMSA/CAA mapped without the C-bit")
+            self.mapped = (gen, vmsa.paddr, caa.paddr)
+        return self.mapped[1], self.mapped[2]
 
 
 class SvsmGhcb:
@@ -210,21 +244,21 @@ class RequestLoop:
         self._return_to_guest(vcpu)
 
     def _serve(self, vcpu: Vcpu, pc: PerCpu) -> None:
-        cur = pc.current()
-        if cur is None:
+        ctx = pc.map_guest_context()
+        if ctx is None:
             return  # NoMappings: nothing to serve, back to idle
-        vmsa_gpa, caa_gpa = cur
-        view = vcpu.view(0)
-        regs = view.read(vmsa_gpa, _VMSA_READ)
+        vmsa, caa = ctx
+        mem = vcpu.view(0)
+        regs = mem.read(vmsa, _VMSA_READ)
         if _Q.unpack_from(regs, _OFF["guest_exit_code"])[0] != VMEXIT_VMGEXIT:
             with self._lock:
                 self._not_pending += 1
             return  # the guest did not exit with VMGEXIT: nothing to serve
-        if not CallingAreaHeader.from_bytes(view.read(caa_gpa, 8)).pending:
+        if not CallingAreaHeader.from_bytes(mem.read(caa, 8)).pending:
             with self._lock:
                 self._not_pending += 1
             return
-        view.write(caa_gpa, b"\0")
+        mem.write(caa, b"\0")
         q = _Q.unpack_from
         params = RequestParams(
             vcpu.index,
@@ -246,9 +280,9 @@ class RequestLoop:
                 self.panicker.panic(vcpu.index, exc)
             log.debug("CPU %d %r -> %#x (%s)", vcpu.index, params, rax, type(exc).__name__, exc_info=exc)
         rcx, rdx, r8 = params.outputs()
-        view.write(vmsa_gpa + _OFF["rcx"], _Q.pack(rcx) + _Q.pack(rdx))
-        view.write(vmsa_gpa + _OFF["r8"], _Q.pack(r8))
-        view.write(vmsa_gpa + _OFF["rax"], _Q.pack(rax))
+        mem.write(vmsa + _OFF["rcx"], _Q.pack(rcx) + _Q.pack(rdx))
+        mem.write(vmsa + _OFF["r8"], _Q.pack(r8))
+        mem.write(vmsa + _OFF["rax"], _Q.pack(rax))
         pc.calls += 1
         pc.busy_seconds += self._clock() - t0
 

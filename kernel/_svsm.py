@@ -257,7 +257,7 @@ class Svsm:
         for v in self.platform.vcpus:
             area = self.areas.create(v.index, v.apic_id)
             self._make_shared(vcpu0, boot_pc, area.ghcb_page)
-            self.percpu.append(PerCpu(v.index, v.apic_id, area.ghcb_page))
+            self.percpu.append(PerCpu(v.index, v.apic_id, area.ghcb_page, area))
         self.ghcb.register(vcpu0, self.percpu[0])
         self.ap_vmsas: dict[int, int] = {}
         for v in self.platform.vcpus[1:]:

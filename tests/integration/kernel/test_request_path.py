@@ -176,3 +176,22 @@ def test_module_report_needs_a_vcpu_context(cvm: Any) -> None:
     assert cvm.guest.svsm_call(MOD, 7).rax == 0
     rep = AttestationReport.from_bytes(got[0])
     assert rep.report_data == b"\x5a" * 64 and rep.vmpl == 0 and rep.measurement == cvm.measurement
+
+
+def test_guest_context_is_mapped_per_cpu(cvm: Any) -> None:
+    """The guest VMSA/CAA are mapped in the serving CPU's own window only, remapped after REMAP_CA."""
+    from svsm.kernel.mm import PageFault
+    from svsm.kernel.mm._percpu import SVSM_PERCPU_CAA_BASE, SVSM_PERCPU_VMSA_BASE
+
+    g = cvm.guest
+    assert g.query_protocol(0) == (1, 1)
+    bsp, ap = cvm.svsm.percpu[0], cvm.svsm.percpu[1]
+    assert bsp.area.page_table.translate(SVSM_PERCPU_VMSA_BASE).paddr == cvm.svsm.guest_vmsa_gpa
+    assert bsp.area.page_table.translate(SVSM_PERCPU_CAA_BASE).paddr == g.caa
+    with pytest.raises(PageFault):  # CPU 1 serves no guest yet: nothing mapped in its tables
+        ap.area.page_table.translate(SVSM_PERCPU_VMSA_BASE)
+    new = g.pool.take()
+    assert g.svsm_call(SVSM_CORE_PROTOCOL, 0, new).rax == 0
+    g.caa = new
+    assert g.query_protocol(0) == (1, 1)
+    assert bsp.area.page_table.translate(SVSM_PERCPU_CAA_BASE).paddr == new
