@@ -185,7 +185,7 @@ def _hmac_start(tpm: "Tpm", ctx: Ctx, auth: bytes, alg: int) -> bytes:
 
 @command(CC.HMAC, ("obj",), (USER,), decrypt=True, encrypt=True,
          params=(p_buffer, lambda r: read_hash_alg(r, allow_null=True)))
-def _hmac(tpm: "Tpm", ctx: Ctx, data: bytes, alg: int) -> bytes:
+def _hmac_command(tpm: "Tpm", ctx: Ctx, data: bytes, alg: int) -> bytes:
     obj, alg = _hmac_key(ctx, alg, 2)
     return tpm2b(hmac_digest(alg, obj.sens, data))
 

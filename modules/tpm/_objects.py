@@ -61,7 +61,7 @@ class TpmObject:
         """A restricted decryption key (may be a parent)."""
         a = self.public.attrs
         return bool(a & TPMA_OBJECT.restricted and a & TPMA_OBJECT.decrypt and not a & TPMA_OBJECT.sign
-                    and self.public.type in (ALG.RSA, ALG.ECC) and not self.public_only)
+                    and self.public.type in (ALG.RSA, ALG.ECC, ALG.SYMCIPHER) and not self.public_only)
 
     @property
     def key(self) -> Any:
@@ -291,21 +291,23 @@ def validate_public(pub: Public, data: bytes, auth: bytes, parent: TpmObject | N
         if not (sign or dec) and scheme != ALG.NULL:
             raise fail(RC.SCHEME)
     elif pub.type == ALG.KEYEDHASH:
-        if sign and dec:
-            raise fail(RC.ATTRIBUTES)
+        if sign and dec and scheme != ALG.NULL:
+            raise fail(RC.SCHEME)
         if restricted and dec:
             raise fail(RC.ATTRIBUTES)
-        if sign and scheme not in (ALG.HMAC, ALG.NULL):
+        if sign and not dec and scheme not in (ALG.HMAC, ALG.NULL):
             raise fail(RC.SCHEME)
-        if dec and scheme not in (ALG.XOR, ALG.NULL):
+        if dec and not sign and scheme not in (ALG.XOR, ALG.NULL):
             raise fail(RC.SCHEME)
         if not (sign or dec) and scheme != ALG.NULL:
             raise fail(RC.SCHEME)
         if not (sign or dec) and a & A.sensitiveDataOrigin:
             raise fail(RC.ATTRIBUTES)
-    else:  # SYMCIPHER
-        if sign or restricted:
+    else:  # SYMCIPHER: "sign" means encrypt here; a restricted decrypt key may be a parent
+        if restricted and sign:
             raise fail(RC.ATTRIBUTES)
+        if restricted and pub.sym[2] != ALG.CFB:
+            raise fail(RC.MODE)
         if pub.sym[0] == ALG.NULL:
             raise fail(RC.SYMMETRIC)
         if data and len(data) != pub.sym[1] // 8:
