@@ -7,8 +7,13 @@ merely having pysvsm installed never imports the kernel into a test session.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+
+from ._clock import FakeClock
+from ._frames import FrameRecorder
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,3 +30,73 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def svsm_strict(request: pytest.FixtureRequest) -> bool:
     """True when missing external tools must fail tests instead of skipping them."""
     return bool(request.config.getoption("--svsm-strict"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "svsm_modules(*objs, mode=...): modules the svsm_vm fixture boots with")
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """A :class:`~svsm.sdk.testing.FakeClock` that moves only when the test advances it."""
+    return FakeClock()
+
+
+@pytest.fixture
+def abi_frames() -> FrameRecorder:
+    """Records every ABI frame the kernel sends or receives (pass to hosts made by the fixtures)."""
+    return FrameRecorder()
+
+
+@pytest.fixture
+def svsm_module_host(abi_frames: FrameRecorder, fake_clock: FakeClock) -> Iterator[Callable[..., Any]]:
+    """Factory: ``svsm_module_host(*modules, mode="inprocess", **kwargs)`` -> a started ``ModuleHost``.
+
+    ``modules`` are module objects (a class defined in the test file works in both modes);
+    ``mode="process"`` runs them sandboxed.  Frames go to ``abi_frames``; the module time
+    syscall reads ``fake_clock``.  Every host is closed at teardown.
+    """
+    from svsm.kernel.ipc import ModuleHost, Providers  # lazily: the SDK never imports the kernel at import time
+
+    hosts: list[Any] = []
+
+    def make(*modules: Any, mode: str = "inprocess", **kwargs: Any) -> Any:
+        kwargs.setdefault("recorder", abi_frames)
+        kwargs.setdefault("providers", Providers(clock=fake_clock.time_ns))
+        host = ModuleHost(modules, mode=mode, **kwargs)
+        hosts.append(host)
+        return host.start()
+
+    yield make
+    for host in hosts:
+        host.close()
+
+
+@pytest.fixture
+def svsm_vm(request: pytest.FixtureRequest, abi_frames: FrameRecorder) -> Iterator[Callable[..., Any]]:
+    """Factory: ``svsm_vm(*modules, mode="inprocess", **boot_kwargs)`` -> a booted CVM.
+
+    The modules are served by a ``ModuleHost`` passed to ``svsm.kernel.boot()``; the
+    CVM's guest driver is ``cvm.guest``.  Module attestation-report syscalls reach the
+    booted PSP.  Everything is shut down at teardown.
+    """
+    import contextlib
+
+    from svsm.kernel import boot  # lazily
+    from svsm.kernel.ipc import ModuleHost
+
+    stack = contextlib.ExitStack()
+
+    def make(*modules: Any, mode: str = "inprocess", **boot_kwargs: Any) -> Any:
+        host = ModuleHost(modules, mode=mode, recorder=abi_frames)
+        stack.callback(host.close)
+        host.start()
+        cvm = stack.enter_context(boot(module_host=host, **boot_kwargs))
+        report = getattr(cvm.svsm, "module_report", None)
+        if report is not None:
+            host.providers.report = report
+        cvm.module_host = host
+        return cvm
+
+    with stack:
+        yield make
