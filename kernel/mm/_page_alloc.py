@@ -10,6 +10,7 @@ bits    meaning
 4-7     order of the block (head page only; a tail finds it via its head,
         so a split or merge rewrites one word per level, not the whole block)
 8-15    tag (slab class index for SLAB_PAGE)
+16-47   reference count (FILE pages, COCONUT's ``PageRef``)
 62      the page was lent by the guest (DEPOSIT_MEM)
 ======  =====================================================
 
@@ -58,6 +59,8 @@ class PageType(enum.IntEnum):
 _TYPE_MASK = 0xF
 _ORDER_SHIFT = 4
 _TAG_SHIFT = 8
+_REF_SHIFT = 16
+_REF_MASK = 0xFFFF_FFFF
 META_DEPOSITED = 1 << 62
 
 
@@ -76,6 +79,7 @@ class PageInfo(NamedTuple):
     order: int
     tag: int
     deposited: bool
+    refcount: int = 0  #: FILE pages only
 
 
 class PageAllocation(NamedTuple):
@@ -355,6 +359,59 @@ class PageAllocator:
                 self._freed.popitem(last=False)
             self._frees += 1
 
+    def allocate_file_page(self) -> int:
+        """A zeroed, reference-counted page (count 1), as COCONUT's ``allocate_file_page``.
+
+        Release it with :meth:`put_file_page`, never :meth:`free_pages`.
+        """
+        paddr = self.allocate_pages(0, ptype=PageType.FILE)
+        if self.memory is not None:
+            self.memory.write(paddr, bytes(PAGE_SIZE))
+        with self._lock:
+            pfn = paddr >> PAGE_SHIFT
+            self._meta[pfn] |= 1 << _REF_SHIFT
+        return paddr
+
+    def _file_ref(self, paddr: int) -> tuple[int, int]:
+        pfn = paddr >> PAGE_SHIFT
+        rec = self._live.get(pfn)
+        if rec is None or paddr & (PAGE_SIZE - 1) or rec.type != PageType.FILE:
+            freed = self._freed.get(pfn)
+            if freed is not None:
+                raise DoubleFree(f"file page {paddr:#x} already released", paddr=paddr,
+                                 alloc_site=freed[0], free_site=freed[1])
+            raise ForeignFree(f"{paddr:#x} is not a live file page", paddr=paddr)
+        return pfn, (self._meta[pfn] >> _REF_SHIFT) & _REF_MASK
+
+    def get_file_page(self, paddr: int) -> int:
+        """Take another reference (``PageRef::clone``).
+
+        :returns: the new count.
+        :raises ForeignFree: not a live file page.
+        """
+        with self._lock:
+            pfn, refs = self._file_ref(paddr)
+            if refs == _REF_MASK:
+                raise ForeignFree(f"reference count of {paddr:#x} would overflow", paddr=paddr)
+            self._meta[pfn] += 1 << _REF_SHIFT
+            return refs + 1
+
+    def put_file_page(self, paddr: int) -> int:
+        """Drop a reference; the page is freed when the last one goes.
+
+        :returns: the remaining count (0 = freed).
+        :raises DoubleFree: the page was already released.
+        :raises ForeignFree: not a file page.
+        """
+        with self._lock:
+            pfn, refs = self._file_ref(paddr)
+            if refs > 1:
+                self._meta[pfn] -= 1 << _REF_SHIFT
+                return refs - 1
+            self._meta[pfn] &= ~(_REF_MASK << _REF_SHIFT)
+        self.free_pages(paddr, order=0, ptype=PageType.FILE)
+        return 0
+
     def free_page(self, paddr: int) -> None:
         """Free a single page (order 0)."""
         self.free_pages(paddr, order=0)
@@ -375,7 +432,7 @@ class PageAllocator:
             head = self._head_of(pfn)
             order = (self._meta[head] >> _ORDER_SHIFT) & 0xF if head is not None else 0
         return PageInfo(pfn << PAGE_SHIFT, PageType(m & _TYPE_MASK), order,
-                        (m >> _TAG_SHIFT) & 0xFF, bool(m & META_DEPOSITED))
+                        (m >> _TAG_SHIFT) & 0xFF, bool(m & META_DEPOSITED), (m >> _REF_SHIFT) & _REF_MASK)
 
     def raw_metadata(self, paddr: int) -> int | None:
         """The packed u64 of the page (layout in the module docstring)."""

@@ -203,6 +203,7 @@ class BuddyMachine(RuleBasedStateMachine):
         self.deposits: list[tuple[int, int]] = []  # (pfn, npages), fully free-able ranges
         self.next_dep = 0x1000_0000 >> 12
         self.reserved: set[int] = set()  # pfns
+        self.files: dict[int, int] = {}  # paddr -> references
 
     def _pages(self, paddr: int, order: int) -> set[int]:
         return set(range(paddr >> 12, (paddr >> 12) + (1 << order)))
@@ -229,10 +230,10 @@ class BuddyMachine(RuleBasedStateMachine):
         self.freed -= {p}
         self.mem.write(p, fill)
 
-    @precondition(lambda self: self.live)
+    @precondition(lambda self: set(self.live) - set(self.files))
     @rule(data=st.data())
     def free(self, data: st.DataObject) -> None:
-        p = data.draw(st.sampled_from(sorted(self.live)))
+        p = data.draw(st.sampled_from(sorted(set(self.live) - set(self.files))))
         order = self.live.pop(p)
         self.pa.free_pages(p, order=order)
         self.freed.add(p)
@@ -268,6 +269,41 @@ class BuddyMachine(RuleBasedStateMachine):
         self.owned -= rng
         self.deposits.remove((pfn, npages))
         self.freed -= {p << 12 for p in rng}
+
+    @rule()
+    def allocate_file(self) -> None:
+        try:
+            p = self.pa.allocate_file_page()
+        except OutOfMemory:
+            return
+        assert self.mem.read(p, PAGE_SIZE) == bytes(PAGE_SIZE)
+        for a, o in self.live.items():
+            assert p >> 12 not in self._pages(a, o)
+        self.live[p] = 0
+        self.files[p] = 1
+        self.freed -= {p}
+
+    @precondition(lambda self: self.files)
+    @rule(data=st.data())
+    def file_ref_clone(self, data: st.DataObject) -> None:
+        p = data.draw(st.sampled_from(sorted(self.files)))
+        self.files[p] += 1
+        assert self.pa.get_file_page(p) == self.files[p]
+        with pytest.raises(ForeignFree):
+            self.pa.free_page(p)  # a file page is released by dropping references only
+
+    @precondition(lambda self: self.files)
+    @rule(data=st.data())
+    def file_ref_drop(self, data: st.DataObject) -> None:
+        p = data.draw(st.sampled_from(sorted(self.files)))
+        self.files[p] -= 1
+        assert self.pa.put_file_page(p) == self.files[p]
+        if not self.files[p]:
+            del self.files[p]
+            del self.live[p]
+            self.freed.add(p)
+            with pytest.raises(DoubleFree):
+                self.pa.put_file_page(p)
 
     @rule(offset=st.integers(0, 47), n=st.integers(1, 4))
     def reserve(self, offset: int, n: int) -> None:
@@ -359,3 +395,20 @@ def test_concurrent_allocation_and_free_stays_consistent() -> None:
         for p in s:
             pa.free_pages(p)
     assert pa.statistics().free_pages == 256 and pa.statistics().free_blocks[-1] == 8
+
+
+def test_file_pages_are_reference_counted() -> None:
+    pa = make(4)
+    p = pa.allocate_file_page()
+    info = pa.page_info(p)
+    assert info is not None and info.type == PageType.FILE and info.refcount == 1
+    assert pa.get_file_page(p) == 2 and pa.page_info(p).refcount == 2  # type: ignore[union-attr]
+    with pytest.raises(ForeignFree):
+        pa.free_page(p)
+    with pytest.raises(ForeignFree):
+        pa.get_file_page(pa.allocate_page())  # not a file page
+    assert pa.put_file_page(p) == 1
+    assert pa.put_file_page(p) == 0
+    assert not pa.page_info(p).refcount  # type: ignore[union-attr]
+    with pytest.raises(DoubleFree):
+        pa.put_file_page(p)
