@@ -154,8 +154,12 @@ class Cvm:
             s.registry.statistics(), s.core.statistics(), self.hypervisor.statistics(),
         )  # fmt: skip
 
-    def shutdown(self) -> None:
-        """Stop every vCPU and decommission the guest context (idempotent)."""
+    def shutdown(self, *, check_leaks: bool = True) -> None:
+        """Stop every vCPU, check the kernel's allocators for leaks, decommission (idempotent).
+
+        :param check_leaks: run the SVSM's leak check (skipped when unwinding from an error).
+        :raises MemoryLeak: the kernel leaked memory (a ``FatalError``).
+        """
         if self._closed:
             return
         self._closed = True
@@ -163,13 +167,17 @@ class Cvm:
             v.unregister_vmpl_entry(0)
             if v.vmpl is not None:
                 v.halt()
-        self.psp.decommission(self.psp_context)
+        try:
+            if check_leaks:
+                self.svsm.shutdown()
+        finally:
+            self.psp.decommission(self.psp_context)
 
     def __enter__(self) -> Cvm:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.shutdown(check_leaks=exc_type is None)
 
 
 def _launch_plan(layout: MemoryLayout, image: bytes, firmware: FirmwareImage) -> list[_LaunchUpdate]:
@@ -247,5 +255,7 @@ def boot(
     cvm = Cvm(platform, fw, result.ctx, svsm, fw_image, result.measurement, BootTimings(t1 - t0, t2 - t1, t3 - t2))
     try:
         yield cvm
-    finally:
-        cvm.shutdown()
+    except BaseException:
+        cvm.shutdown(check_leaks=False)
+        raise
+    cvm.shutdown()

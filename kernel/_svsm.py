@@ -419,6 +419,27 @@ class Svsm:
             certs = _cert_table(view.read(cert_gpa, pages * PAGE, c_bit=False)) if cert_capacity else b""
             return bytes(rsp.report)[: rsp.report_size], certs
 
+    def shutdown(self) -> None:
+        """Give back what the kernel holds and check its allocators for leaks.
+
+        Run after every vCPU stopped.  Skipped after a panic (the state is not trustworthy).
+
+        :raises MemoryLeak: the kernel leaked pages or slab objects (a ``FatalError``; the
+            report names the allocating call sites).
+        """
+        if self.panicker.panicked is not None:
+            return
+        for gpa in self.ap_vmsas.values():
+            self.allocator.free_page(gpa)
+        self.ap_vmsas.clear()
+        if self.guest_vmsa_gpa is not None:
+            self.allocator.free_page(self.guest_vmsa_gpa)
+            self.guest_vmsa_gpa = None
+        self.slab.check_leaks()
+        self.slab.trim()
+        self.areas.shutdown()
+        self.allocator.check_leaks()
+
     def module_report(self, report_data: bytes) -> bytes:
         """A VMPL0 report with caller-chosen REPORT_DATA, for module syscalls (``Providers.report``).
 

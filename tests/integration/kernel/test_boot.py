@@ -90,3 +90,16 @@ def test_svsm_run_table_and_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert "measurement" in out and "PVALIDATE_LOCK" in out
     assert main(["run", "--memory", "lots"]) == 2
     assert main(["run", "--memory", "5M"]) == 2
+
+
+def test_shutdown_reports_kernel_leaks() -> None:
+    from svsm.kernel.mm import MemoryLeak
+
+    with pytest.raises(MemoryLeak):
+        with boot(vcpus=2, memory="12M") as cvm:
+            cvm.guest.start_ap(1)
+            cvm.svsm.allocator.allocate_page()  # a kernel page nobody frees
+    with boot(vcpus=2, memory="12M") as cvm:  # the same work without the leak is clean
+        cvm.guest.accept_memory(0x10_0000, 0x10_0000)
+        cvm.guest.start_ap(1)
+        cvm.guest.attest(bytes(64))
