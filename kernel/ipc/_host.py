@@ -198,7 +198,9 @@ class ModuleHost:
         return sup
 
     def start(self) -> ModuleHost:
-        """Start every module (storage providers first) and the supervisor thread."""
+        """Start every module (storage providers first) and the supervisor thread; idempotent."""
+        if self._thread is not None:
+            return self
         if any(s.mode == "process" for s in self._sups.values()):
             self.kernel_undumpable = make_kernel_undumpable()
         order = sorted(self._sups.values(), key=lambda s: "serve_storage" not in s.granted)

@@ -202,6 +202,8 @@ class ModuleSupervisor:
         with self._lock:
             if self.state is ModuleState.DEAD:
                 return False
+            if self._link is not None:
+                return self.state is ModuleState.SERVING  # already started (the supervisor restarts it)
             try:
                 self._start_locked()
                 return True

@@ -1,0 +1,278 @@
+"""ModuleHost with in-process modules: routing, buffers, grants, errors, supervision, storage."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from svsm.kernel.ipc import Limits, ModuleHost, ModuleState, Policy, decode_measurements, MODULE_MEASUREMENTS_GUID
+from svsm.sdk import (
+    BufferSpec,
+    CallSpec,
+    InvalidFormat,
+    InvalidParameter,
+    Manifest,
+    Module,
+    ProtocolSpec,
+    Reply,
+    ResultCode,
+    hookimpl,
+)
+from svsm.sdk.abi import CallRequest, ErrorFrame, SysLog
+from svsm.sdk.testing import FakeGuestMemory, check_module
+
+P = 0x4000_0010
+
+
+class Calc(Module):
+    MANIFEST = Manifest(
+        name="calc",
+        version="1.0",
+        protocols=[
+            ProtocolSpec(
+                number=P,
+                max_version=2,
+                calls=[
+                    CallSpec(call=0),
+                    CallSpec(call=1, buffer=BufferSpec(gpa_register="rcx", size=16, writable=True)),
+                    CallSpec(
+                        call=2,
+                        buffer=BufferSpec(gpa_register="rcx", size_register="rdx", max_size=8192, writable=True, mode="grant"),
+                    ),
+                    CallSpec(call=3),
+                ],
+            )
+        ],
+        capabilities=["log", "storage", "grant", "time"],
+        service_guid="12345678-1234-4234-8234-123456789abc",
+        checkpoint_every=1,
+    )
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    @hookimpl
+    def svsm_handle_request(self, request: Any, ctx: Any) -> Reply | None:
+        if request.call == 0:
+            if request.rcx > 1000:
+                raise InvalidParameter("too big")
+            self.total += request.rcx
+            ctx.syscalls.storage_put("total", str(self.total).encode())
+            return Reply(rcx=self.total, rdx=ctx.syscalls.time_ns() & 0xFFFF)
+        if request.call == 1:
+            return Reply(buffer=request.buffer[::-1])
+        if request.call == 2:
+            data = request.grant.read()
+            request.grant.write(0, data[:4].upper())
+            return Reply(r8=len(data))
+        if request.call == 3:
+            raise SystemExit  # the "process" dies mid-request
+        return None
+
+    @hookimpl
+    def svsm_save_state(self) -> bytes:
+        return str(self.total).encode()
+
+    @hookimpl
+    def svsm_restore_state(self, state: bytes) -> None:
+        self.total = int(state)
+
+    @hookimpl
+    def svsm_service_manifest(self) -> bytes:
+        return b"calc-manifest"
+
+
+def host(*mods: Any, **kw: Any) -> ModuleHost:
+    kw.setdefault("limits", Limits(backoff_base=0.01))
+    return ModuleHost(mods or (Calc,), mode="inprocess", **kw).start()
+
+
+def test_routing_registers_and_errors() -> None:
+    with host() as h:
+        assert h.serves(P) and not h.serves(P + 1)
+        assert h.protocol_versions(P) == (1, 2)
+        out = h.call(P, 0, rcx=5)
+        assert (out.rax, out.rcx) == (0, 5)
+        assert h.call(P, 0, rcx=7).rcx == 12
+        assert h.call(P, 0, rcx=5000).rax == ResultCode.INVALID_PARAMETER
+        assert h.call(P, 9).rax == ResultCode.UNSUPPORTED_CALL
+        assert h.call(P + 1, 0).rax == ResultCode.UNSUPPORTED_PROTOCOL
+
+
+def test_copy_buffer_round_trip_and_bad_address() -> None:
+    mem = FakeGuestMemory(0x3000)
+    mem.write(0x1000, bytes(range(16)))
+    with host() as h:
+        assert h.call(P, 1, rcx=0x1000, memory=mem).rax == 0
+        assert mem.read(0x1000, 16) == bytes(range(16))[::-1]
+        assert h.call(P, 1, rcx=0x2FF8, memory=mem).rax == ResultCode.INVALID_ADDRESS
+
+
+def test_grant_is_exactly_the_window_and_revoked_after() -> None:
+    mem = FakeGuestMemory(0x4000)
+    mem.write(0x1000, b"abcdefgh")
+    with host() as h:
+        out = h.call(P, 2, rcx=0x1000, rdx=8, memory=mem)
+        assert (out.rax, out.r8) == (0, 8)
+        assert mem.read(0x1000, 8) == b"ABCDefgh"
+        assert h.call(P, 2, rcx=0x1000, rdx=9000, memory=mem).rax == ResultCode.INVALID_PARAMETER
+        sup = h.module("calc")
+        assert sup.grants.statistics().live == 0 and sup.grants.statistics().created == 1
+
+
+def test_crash_fails_request_busy_then_restart_restores_checkpoint() -> None:
+    with host() as h:
+        assert h.call(P, 0, rcx=40).rcx == 40  # checkpoint "40" taken after the call
+        assert h.call(P, 3).rax == ResultCode.BUSY
+        sup = h.module("calc")
+        assert sup.state in (ModuleState.RESTARTING, ModuleState.SERVING)
+        assert h.wait_module_ready("calc", 10)
+        assert h.call(P, 0, rcx=2).rcx == 42  # state restored from the checkpoint
+        assert sup.statistics().restarts == 1
+
+
+def test_crash_loop_disables_and_protocol_disappears() -> None:
+    with host(limits=Limits(backoff_base=0.001, crash_loop=3)) as h:
+        for _ in range(3):
+            h.wait_module_ready("calc", 10)
+            assert h.call(P, 3).rax in (ResultCode.BUSY, ResultCode.UNSUPPORTED_PROTOCOL)
+        assert h.module("calc").state is ModuleState.DEAD
+        assert not h.serves(P) and h.protocol_versions(P) is None
+        assert h.call(P, 0).rax == ResultCode.UNSUPPORTED_PROTOCOL
+
+
+class Sleepy(Module):
+    MANIFEST = Manifest(
+        name="sleepy",
+        version="1",
+        protocols=[ProtocolSpec(number=P + 5, calls=[CallSpec(call=0)])],
+        request_timeout=0.2,
+    )
+
+    @hookimpl
+    def svsm_handle_request(self, request: Any) -> Reply:
+        time.sleep(request.rcx / 1000)
+        return Reply(rcx=1)
+
+
+def test_deadline_missed_is_busy_and_restarts() -> None:
+    with host(Sleepy) as h:
+        assert h.call(P + 5, 0, rcx=0).rcx == 1
+        t = time.monotonic()
+        assert h.call(P + 5, 0, rcx=2000).rax == ResultCode.BUSY
+        assert time.monotonic() - t < 1.5
+        assert h.wait_module_ready("sleepy", 10)
+        assert h.call(P + 5, 0, rcx=0).rax == 0
+
+
+class Noisy(Module):
+    MANIFEST = Manifest(name="noisy", version="1", protocols=[ProtocolSpec(number=P + 6, calls=[CallSpec(call=0)])])
+
+    @hookimpl
+    def svsm_handle_request(self, request: Any, ctx: Any) -> Reply:
+        for _ in range(request.rcx):
+            try:
+                ctx.syscalls.random(4)  # not granted
+            except Exception:
+                pass
+        return Reply(rcx=2)
+
+
+def test_denied_syscalls_are_strikes_and_too_many_stop_the_module(abi_frames: Any) -> None:
+    with host(Noisy, limits=Limits(max_strikes=3, backoff_base=0.01), recorder=abi_frames) as h:
+        assert h.call(P + 6, 0, rcx=2).rcx == 2
+        assert h.call(P + 6, 0, rcx=5).rax == ResultCode.BUSY
+        assert "strikes" in h.module("noisy").last_failure
+        assert h.wait_module_ready("noisy", 10)
+        assert h.call(P + 6, 0, rcx=0).rax == 0
+        assert abi_frames.of_type(CallRequest, "out")
+
+
+def test_policy_denies_capabilities_and_modules() -> None:
+    pol = Policy(deny_capabilities={"calc": ["storage"]})
+    with host(policy=pol) as h:
+        assert "storage" not in h.module("calc").granted
+        assert h.call(P, 0, rcx=1).rax == ResultCode.INVALID_REQUEST  # storage_put refused inside the handler
+    with pytest.raises(InvalidFormat):
+        ModuleHost([Calc], mode="inprocess", policy=Policy(deny_modules=["calc"]))
+
+
+def test_protocol_conflict_rejected() -> None:
+    class Other(Calc):
+        MANIFEST = Manifest(name="other", version="1", protocols=[ProtocolSpec(number=P, calls=[CallSpec(call=0)])])
+
+    with pytest.raises(InvalidFormat):
+        ModuleHost([Calc, Other], mode="inprocess")
+
+
+def test_service_manifests_include_module_and_measurements() -> None:
+    with host() as h:
+        entries = dict(h.service_manifests())
+        import uuid
+
+        assert entries[uuid.UUID("12345678-1234-4234-8234-123456789abc")] == b"calc-manifest"
+        (m,) = decode_measurements(entries[MODULE_MEASUREMENTS_GUID])
+        assert (m.name, m.version, m.measurement) == ("calc", "1.0", h.module("calc").spec.measurement)
+
+
+class Store(Module):
+    MANIFEST = Manifest(name="store", version="1", capabilities=["serve_storage"])
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, str], bytes] = {}
+
+    @hookimpl
+    def svsm_storage_request(self, op: str, namespace: str, key: str, value: bytes) -> Any:
+        if op == "put":
+            self.data[namespace, key] = value
+            return None
+        if op == "get":
+            return self.data.get((namespace, key))
+        if op == "delete":
+            return self.data.pop((namespace, key), None) is not None
+        return sorted(k for ns, k in self.data if ns == namespace and k.startswith(key))
+
+
+def test_storage_routed_to_serving_module() -> None:
+    with host(Calc, Store) as h:
+        assert h.call(P, 0, rcx=3).rax == 0
+        store = h.module("store").spec.obj
+        assert h.providers.storage.provider_namespace == "store"
+        res = h.module("store").storage("get", "calc", "total")
+        assert res.data == b"3"
+        assert isinstance(store, type)
+
+
+def test_save_restore_for_migration() -> None:
+    with host() as h:
+        h.call(P, 0, rcx=9)
+        state = h.save_state("calc")
+    with host() as h2:
+        h2.restore_state("calc", state)
+        assert h2.call(P, 0, rcx=1).rcx == 10
+
+
+class Tame(Calc):
+    MANIFEST = Manifest(
+        name="tame",
+        version="1",
+        protocols=[ProtocolSpec(number=P, calls=Calc.MANIFEST.protocols[0].calls[:3])],
+        capabilities=["log", "storage", "grant", "time"],
+    )
+
+
+def test_check_module_conformance_passes_a_good_module_and_catches_a_crash() -> None:
+    report = check_module(Tame)
+    assert (report.name, report.calls_checked, report.state_round_trip) == ("tame", 3, True)
+    with pytest.raises(AssertionError):
+        check_module(Calc)  # call 3 kills the module
+
+
+def test_statistics() -> None:
+    with host() as h:
+        h.call(P, 0, rcx=1)
+        st = h.statistics()
+        assert (st.modules, st.serving, st.calls) == (1, 1, 1)
+        assert h.module("calc").statistics().syscalls >= 2
