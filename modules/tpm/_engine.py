@@ -344,7 +344,7 @@ class Tpm(EntityMixin):
                      earlier: list[tuple[int, bytes, int, bytes, Session | None]]) -> Session | None:
         if attrs & TPMA_SESSION.RESERVED:
             raise TpmError(rc_session(RC.RESERVED_BITS, n))
-        if any(e[0] == sh for e in earlier):
+        if sh != RH.PW and any(e[0] == sh for e in earlier):
             raise TpmError(rc_session(RC.HANDLE, n))
         if sh == RH.PW:
             if nonce:
