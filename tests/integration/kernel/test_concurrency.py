@@ -32,14 +32,15 @@ def test_hammer(request: pytest.FixtureRequest) -> None:
     checker.enable(raise_on_violation=False)
     request.addfinalizer(checker.disable)
     before_violations = checker.statistics().violations
-    with boot(vcpus=5, memory="12M") as cvm:
+    with boot(vcpus=8, memory="12M") as cvm:
         g = cvm.guest
         g.accept_memory(0x10_0000, 0x30_0000)
-        aps = [g.start_ap(a) for a in (1, 2, 3)]
+        aps = [g.start_ap(a) for a in (1, 2, 3, 4, 5)]
         heap_used = cvm.svsm.allocator.statistics().used_pages
         errors: list[BaseException] = []
         codes: list[int] = []
-        shared_vmsa = g.pool.take()  # raced over: created/deleted by one vCPU, PVALIDATEd by another
+        # raced over: created/deleted as VMSAs for APIC 6 and 7 by two vCPUs, PVALIDATEd by two others
+        shared = [g.pool.take(), g.pool.take()]
 
         def pvalidate_loop(guest: Any) -> None:
             pages = [guest.pool.take() for _ in range(4)]
@@ -48,10 +49,11 @@ def test_hammer(request: pytest.FixtureRequest) -> None:
                 guest.pvalidate([PvalidateEntry(p) for p in pages])
                 r = guest.svsm_call(SVSM_CORE_PROTOCOL, 1, 0)  # bad list address
                 codes.append(r.rax)
-                guest.mem.write(guest.caa + 8, b"\x01\x00\x00\x00\x00\x00\x00\x00" + (shared_vmsa | 4).to_bytes(8, "little"))
-                codes.append(guest.svsm_call(SVSM_CORE_PROTOCOL, 1, guest.caa + 8).rax)
+                for page in shared:
+                    guest.mem.write(guest.caa + 8, b"\x01\x00\x00\x00\x00\x00\x00\x00" + (page | 4).to_bytes(8, "little"))
+                    codes.append(guest.svsm_call(SVSM_CORE_PROTOCOL, 1, guest.caa + 8).rax)
 
-        def vcpu_loop(guest: Any) -> None:
+        def vcpu_loop(guest: Any, shared_vmsa: int, apic: int) -> None:
             v = VMSA()
             v.vmpl, v.efer, v.sev_features = guest.vmpl, (1 << 12) | (1 << 10) | (1 << 8), guest.sev_features()
             caa = guest.pool.take()
@@ -60,7 +62,7 @@ def test_hammer(request: pytest.FixtureRequest) -> None:
                     guest.mem.write(shared_vmsa, bytes(v))
                 except Exception:  # noqa: BLE001 -- another vCPU may hold it as a VMSA right now
                     pass
-                r = guest.svsm_call(SVSM_CORE_PROTOCOL, SVSM_REQ_CORE_CREATE_VCPU, shared_vmsa, caa, 4)
+                r = guest.svsm_call(SVSM_CORE_PROTOCOL, SVSM_REQ_CORE_CREATE_VCPU, shared_vmsa, caa, apic)
                 codes.append(r.rax)
                 if r.rax == 0:
                     codes.append(guest.svsm_call(SVSM_CORE_PROTOCOL, SVSM_REQ_CORE_DELETE_VCPU, shared_vmsa).rax)
@@ -75,14 +77,15 @@ def test_hammer(request: pytest.FixtureRequest) -> None:
                     guest.caa = new
                 assert guest.query_protocol(0) == (1, 1)
 
-        def run(fn: Any, guest: Any) -> None:
+        def run(fn: Any, guest: Any, *extra: Any) -> None:
             try:
-                fn(guest)
+                fn(guest, *extra)
             except BaseException as exc:  # noqa: BLE001 -- reported below
                 errors.append(exc)
 
         threads = [threading.Thread(target=run, args=a) for a in
-                   [(pvalidate_loop, aps[0]), (vcpu_loop, aps[1]), (remap_loop, aps[2]), (pvalidate_loop, g)]]  # fmt: skip
+                   [(pvalidate_loop, aps[0]), (pvalidate_loop, g), (vcpu_loop, aps[1], shared[0], 6),
+                    (vcpu_loop, aps[2], shared[1], 7), (remap_loop, aps[3]), (remap_loop, aps[4])]]  # fmt: skip
         for t in threads:
             t.start()
         for t in threads:
@@ -98,8 +101,9 @@ def test_hammer(request: pytest.FixtureRequest) -> None:
             assert not any(rmp.read(sfn).perms[vmpl:])
         for rec in cvm.svsm.registry.records():
             assert rmp.read(rec.vmsa_gpa >> 12).vmsa and not any(rmp.read(rec.vmsa_gpa >> 12).perms[vmpl:])
-        if cvm.svsm.registry.get(shared_vmsa) is None:
-            assert not rmp.read(shared_vmsa >> 12).vmsa
+        for page in shared:
+            if cvm.svsm.registry.get(page) is None:
+                assert not rmp.read(page >> 12).vmsa
         assert cvm.svsm.allocator.statistics().used_pages == heap_used
         assert cvm.svsm.panicker.panicked is None
         assert cvm.svsm.pvalidate_lock.statistics().write_acquisitions > 0
