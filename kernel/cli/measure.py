@@ -1,7 +1,8 @@
 """``svsm measure``: the SNP launch digest, with sev-snp-measure's options and output.
 
 ``svsm measure --mode snp --vcpus N --vcpu-type T --ovmf PATH [--kernel K ...]`` prints the
-96 hex digits ``sev-snp-measure`` prints for the same arguments (QEMU VMM type).
+96 hex digits ``sev-snp-measure`` prints for the same arguments (``--vmm-type`` QEMU, ec2, gce;
+modes snp, snp:ovmf-hash, snp:svsm).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import argparse
 import base64
 import pathlib
 
-from svsm.kernel.hw.psp import CPU_SIGS, FirmwareImage, FirmwareImageError, SevHashes, VmmType, calc_launch_digest, cpu_sig
+from svsm.kernel.hw.psp import (
+    CPU_SIGS, FirmwareImage, FirmwareImageError, LaunchDigest, LaunchUpdate, PageType, SevHashes, VmmType,
+    calc_launch_digest, cpu_sig, launch_plan, svsm_launch_plan,
+)  # fmt: skip
 
 from ._main import ExitCode, UsageError
 
@@ -24,8 +28,8 @@ def _int(s: str) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``measure`` subcommand."""
     p = subparsers.add_parser("measure", help="print the SNP launch digest of a firmware image (like sev-snp-measure)")
-    p.add_argument("--mode", choices=["snp", "snp:ovmf-hash"], default="snp",
-                   help="snp: full launch digest; snp:ovmf-hash: digest of the firmware pages only")
+    p.add_argument("--mode", choices=["snp", "snp:ovmf-hash", "snp:svsm"], default="snp",
+                   help="snp: full launch digest; snp:ovmf-hash: the firmware pages only; snp:svsm: OVMF + SVSM image")
     p.add_argument("--vcpus", metavar="N", type=int, help="number of guest vCPUs")
     p.add_argument("--vcpu-type", metavar="CPUTYPE", choices=list(CPU_SIGS), help=f"vCPU model ({', '.join(CPU_SIGS)})")
     p.add_argument("--vcpu-sig", metavar="VALUE", type=_int, help="vCPU signature (CPUID 1 EAX)")
@@ -42,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-format", choices=["hex", "base64"], default="hex")
     p.add_argument("--snp-ovmf-hash", metavar="HASH", help="precomputed firmware digest (hex)")
     p.add_argument("--dump-vmsa", action="store_true", help="write the measured VMSAs to vmsa<N>.bin")
+    p.add_argument("--svsm", metavar="PATH", type=pathlib.Path, help="snp:svsm: the SVSM image")
+    vars_ = p.add_mutually_exclusive_group()
+    vars_.add_argument("--vars-size", metavar="SIZE", type=int, help="snp:svsm: size of OVMF_VARS in bytes")
+    vars_.add_argument("--vars-file", metavar="PATH", type=pathlib.Path, help="snp:svsm: the OVMF_VARS file")
     p.set_defaults(func=_run)  # fmt: skip
 
 
@@ -59,8 +67,26 @@ def _vcpu_sig(args: argparse.Namespace, vmm: VmmType) -> int:
     raise UsageError("missing --vcpu-type or --vcpu-sig or --vcpu-family")
 
 
+def _dump(plan: list[LaunchUpdate]) -> None:
+    for u in plan:
+        if u.page_type is PageType.VMSA:
+            pathlib.Path(f"vmsa{u.vcpu}.bin").write_bytes(u.data or b"")
+
+
+def _svsm_plan(args: argparse.Namespace, ovmf: FirmwareImage) -> list[LaunchUpdate]:
+    if args.svsm is None or args.vcpus is None:
+        raise UsageError("snp:svsm mode needs --svsm and --vcpus")
+    if args.vars_file is not None:
+        vars_size = args.vars_file.stat().st_size
+    elif args.vars_size is not None:
+        vars_size = args.vars_size
+    else:
+        raise UsageError("snp:svsm mode requires --vars-size or --vars-file")
+    svsm = FirmwareImage.parse(args.svsm.read_bytes(), end_at=ovmf.gpa - vars_size)
+    return svsm_launch_plan(ovmf, svsm, vcpus=args.vcpus, vcpu_sig=_vcpu_sig(args, VmmType.QEMU))
+
+
 def _run(args: argparse.Namespace) -> int:
-    from svsm.kernel.hw.psp import LaunchDigest, PageType, launch_plan
 
     if (args.initrd or args.append) and args.kernel is None:
         raise UsageError("--kernel required when using --initrd or --append")
@@ -71,6 +97,11 @@ def _run(args: argparse.Namespace) -> int:
             ld = LaunchDigest()
             ld.update_normal(image.gpa, image.data)
             digest = ld.digest
+        elif args.mode == "snp:svsm":
+            plan = _svsm_plan(args, image)
+            digest = LaunchDigest().apply(plan)
+            if args.dump_vmsa:
+                _dump(plan)
         else:
             if args.vcpus is None:
                 raise UsageError("missing --vcpus N in guest mode 'snp'")
@@ -86,9 +117,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.dump_vmsa:
                 plan = launch_plan(image, vcpus=args.vcpus, vcpu_sig=sig, guest_features=args.guest_features,
                                    hashes=hashes, include_firmware=False, vmm_type=vmm)  # fmt: skip
-                for u in plan:
-                    if u.page_type is PageType.VMSA:
-                        pathlib.Path(f"vmsa{u.vcpu}.bin").write_bytes(u.data or b"")
+                _dump(plan)
     except OSError as exc:
         raise UsageError(f"{exc.filename}: {exc.strerror}") from exc
     except (FirmwareImageError, ValueError) as exc:

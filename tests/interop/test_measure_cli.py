@@ -113,3 +113,15 @@ def test_kernel_refused_without_hash_section(tmp_path: pathlib.Path) -> None:
     k = tmp_path / "k"
     k.write_bytes(b"k")
     assert main(["measure", "--vcpus", "1", "--vcpu-type", "EPYC", "--ovmf", str(OVMF), "--kernel", str(k)]) == 2
+
+
+@pytest.mark.parametrize("vars_args", [["--vars-size", "131072"], ["--vars-file", "FW"]])
+def test_svsm_mode_parity(synthetic: pathlib.Path, tmp_path: pathlib.Path, vars_args: list[str]) -> None:
+    svsm = tmp_path / "svsm.bin"
+    svsm.write_bytes(build_image(0x8000, reset_eip=None, svsm_entry=0x1230, fill=b"SV", sections=[
+        (0x7F000, 0x1000, SectionType.SNP_SECRETS), (0x7E000, 0x1000, SectionType.CPUID),
+        (0x70000, 0x4000, SectionType.SNP_SEC_MEM)]))  # fmt: skip
+    vars_args = [str(synthetic) if a == "FW" else a for a in vars_args]
+    args = ["--mode", "snp:svsm", "--vcpus", "3", "--vcpu-type", "EPYC-Genoa", "--ovmf", str(synthetic),
+            "--svsm", str(svsm), *vars_args]  # fmt: skip
+    assert _ours(args) == _theirs(args)

@@ -53,6 +53,7 @@ from ._measure import LaunchUpdate as LaunchUpdate
 from ._measure import PageType as PageType
 from ._measure import calc_launch_digest as calc_launch_digest
 from ._measure import launch_plan as launch_plan
+from ._measure import svsm_launch_plan as svsm_launch_plan
 from ._ovmf import FirmwareImage as FirmwareImage
 from ._platform import PlatformPsp as PlatformPsp
 from ._ovmf import FirmwareImageError as FirmwareImageError
@@ -64,12 +65,13 @@ from ._ovmf import build_table as build_table
 from ._vmsa import CPU_SIGS as CPU_SIGS
 from ._vmsa import VmmType as VmmType
 from ._vmsa import build_reset_vmsa as build_reset_vmsa
+from ._vmsa import build_svsm_vmsa as build_svsm_vmsa
 from ._vmsa import cpu_sig as cpu_sig
 
 __all__ = [
     "CPU_SIGS", "Chip", "ID_AUTH", "ID_BLOCK", "ChipProduct", "FirmwareImage", "FirmwareImageError", "FwError",
     "GuestContext", "LaunchDigest", "LaunchResult", "LaunchState", "LaunchUpdate", "PageWriter", "PAGE_INFO", "PRODUCTS",
     "PageType", "PlatformPsp", "PspError", "PspStatistics", "SectionType", "SevHashes", "SevMetadataSection",
-    "SnpFirmware", "VMSA_GPA", "VmmError", "VmmType", "build_id_block", "build_image", "build_metadata", "build_reset_vmsa", "build_table",
-    "calc_launch_digest", "cpu_sig", "default_state_dir", "key_digest", "launch", "launch_plan",
+    "SnpFirmware", "VMSA_GPA", "VmmError", "VmmType", "build_id_block", "build_image", "build_metadata", "build_reset_vmsa", "build_svsm_vmsa", "build_table",
+    "calc_launch_digest", "cpu_sig", "default_state_dir", "key_digest", "launch", "launch_plan", "svsm_launch_plan",
 ]  # fmt: skip

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ._hashes import SevHashes
 from ._ovmf import FirmwareImage, FirmwareImageError, SectionType
-from ._vmsa import VmmType, build_reset_vmsa
+from ._vmsa import VmmType, build_reset_vmsa, build_svsm_vmsa
 
 __all__ = [
     "BSP_EIP",
@@ -30,6 +30,7 @@ __all__ = [
     "VMSA_GPA",
     "calc_launch_digest",
     "launch_plan",
+    "svsm_launch_plan",
 ]
 
 PAGE_SIZE = 4096
@@ -193,6 +194,7 @@ def launch_plan(
     hashes: SevHashes | None = None,
     include_firmware: bool = True,
     vmm_type: VmmType = VmmType.QEMU,
+    vmsas: bool = True,
 ) -> list[LaunchUpdate]:
     """The updates a VMM issues to launch ``image`` (snp.md 3.2, ``--mode snp``).
 
@@ -205,6 +207,7 @@ def launch_plan(
     :param hashes: kernel/initrd/cmdline digests for measured direct boot.
     :param include_firmware: False when the caller seeds the digest with a firmware hash.
     :param vmm_type: whose launch to reproduce.
+    :param vmsas: False to stop after the metadata sections (callers adding their own VMSAs).
     :raises FirmwareImageError: no SEV-ES reset block with vcpus > 1 (or none at all), a
         kernel given for an image without a kernel-hashes section, or a bad section size.
     """
@@ -240,11 +243,31 @@ def launch_plan(
         plan += [LaunchUpdate(PageType.CPUID, s.gpa, PAGE_SIZE) for s in image.sections if s.type is SectionType.CPUID]
     if hashes is not None and not has_hash_section:
         raise FirmwareImageError("a kernel was given but the firmware has no SNP_KERNEL_HASHES section")
+    if not vmsas:
+        return plan
     ap_eip = image.sev_es_reset_eip  # raises for images without the reset block, as QEMU does
     bsp = build_reset_vmsa(BSP_EIP, vcpu_sig, guest_features, vmm_type)
     ap = build_reset_vmsa(ap_eip, vcpu_sig, guest_features, vmm_type) if vcpus > 1 else b""
     for i in range(vcpus):
         plan.append(LaunchUpdate(PageType.VMSA, VMSA_GPA, PAGE_SIZE, bsp if i == 0 else ap, vcpu=i))
+    return plan
+
+
+def svsm_launch_plan(ovmf: FirmwareImage, svsm: FirmwareImage, *, vcpus: int, vcpu_sig: int) -> list[LaunchUpdate]:
+    """sev-snp-measure's ``--mode snp:svsm`` (snp.md 3.4): OVMF pages, SVSM pages, the SVSM
+    image's metadata sections only, then one identical SVSM VMSA per vCPU.
+
+    :param svsm: parsed with ``end_at`` = OVMF's GPA minus the OVMF vars size.
+    :raises FirmwareImageError: the SVSM image has no SVSM_INFO entry.
+    """
+    if vcpus < 1:
+        raise ValueError("at least one vCPU")
+    eip = svsm.svsm_entry
+    plan = [LaunchUpdate(PageType.NORMAL, ovmf.gpa, len(ovmf.data), ovmf.data),
+            LaunchUpdate(PageType.NORMAL, svsm.gpa, len(svsm.data), svsm.data)]  # fmt: skip
+    plan += launch_plan(svsm, vcpus=1, vcpu_sig=vcpu_sig, include_firmware=False, vmsas=False)
+    vmsa = build_svsm_vmsa(eip, vcpu_sig)
+    plan += [LaunchUpdate(PageType.VMSA, VMSA_GPA, PAGE_SIZE, vmsa, vcpu=i) for i in range(vcpus)]
     return plan
 
 

@@ -137,6 +137,17 @@ class FirmwareImage:
         return self._u32(SEV_HASH_TABLE_RV_GUID)
 
     @property
+    def svsm_entry(self) -> int:
+        """An SVSM image's entry GPA: its SVSM_INFO entry (offset from the image base) + base.
+
+        :raises FirmwareImageError: no SVSM_INFO entry (not an SVSM image).
+        """
+        offset = self._u32(SVSM_INFO_GUID)
+        if offset is None:
+            raise FirmwareImageError("no SVSM_INFO_GUID entry in the SVSM image table")
+        return self.gpa + offset
+
+    @property
     def supports_kernel_hashes(self) -> bool:
         """True when QEMU would place a kernel-hashes table (entry present and non-zero)."""
         return bool(self.kernel_hashes_gpa)
@@ -215,6 +226,7 @@ def build_image(
     reset_eip: int | None = 0xFFFFF004,
     sections: list[tuple[int, int, int]] | None = None,
     hashes_gpa: int | None = None,
+    svsm_entry: int | None = None,
     fill: bytes = b"\x90",
 ) -> bytes:
     """A minimal OVMF-style image accepted by QEMU's and sev-snp-measure's parsers (snp.md 3.7).
@@ -223,6 +235,7 @@ def build_image(
     :param reset_eip: SEV-ES reset block EIP (``None``: no reset block).
     :param sections: SEV metadata items ``(gpa, size, type)`` (``None``: no metadata entry).
     :param hashes_gpa: GPA for the SEV hash table entry (``None``: no entry).
+    :param svsm_entry: SVSM_INFO entry offset, making this an SVSM image (``None``: no entry).
     :param fill: byte pattern for the body (so pages differ from zero pages).
     """
     if size % PAGE_SIZE or size < 2 * PAGE_SIZE:
@@ -241,6 +254,8 @@ def build_image(
         entries.append((OVMF_SEV_META_DATA_GUID, struct.pack("<I", meta_off)))
     if hashes_gpa is not None:
         entries.append((SEV_HASH_TABLE_RV_GUID, struct.pack("<II", hashes_gpa, 0x400)))
+    if svsm_entry is not None:
+        entries.append((SVSM_INFO_GUID, struct.pack("<I", svsm_entry)))
     table = build_table(entries)
     end = size - _TAIL
     body[end - len(table) : end] = table

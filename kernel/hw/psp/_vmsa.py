@@ -11,7 +11,7 @@ import enum
 
 from .._vmsa import VMSA, SegmentRecord
 
-__all__ = ["CPU_SIGS", "VmmType", "build_reset_vmsa", "cpu_sig"]
+__all__ = ["CPU_SIGS", "VmmType", "build_reset_vmsa", "build_svsm_vmsa", "cpu_sig"]
 
 
 class VmmType(enum.Enum):
@@ -77,6 +77,31 @@ def build_reset_vmsa(eip: int, vcpu_sig: int, sev_features: int, vmm_type: VmmTy
         ("rflags", 0x2), ("rip", eip & 0xFFFF), ("g_pat", g_pat), ("rdx", rdx),
         ("sev_features", sev_features), ("xcr0", 0x1), ("mxcsr", mxcsr), ("x87_fcw", fcw),
         ("vmpl", 0),
+    ):  # fmt: skip
+        setattr(vmsa, name, value)
+    return bytes(vmsa)
+
+
+def build_svsm_vmsa(eip: int, vcpu_sig: int) -> bytes:
+    """The VMSA sev-snp-measure's ``--mode snp:svsm`` measures (snp.md 3.4): 32-bit protected
+    mode at the SVSM entry, SEV_FEATURES fixed at 0x1.
+
+    Deviation kept on purpose: sev-snp-measure 0.0.13 passes ``fcw=`` to its ctypes structure
+    (whose field is ``x87_fcw``), so its SVSM VMSAs carry x87_fcw = 0; we match its digest.
+    """
+    vmsa = VMSA()
+    for seg in ("es", "ss", "ds", "fs"):
+        setattr(vmsa, seg, SegmentRecord(16, 0xC93, 0xFFFFFFFF, 0))
+    vmsa.cs = SegmentRecord(8, 0xC9B, 0xFFFFFFFF, 0)
+    vmsa.gs = SegmentRecord(0, 0x93, 0xFFFF, 0)
+    vmsa.gdtr = SegmentRecord(0, 0, 0xFFFF, 0)
+    vmsa.idtr = SegmentRecord(0, 0, 0xFFFF, 0)
+    vmsa.ldtr = SegmentRecord(0, 0x82, 0xFFFF, 0)
+    vmsa.tr = SegmentRecord(0, 0x8B, 0xFFFF, 0)
+    for name, value in (
+        ("efer", 0x1000), ("cr4", 0x40), ("cr0", 0x11), ("dr7", 0x400), ("dr6", 0xFFFF0FF0),
+        ("rflags", 0x2), ("rip", eip), ("g_pat", 0x0007040600070406), ("rdx", vcpu_sig),
+        ("sev_features", 0x1), ("xcr0", 0x1), ("mxcsr", 0x1F80),
     ):  # fmt: skip
         setattr(vmsa, name, value)
     return bytes(vmsa)

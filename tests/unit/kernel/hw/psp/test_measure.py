@@ -189,3 +189,20 @@ def test_other_vmm_types_match(tmp_path: pathlib.Path, vmm: str, vcpus: int) -> 
     assert calc_launch_digest(path.read_bytes(), vcpus=vcpus, vcpu_sig=0, vmm_type=VmmType(vmm)) == theirs
     for eip in (0xFFFFFFF0, 0xFFFFE104):
         assert build_reset_vmsa(eip, 0, 0x21, VmmType(vmm)) == bytes(TheirVMSA.build_save_area(eip, 0x21, 0, vmm_types.VMMType[vmm]))
+
+
+def test_svsm_vmsa_matches() -> None:
+    require_module("sevsnpmeasure")
+    from sevsnpmeasure.vmsa import VMSA_SVSM
+
+    from svsm.kernel.hw.psp import build_svsm_vmsa
+
+    assert build_svsm_vmsa(0xFFC01230, 0xA00F11) == next(VMSA_SVSM(0xFFC01230, 0xA00F11).pages(1))
+
+
+def test_svsm_image_needs_svsm_info() -> None:
+    from svsm.kernel.hw.psp import svsm_launch_plan
+
+    ovmf = FirmwareImage.parse(build_image(0x4000))
+    with pytest.raises(FirmwareImageError):
+        svsm_launch_plan(ovmf, FirmwareImage.parse(build_image(0x4000), end_at=ovmf.gpa), vcpus=1, vcpu_sig=1)
