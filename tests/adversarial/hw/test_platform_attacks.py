@@ -166,3 +166,27 @@ def test_dirty_log_lies_are_possible_so_migration_must_not_trust_it(p) -> None: 
     p.guest_view(0).write(0x3000, b"x")
     p.guest_view(0).write(0x4000, b"x")
     assert hv.get_dirty_log() == {4}
+
+
+def test_replayed_and_tampered_guest_requests(p) -> None:  # type: ignore[no-untyped-def]
+    """The hypervisor can replay or alter what it relays; only the PSP's crypto can refuse it."""
+
+    class EchoPsp:
+        def guest_request(self, request: bytes) -> bytes:
+            return request
+
+        def certificates(self):  # type: ignore[no-untyped-def]
+            return []
+
+    hv: AdversarialHypervisor = p.hypervisor
+    p.psp = EchoPsp()
+    view = p.guest_view(0)
+    req, resp = 310 * PAGE_SIZE, 311 * PAGE_SIZE
+    view.write(req, b"first".ljust(PAGE_SIZE, b"\0"), c_bit=False)
+    ghcb_call(p.vcpus[0], GHCB, SwExitCode.SNP_GUEST_REQUEST, req, resp)
+    hv.replay_guest_requests = True
+    hv.tamper_response = lambda page: b"X" + page[1:]
+    view.write(req, b"second".ljust(PAGE_SIZE, b"\0"), c_bit=False)
+    ghcb_call(p.vcpus[0], GHCB, SwExitCode.SNP_GUEST_REQUEST, req, resp)
+    assert view.read(resp, 5, c_bit=False) == b"Xirst"
+    assert [r[:6] for r in hv.recorded_requests] == [b"first\0", b"second"]

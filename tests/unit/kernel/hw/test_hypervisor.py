@@ -322,3 +322,55 @@ def test_ghcb_usage_and_missing_fields(p) -> None:  # type: ignore[no-untyped-de
     assert (out.sw_exit_info_1, out.sw_exit_info_2) == (2, GhcbError.MISSING_INPUT)
     out = ghcb_call(bsp, GHCB, SwExitCode.CPUID)  # RAX (the leaf) not marked valid
     assert (out.sw_exit_info_1, out.sw_exit_info_2) == (2, GhcbError.MISSING_INPUT)
+
+
+def test_guest_request_error_paths(p) -> None:  # type: ignore[no-untyped-def]
+    bsp = p.vcpus[0]
+    req, resp = 310 * PAGE_SIZE, 311 * PAGE_SIZE
+    out = ghcb_call(bsp, GHCB, SwExitCode.SNP_GUEST_REQUEST, req, resp)  # no PSP attached
+    assert (out.sw_exit_info_1, out.sw_exit_info_2) == (2, GhcbError.INVALID_EVENT)
+    psp = FakePsp()
+    p.psp = psp
+    out = ghcb_call(bsp, GHCB, SwExitCode.SNP_GUEST_REQUEST, p.memory_size + PAGE_SIZE, resp)
+    assert (out.sw_exit_info_1, out.sw_exit_info_2) == (2, GhcbError.INVALID_INPUT)
+    # The certificate buffer must be shared: the host cannot write a private page.
+    out = ghcb_call(bsp, GHCB, SwExitCode.SNP_EXT_GUEST_REQUEST, req, resp, rax=0x1000, rbx=2)
+    assert (out.sw_exit_info_1, out.sw_exit_info_2) == (2, GhcbError.INVALID_INPUT)
+    # A PSP failure that is not a firmware status is a bug, and it propagates.
+    def broken(request: bytes) -> bytes:
+        raise RuntimeError("psp bug")
+
+    psp.guest_request = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        ghcb_call(bsp, GHCB, SwExitCode.SNP_GUEST_REQUEST, req, resp)
+    with pytest.raises(ValueError):
+        p.hypervisor.send_init(42)
+
+
+def test_psc_edge_results(p) -> None:  # type: ignore[no-untyped-def]
+    hv = p.hypervisor
+    # 2 MiB private over a region holding an immutable page: 4K fallback stops at that page.
+    p.firmware.set_rmp((TWO_M + 7) * PAGE_SIZE, assigned=True, gpa=0, immutable=True, asid=0)
+    err, entry = hv.page_state_change(PageStateChangeEntry(TWO_M, PageStateChangeOp.PRIVATE, huge=True))
+    assert err == 2 and entry.cur_page == 7  # FAIL_PERMISSION at page 7; 0..6 done
+    assert all(p.rmp.read(TWO_M + i).assigned for i in range(7))
+    # UNSMASH of a region that is not 2M-aligned in the NPT is refused.
+    hv.remap(1024, 1025)
+    assert hv.page_state_change(PageStateChangeEntry(1024, PageStateChangeOp.UNSMASH, huge=True))[0] != 0
+    assert hv.page_state_change(PageStateChangeEntry(1024, PageStateChangeOp.PRIVATE, huge=True))[0] == 0
+    # GFNs 1024 and 1025 both landed on frame 1025 (the later RMPUPDATE wins); frame 1024 is unused.
+    assert not p.rmp.read(1024).assigned and p.rmp.read(1025).gpa == 1025 * PAGE_SIZE
+    hv.remap(1024, 1024)
+    assert hv.get_dirty_log.__self__ is hv
+    hv.enable_dirty_logging()
+    p.guest_view(0).write(0x1000, b"x")
+    assert hv.get_dirty_log(clear=False) == {1} == hv.get_dirty_log()
+    with pytest.raises(ValueError):
+        _attach_to_another_platform(p)
+
+
+def _attach_to_another_platform(p):  # type: ignore[no-untyped-def]
+    from svsm.kernel.hw import Platform
+
+    other = Platform(memory_size=1 << 20)
+    p.hypervisor.attach(other)

@@ -287,3 +287,32 @@ def test_storage_is_compact_and_freed(p) -> None:  # type: ignore[no-untyped-def
     hv.rmpupdate(PAGE_SIZE_2M, PAGE_SIZE_2M, assigned=True, page_size=1)
     with pytest.raises(ValueError):
         p.firmware.set_rmp(PAGE_SIZE_2M + PAGE_SIZE, assigned=True, gpa=0)
+
+
+def test_rmpadjust_on_a_2m_entry_and_immutable_rmpupdate(p) -> None:  # type: ignore[no-untyped-def]
+    hv = p.hypervisor
+    v = p.vcpus[0]
+    assert hv.rmpupdate(PAGE_SIZE_2M, PAGE_SIZE_2M, assigned=True, page_size=1).rc == 0
+    assert v.pvalidate(PAGE_SIZE_2M, size=1).rc == 0
+    assert v.rmpadjust(PAGE_SIZE_2M, 1, 1 | R << 8) == (RmpadjustResult.SUCCESS, False)
+    assert all(p.rmp.read(512 + i).perms == (0x1F, R, 0, 0) for i in (0, 7, 511))
+    p.guest_view(1).read(PAGE_SIZE_2M + 7 * PAGE_SIZE, 4)
+    with pytest.raises(NestedPageFault) as ei:  # 4K RMPADJUST on the 2M entry: SIZEM
+        v.rmpadjust(PAGE_SIZE_2M + PAGE_SIZE, 0, 1 | R << 8)
+    assert ei.value.size_mismatch
+    # The guest's VMSA page is busy while that VMPL runs: PSMASH answers FAIL_INUSE.
+    p.rmp.set_busy(512 + 3, True)
+    assert hv.psmash(PAGE_SIZE_2M).rc == RmpupdateResult.FAIL_INUSE
+    p.rmp.set_busy(512 + 3, False)
+    # RMPUPDATE can set IMMUTABLE (firmware pages); after that only the AMD-SP can change it.
+    assert hv.rmpupdate(0x9000, 0x9000, assigned=True, immutable=True, asid=0).rc == 0
+    e = p.rmp.read(9)
+    assert e.immutable and e.asid == 0 and e.perms == (0, 0, 0, 0)
+    assert hv.rmpupdate(0x9000, 0, assigned=False).rc == RmpupdateResult.FAIL_PERMISSION
+    with pytest.raises(NestedPageFault):
+        p.guest_view(0).read(0x9000, 1)
+    assert hv.rmpupdate(p.memory_size, 0, assigned=True).rc == RmpupdateResult.FAIL_INPUT
+    with pytest.raises(ValueError):
+        p.firmware.set_rmp(p.memory_size, assigned=True)
+    p.firmware.set_rmp(0x9000, assigned=False)
+    assert not p.rmp.read(9).assigned
