@@ -19,6 +19,7 @@ import enum
 import logging
 import os
 import struct
+import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -208,6 +209,8 @@ class SnpFirmware:
         self.platform_info = platform_info
         self.firmware_version = firmware_version
         self._rng = rng
+        #: Serialises commands: vCPU threads may issue guest requests concurrently.
+        self._lock = threading.RLock()
         self._next_asid = 1
         self._reports = self._keys = self._refused = self._pages = self._guests = 0
 
@@ -221,8 +224,11 @@ class SnpFirmware:
         """
         if not policy & (1 << 17) or policy >> 26:
             raise PspError(FwError.INVALID_PARAM, f"bad guest policy {policy:#x}")
+        with self._lock:
+            asid, self._next_asid = self._next_asid, self._next_asid + 1
+            self._guests += 1
         ctx = GuestContext(
-            asid=self._next_asid,
+            asid=asid,
             policy=policy,
             state=LaunchState.LAUNCHING,
             digest=LaunchDigest(),
@@ -231,8 +237,6 @@ class SnpFirmware:
             report_id=self._rng(32),
             launch_tcb=self.chip.raw_tcb,
         )
-        self._next_asid += 1
-        self._guests += 1
         return ctx
 
     def launch_update(self, ctx: GuestContext, page_type: PageType, gpa: int, data: bytes | None = None) -> bytes:
@@ -343,6 +347,10 @@ class SnpFirmware:
         :raises PspError: INVALID_GUEST_STATE before LAUNCH_FINISH; INVALID_PARAM for a
             malformed, unauthenticated, replayed or out-of-order message (nothing advances).
         """
+        with self._lock:
+            return self._guest_request(ctx, request_page)
+
+    def _guest_request(self, ctx: GuestContext, request_page: bytes) -> bytes:
         ctx._step("guest_request")
         try:
             hdr, payload = self._open(ctx, request_page)

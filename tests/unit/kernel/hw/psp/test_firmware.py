@@ -386,3 +386,24 @@ def test_reported_tcb_older_than_current(chip: Chip) -> None:
         verify_report(report, load_chain(*chip.chain_pem()))
     with pytest.raises(ValueError):
         SnpFirmware(chip, reported_tcb=encode_tcb(TcbVersion(0, 0, 9, 99)))
+
+
+def test_concurrent_requests_on_all_vmpcks(fw: SnpFirmware) -> None:
+    import threading
+
+    g = Guest(fw)
+    errors: list[BaseException] = []
+
+    def worker(vmpck: int) -> None:
+        try:
+            for _ in range(5):
+                assert g.report(vmpl=vmpck, vmpck=vmpck).status == 0
+        except BaseException as exc:  # noqa: BLE001 -- re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and g.ctx.seqnos == [10, 10, 10, 10]
