@@ -40,7 +40,7 @@ from svsm.kernel.protocols import (
     VmsaSummary,
 )
 from svsm.kernel.protocols._core import EFER_SVME
-from svsm.kernel.sync import RWLock
+from svsm.kernel.sync import RWLock, SpinLock
 from svsm.sdk import FatalError, InvalidRequest
 from svsm.sdk.attestation import (
     CERT_TABLE_ENTRY,
@@ -233,7 +233,7 @@ class Svsm:
         self.registry = VcpuRegistry()
         self.pvalidate_lock: RWLock[None] = RWLock(None, name="PVALIDATE_LOCK")
         self.panicker = Panicker(self._wipe_vmpcks, self._terminate)
-        self._greq_lock = threading.Lock()
+        self._greq_lock: SpinLock[None] = SpinLock(None, name="svsm.guest_request")
         self._msg: GuestMessageClient | None = None
         self.percpu: list[PerCpu] = []
         self.guest_vmsa_gpa: int | None = None

@@ -34,6 +34,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", metavar="SIZE", default="64M", help="guest memory, e.g. 64M, 1G (default 64M)")
     p.add_argument("--guest-vmpl", metavar="VMPL", type=int, choices=(1, 2, 3), default=2,
                    help="VMPL the guest OS runs at (default 2, as COCONUT)")  # fmt: skip
+    p.add_argument("--lockdep", action="store_true", help="run with the lock-order checker on (report inversions)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -189,8 +190,11 @@ def _render(rep: WorkloadReport) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     from svsm.kernel import boot
+    from svsm.kernel.sync import lock_order_checker
 
     opts = boot_options(args)
+    if args.lockdep:
+        lock_order_checker().enable(raise_on_violation=False)
     try:
         with boot(**opts) as cvm:
             rep = run_workload(cvm)

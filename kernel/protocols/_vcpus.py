@@ -10,8 +10,9 @@ keep a check and an update atomic with PVALIDATE hold ``PVALIDATE_LOCK`` for wri
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import NamedTuple
+
+from svsm.kernel.sync import SpinLock
 
 from svsm.sdk import InvalidAddress, InvalidParameter
 from svsm.sdk.guest._abi import CA_HEADER_SIZE, PAGE_SIZE
@@ -51,7 +52,7 @@ class VcpuRegistry:
     """Registered guest VMSA/CAA pairs, keyed by VMSA GPA."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock: SpinLock[None] = SpinLock(None, name="core.vmsa_registry")
         self._by_vmsa: dict[int, VmsaRecord] = {}
         self._refused = 0
 
