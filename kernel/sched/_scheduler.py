@@ -274,6 +274,31 @@ class Scheduler:
         """Run ``fn(*args)`` after ``delay`` clock seconds."""
         return self.call_at(self.clock.now() + delay, fn, *args)
 
+    def call_every(self, interval: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run ``fn(*args)`` every ``interval`` clock seconds (first after one interval).
+
+        The next deadline is the previous deadline plus ``interval`` (no drift); if the
+        callback raises, the series stops and the failure surfaces at :meth:`shutdown`.
+
+        :returns: a handle whose :meth:`~TimerHandle.cancel` stops the whole series.
+        :raises SchedulerError: ``interval`` is not positive.
+        """
+        if interval <= 0:
+            raise SchedulerError(f"interval {interval} must be positive")
+        series = TimerHandle(self.clock.now() + interval, -1, fn, args)
+
+        def tick() -> None:
+            if series.cancelled:
+                return
+            series.fired = True
+            fn(*args)
+            if not series.cancelled:
+                series.deadline += interval
+                self.call_at(series.deadline, tick)
+
+        self.call_at(series.deadline, tick)
+        return series
+
     def _on_clock(self) -> None:
         with self._mutex:
             self._state_cond.notify_all()

@@ -28,11 +28,12 @@ from ._spinlock import LockGuard as LockGuard
 from ._spinlock import LockStatistics as LockStatistics
 from ._spinlock import MappedGuard as MappedGuard
 from ._spinlock import SpinLock as SpinLock
+from ._spinlock import all_lock_statistics as all_lock_statistics
 
 __all__ = [
     "CallSite", "Frame", "capture_call_site",
     "LockError", "LockNotHeld", "LockOrderViolation", "SelfDeadlock",
     "LockOrderChecker", "LockOrderStatistics", "lock_order_checker",
-    "SpinLock", "LockGuard", "MappedGuard", "LockStatistics",
+    "SpinLock", "LockGuard", "MappedGuard", "LockStatistics", "all_lock_statistics",
     "RWLock", "ReadGuard", "WriteGuard", "RWLockStatistics",
 ]

@@ -15,7 +15,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 from ._errors import LockNotHeld, SelfDeadlock
 from ._lockdep import LockOrderChecker, lock_order_checker
-from ._spinlock import MappedGuard, _default_name
+from ._spinlock import MappedGuard, _default_name, _registry
 
 __all__ = ["RWLock", "ReadGuard", "WriteGuard", "RWLockStatistics", "READERS_MASK", "WRITER_SHIFT"]
 
@@ -50,7 +50,7 @@ class RWLock(Generic[T]):
 
     __slots__ = (
         "_value", "name", "_checker", "_mutex", "_cond", "_state", "_waiters",
-        "_writer", "_reads", "_writes", "_contentions",
+        "_writer", "_reads", "_writes", "_contentions", "__weakref__",
     )
 
     def __init__(self, value: T = None, *, name: str | None = None,  # type: ignore[assignment]
@@ -66,6 +66,7 @@ class RWLock(Generic[T]):
         self._reads = 0
         self._writes = 0
         self._contentions = 0
+        _registry.add(self)
 
     @property
     def state(self) -> int:

@@ -10,6 +10,7 @@ burnt CPU.  The uncontended path is one short mutex section on each side.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -17,12 +18,23 @@ from ._callsite import capture_call_site
 from ._errors import LockNotHeld, SelfDeadlock
 from ._lockdep import LockOrderChecker, lock_order_checker
 
-__all__ = ["SpinLock", "LockGuard", "MappedGuard", "LockStatistics"]
+__all__ = ["SpinLock", "LockGuard", "MappedGuard", "LockStatistics", "all_lock_statistics"]
 
 T = TypeVar("T")
 U = TypeVar("U")
 
 _get_ident = threading.get_ident
+
+#: Every live lock (weakly), for :func:`all_lock_statistics`.
+_registry: weakref.WeakSet = weakref.WeakSet()  # type: ignore[type-arg]
+
+
+def all_lock_statistics() -> tuple[Any, ...]:
+    """Statistics of every live SpinLock and RWLock, by name (for run reports).
+
+    :returns: :class:`LockStatistics` / ``RWLockStatistics`` snapshots.
+    """
+    return tuple(sorted((lock.statistics() for lock in list(_registry)), key=lambda st: st.name))
 
 
 def _default_name(depth: int = 2) -> str:
@@ -50,7 +62,7 @@ class SpinLock(Generic[T]):
 
     __slots__ = (
         "_value", "name", "_checker", "_mutex", "_cond", "_current", "_holder",
-        "_waiters", "_owner", "_acquisitions", "_contentions",
+        "_waiters", "_owner", "_acquisitions", "_contentions", "__weakref__",
     )
 
     def __init__(self, value: T = None, *, name: str | None = None,  # type: ignore[assignment]
@@ -66,6 +78,7 @@ class SpinLock(Generic[T]):
         self._owner: int | None = None
         self._acquisitions = 0
         self._contentions = 0
+        _registry.add(self)
 
     # -- acquisition --------------------------------------------------------
     def lock(self) -> LockGuard[T]:

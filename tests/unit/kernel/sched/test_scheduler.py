@@ -296,3 +296,22 @@ def test_cpu_context_wraps_each_task(clock: FakeClock) -> None:
         s.spawn(lambda c=cpu: seen.append((c, active[threading.get_ident()])), cpu=cpu).wait_terminated(5)
     s.shutdown()
     assert seen == [(0, 0), (1, 1), (1, 1)] and active == {}
+
+
+def test_call_every_repeats_without_drift_until_cancelled(sched: Scheduler, clock: FakeClock) -> None:
+    ticks: list[float] = []
+    h = sched.call_every(2.0, lambda: ticks.append(clock.now()))
+    for _ in range(7):
+        clock.advance(1.0)
+        sched.wait_idle()
+    assert ticks == [2.0, 4.0, 6.0]
+    clock.advance(3.0)  # jumps over two deadlines: each fires once, in order
+    sched.wait_idle()
+    sched.wait_idle()
+    assert ticks[:3] == [2.0, 4.0, 6.0] and len(ticks) == 5
+    h.cancel()
+    clock.advance(10.0)
+    sched.wait_idle()
+    assert len(ticks) == 5
+    with pytest.raises(SchedulerError):
+        sched.call_every(0, print)

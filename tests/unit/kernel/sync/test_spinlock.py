@@ -151,3 +151,19 @@ def test_early_guard_release_inside_with(checker: LockOrderChecker) -> None:
         other.start()
         other.join()
     assert lock.locked() and lock.owner == other.ident  # our exit did not release theirs
+
+
+def test_all_lock_statistics_lists_live_locks() -> None:
+    import gc
+
+    from svsm.kernel.sync import RWLock, all_lock_statistics
+
+    a = SpinLock(name="zz.registry.spin")
+    b = RWLock(name="zz.registry.rw")
+    with a:
+        pass
+    names = {st.name: st for st in all_lock_statistics()}
+    assert names["zz.registry.spin"].acquisitions == 1 and "zz.registry.rw" in names
+    del a, b
+    gc.collect()
+    assert not {"zz.registry.spin", "zz.registry.rw"} & {st.name for st in all_lock_statistics()}
