@@ -391,7 +391,11 @@ class Hypervisor(HostMemoryManager):
         return self.platform.psp.guest_request(request)  # type: ignore[no-any-return]
 
     def nae_snp_ap_creation(self, vcpu: Vcpu, ghcb: GhcbPage) -> None:
-        """AP creation: info1 = op | VMPL << 16 | APIC ID << 32; info2 = VMSA GPA; RAX = features."""
+        """AP creation: info1 = op | VMPL << 16 | APIC ID << 32; info2 = VMSA GPA; RAX = features.
+
+        The VMSA page must already be an RMP VMSA page of this guest (the SVSM RMPADJUSTs it
+        first); VMRUN checks it again when the vCPU is run.
+        """
         info1, vmsa_gpa = ghcb.sw_exit_info_1, ghcb.sw_exit_info_2
         op, vmpl, apic_id = info1 & 0xFFFF, (info1 >> 16) & 0xF, info1 >> 32
         platform = self.platform
@@ -419,6 +423,10 @@ class Hypervisor(HostMemoryManager):
             self._ghcb_error(ghcb, GhcbError.INVALID_INPUT)
             return
         sfn = self.gpa_to_spa(vmsa_gpa) >> PAGE_SHIFT
+        page = platform.rmp.read(sfn)  # the host may read the RMP; refuse what VMRUN would
+        if not (page.assigned and page.asid == platform.asid and page.vmsa):
+            self._ghcb_error(ghcb, GhcbError.INVALID_INPUT)
+            return
         if target is None:
             target = platform.add_vcpu(apic_id)
         if op == AP_CREATE_ON_INIT:

@@ -246,12 +246,16 @@ def test_ap_creation(p) -> None:  # type: ignore[no-untyped-def]
     for info1, info2, regs in ((7 | 5 << 32, vmsa, {"rax": 1}), (1 | 5 << 32, vmsa + 8, {"rax": 1}), (1 | 5 << 32, vmsa, {})):
         out = ghcb_call(bsp, GHCB, SwExitCode.SNP_AP_CREATION, info1, info2, **regs)
         assert out.sw_exit_info_1 == 2
-    # A VMSA page that is not RMP VMSA-marked cannot run.
-    ghcb_call(bsp, GHCB, SwExitCode.SNP_AP_CREATION, 1 | 3 << 16 | 5 << 32, 0x9000, rax=1)
+    # A page that is not RMP VMSA-marked is refused at creation ...
+    out = ghcb_call(bsp, GHCB, SwExitCode.SNP_AP_CREATION, 1 | 3 << 16 | 5 << 32, 0x9000, rax=1)
+    assert (out.sw_exit_info_1, out.sw_exit_info_2) == (2, GhcbError.INVALID_INPUT) and ap.vmsa_sfn[3] is None
+    # ... and one whose VMSA bit is revoked after creation cannot be VMRUN.
+    assert ghcb_call(bsp, GHCB, SwExitCode.SNP_AP_CREATION, 1 | 1 << 16 | 5 << 32, vmsa, rax=1).sw_exit_info_1 == 0
+    assert bsp.rmpadjust(vmsa, 0, 1 | 1 << 8).rc == 0  # VMSA bit cleared
     from svsm.kernel.hw import VmrunError
 
     with pytest.raises(VmrunError):
-        ap.vmrun(3)
+        ap.vmrun(1)
 
 
 def test_statistics_count_events(p) -> None:  # type: ignore[no-untyped-def]
