@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 
 from ._constants import ALG, CC, RC, RH, SE, ST, TPMA_OBJECT, rc_handle, rc_param
 from ._crypto import CURVES, HASHES, kdfa, kdfe
-from ._dispatch import COMMANDS, USER, Ctx, command, p_digest, p_i32, p_u8, p_u32
+from ._dispatch import COMMANDS, USER, Ctx, command, p_digest, p_i32, p_u8, p_u16, p_u32
 from ._marshal import Reader, TpmError, tpm2b, u8, u16, u32
 from ._sessions import Session
 from ._structs import marshal_pcr_selection, read_hash_alg, read_pcr_selection, read_sym_def
@@ -249,3 +249,112 @@ def _policy_name_hash(tpm: "Tpm", ctx: Ctx, digest: bytes) -> bytes:
     return _hash_policy(ctx, digest, CC.PolicyNameHash, "name_hash")
 
 
+
+
+def _policy_ref_update(s: Session, cc: int, name: bytes, policy_ref: bytes) -> None:
+    """PolicySigned/PolicySecret/PolicyAuthorize form: d = H(H(d || cc || name) || policyRef)."""
+    s.extend_policy(u32(cc), name)
+    s.policy = _h(s, s.policy, policy_ref)
+
+
+def _p_signature(r: Reader) -> tuple[int, int, object]:
+    from ._structs import read_signature
+    return read_signature(r)
+
+
+@command(CC.PolicySigned, ("obj", "policy"), decrypt=True, encrypt=True,
+         params=(_p_nonce, p_digest, _p_nonce, p_i32, _p_signature))
+def _policy_signed(tpm: "Tpm", ctx: Ctx, nonce_tpm: bytes, cp_hash_a: bytes, policy_ref: bytes, expiration: int,
+                   sig: tuple[int, int, object]) -> bytes:
+    from ._cmd_crypto import verify_signature
+    from ._crypto import H
+    key = ctx.ent[0]
+    s = _ps(ctx, 1)
+    if nonce_tpm and nonce_tpm != s.nonce_tpm:
+        raise TpmError(rc_param(RC.NONCE, 1))
+    if cp_hash_a and len(cp_hash_a) != HASHES[s.hash_alg][1]:
+        raise TpmError(rc_param(RC.SIZE, 2))
+    if s.type != SE.TRIAL:
+        a_hash = H(sig[1] if sig[1] in HASHES else key.public.name_alg, nonce_tpm, u32(expiration & 0xFFFFFFFF),
+                   cp_hash_a, policy_ref)
+        try:
+            verify_signature(key, a_hash, sig)
+        except TpmError:
+            raise TpmError(rc_param(RC.SIGNATURE, 5)) from None
+        if expiration:
+            t = tpm.clock() + abs(expiration)
+            s.timeout = t if s.timeout is None else min(s.timeout, t)
+        if cp_hash_a:
+            if s.cp_hash and s.cp_hash != cp_hash_a:
+                raise TpmError(RC.CPHASH)
+            s.cp_hash = cp_hash_a
+    _policy_ref_update(s, CC.PolicySigned, key.name, policy_ref)
+    return tpm2b(b"") + u16(ST.AUTH_SIGNED) + u32(RH.NULL) + tpm2b(b"")
+
+
+def _p_ticket(r: Reader) -> tuple[int, int, bytes]:
+    from ._structs import read_ticket
+    return read_ticket(r)
+
+
+@command(CC.PolicyAuthorize, ("policy",), decrypt=True,
+         params=(p_digest, _p_nonce, lambda r: r.tpm2b(66), _p_ticket))
+def _policy_authorize(tpm: "Tpm", ctx: Ctx, approved: bytes, policy_ref: bytes, key_sign: bytes,
+                      ticket: tuple[int, int, bytes]) -> bytes:
+    import hmac as _hmac
+    from ._cmd_object import make_ticket
+    from ._crypto import H
+    s = _ps(ctx)
+    if s.type != SE.TRIAL:
+        if len(key_sign) < 2 or int.from_bytes(key_sign[:2], "big") not in HASHES:
+            raise TpmError(rc_param(RC.SIZE, 3))
+        if approved != s.policy:
+            raise TpmError(rc_param(RC.VALUE, 1))
+        a_hash = H(int.from_bytes(key_sign[:2], "big"), approved, policy_ref)
+        tag, hier, digest = ticket
+        if tag != ST.VERIFIED or hier not in tpm.proofs or hier == RH.NULL or not _hmac.compare_digest(
+                make_ticket(tpm, ST.VERIFIED, hier, a_hash, key_sign), u16(tag) + u32(hier) + tpm2b(digest)):
+            raise TpmError(rc_param(RC.TICKET, 4))
+    s.policy = bytes(HASHES[s.hash_alg][1])
+    _policy_ref_update(s, CC.PolicyAuthorize, key_sign, policy_ref)
+    return b""
+
+
+_NV_OPS = {
+    0x0000: lambda a, b: a == b, 0x0001: lambda a, b: a != b,
+    0x0002: lambda a, b: int.from_bytes(a, "big", signed=True) > int.from_bytes(b, "big", signed=True),
+    0x0003: lambda a, b: int.from_bytes(a, "big") > int.from_bytes(b, "big"),
+    0x0004: lambda a, b: int.from_bytes(a, "big", signed=True) < int.from_bytes(b, "big", signed=True),
+    0x0005: lambda a, b: int.from_bytes(a, "big") < int.from_bytes(b, "big"),
+    0x0006: lambda a, b: int.from_bytes(a, "big", signed=True) >= int.from_bytes(b, "big", signed=True),
+    0x0007: lambda a, b: int.from_bytes(a, "big") >= int.from_bytes(b, "big"),
+    0x0008: lambda a, b: int.from_bytes(a, "big", signed=True) <= int.from_bytes(b, "big", signed=True),
+    0x0009: lambda a, b: int.from_bytes(a, "big") <= int.from_bytes(b, "big"),
+    0x000A: lambda a, b: int.from_bytes(a, "big") & int.from_bytes(b, "big") == int.from_bytes(b, "big"),
+    0x000B: lambda a, b: int.from_bytes(a, "big") & int.from_bytes(b, "big") == 0,
+}  # TPM_EO (Part 2 table "TPM_EO Constants")
+
+
+def _p_operation(r: Reader) -> int:
+    op = r.u16()
+    if op not in _NV_OPS:
+        raise TpmError(RC.VALUE)
+    return op
+
+
+@command(CC.PolicyNV, ("nvauth", "nv", "policy"), (USER,), decrypt=True,
+         params=(lambda r: r.tpm2b(64), p_u16, _p_operation))
+def _policy_nv(tpm: "Tpm", ctx: Ctx, operand_b: bytes, offset: int, operation: int) -> bytes:
+    from ._crypto import H
+    from ._nv import check_read
+    nv = ctx.ent[1]
+    s = _ps(ctx, 2)
+    if s.type != SE.TRIAL:
+        check_read(tpm, ctx, nv)
+        if offset + len(operand_b) > nv.size:
+            raise TpmError(RC.NV_RANGE)
+        if not _NV_OPS[operation](bytes(nv.data[offset:offset + len(operand_b)]), operand_b):
+            raise TpmError(RC.POLICY)
+    args = H(s.hash_alg, operand_b, u16(offset), u16(operation))
+    s.extend_policy(u32(CC.PolicyNV), args, nv.name())
+    return b""

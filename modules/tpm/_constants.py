@@ -69,6 +69,8 @@ class CC:
     LoadExternal = 0x167
     MakeCredential = 0x168
     NV_ReadPublic = 0x169
+    PolicySigned = 0x160
+    PolicyAuthorize = 0x16A
     PolicyAuthValue = 0x16B
     PolicyCommandCode = 0x16C
     PolicyCpHash = 0x16E
