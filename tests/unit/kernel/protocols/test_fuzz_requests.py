@@ -9,15 +9,22 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from svsm.kernel.hw import MSR_GHCB, RunVmplRequest
 from svsm.sdk import ResultCode
-from svsm.sdk.guest import SVSM_CORE_PROTOCOL, SVSM_REQ_CORE_PVALIDATE, request_rax
+from svsm.sdk.guest import (
+    SVSM_CORE_PROTOCOL,
+    SVSM_REQ_CORE_DEPOSIT_MEM,
+    SVSM_REQ_CORE_PVALIDATE,
+    SVSM_REQ_CORE_WITHDRAW_MEM,
+    request_rax,
+)
 
 CODES = {int(c) for c in ResultCode}
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def interesting_gpas(cvm: Any, g: Any) -> list[int]:
@@ -28,9 +35,11 @@ def interesting_gpas(cvm: Any, g: Any) -> list[int]:
     return out
 
 
+@pytest.mark.parametrize("call", [SVSM_REQ_CORE_PVALIDATE, SVSM_REQ_CORE_DEPOSIT_MEM, SVSM_REQ_CORE_WITHDRAW_MEM])
 @FUZZ
 @given(data=st.data())
-def test_fuzz_pvalidate_list(guest: Any, cvm: Any, invariants: Any, data: st.DataObject) -> None:
+def test_fuzz_page_lists(guest: Any, cvm: Any, invariants: Any, call: int, data: st.DataObject) -> None:
+    """PVALIDATE lists and DEPOSIT/WITHDRAW page lists (same header) with anything in them."""
     gpas = interesting_gpas(cvm, guest)
     n = data.draw(st.integers(0, 6))
     nxt = data.draw(st.integers(0, 7))
@@ -42,7 +51,7 @@ def test_fuzz_pvalidate_list(guest: Any, cvm: Any, invariants: Any, data: st.Dat
     raw += struct.pack(f"<{n}Q", *entries)
     at = guest.caa + 8 + data.draw(st.sampled_from([0, 0, 4, 0xF00]))
     guest.mem.write(at, raw)
-    r = guest.svsm_call(SVSM_CORE_PROTOCOL, SVSM_REQ_CORE_PVALIDATE, at)
+    r = guest.svsm_call(SVSM_CORE_PROTOCOL, call, at)
     assert r.rax in CODES
     invariants(cvm)
 
