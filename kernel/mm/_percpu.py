@@ -211,11 +211,18 @@ class PerCpuArea:
             for s in slots:
                 slots_free[s] = False
             vaddr = base + first * unit
-            for i in range(n):
-                if huge:
-                    self.page_table.map_2m(vaddr + i * unit, paddr + i * unit, flags, encrypted=encrypted)
-                else:
-                    self.page_table.map_4k(vaddr + i * unit, paddr + i * unit, flags, encrypted=encrypted)
+            mapper = self.page_table.map_2m if huge else self.page_table.map_4k
+            done = 0
+            try:
+                for i in range(n):
+                    mapper(vaddr + i * unit, paddr + i * unit, flags, encrypted=encrypted)
+                    done += 1
+            except BaseException:
+                for i in range(done):  # roll back: nothing stays mapped, the slots are free again
+                    self.page_table.unmap(vaddr + i * unit)
+                for sl in slots:
+                    slots_free[sl] = True
+                raise
             guard = PerCPUPageMappingGuard(self, vaddr, paddr, size, huge, slots)
             self._active.add(guard)
             self._total += 1

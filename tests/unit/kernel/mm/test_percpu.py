@@ -187,3 +187,15 @@ def test_teardown_returns_every_page(cpus: PerCpuAreas) -> None:
     cpus.shutdown()
     cpus.allocator.check_leaks()
     assert cpus.allocator.statistics().used_pages == 0
+
+
+def test_failed_mapping_rolls_back(cpus: PerCpuAreas) -> None:
+    from svsm.kernel.mm import PageTableError
+
+    c0 = cpus.create(0)
+    with pytest.raises(PageTableError):
+        c0.map_guest((1 << 51) - 2 * PAGE_SIZE, 3 * PAGE_SIZE)  # third page would carry the C-bit
+    st = c0.statistics()
+    assert st.free_4k_slots == 512 and st.mappings_active == 0
+    with pytest.raises(PageFault):
+        c0.read(SVSM_PERCPU_TEMP_BASE_4K, 1)
