@@ -117,33 +117,35 @@ class Cvm:
         self.measurement = measurement
         self.timings = timings
         self.layout = svsm.layout
-        self._guests: dict[int, Any] = {}
+        self._guest: Any = None
         self._closed = False
         self.platform.hypervisor.send_init(platform.vcpus[0].apic_id)
 
     @property
     def guest(self) -> Any:
         """The guest OS driver on the BSP (:class:`svsm.sdk.guest.Guest`), running at the guest VMPL."""
-        return self.guest_on(self.platform.vcpus[0].apic_id)
-
-    def guest_on(self, apic_id: int) -> Any:
-        """The guest driver on the vCPU with ``apic_id`` (an AP must have been started by the guest)."""
-        g = self._guests.get(apic_id)
-        if g is None:
+        if self._guest is None:
             from svsm.sdk.guest import Guest
 
-            v = self.platform.vcpu_by_apic_id(apic_id)
-            if v is None:
-                raise ValueError(f"no vCPU with APIC ID {apic_id}")
-            lay = self.layout
-            g = Guest(
-                v, self.svsm.guest_vmpl, secrets_gpa=lay.guest_secrets_gpa, ram=lay.guest_ram,
+            lay, bsp = self.layout, self.platform.vcpus[0]
+            self._guest = Guest(
+                bsp, self.svsm.guest_vmpl, secrets_gpa=lay.guest_secrets_gpa, ram=lay.guest_ram,
                 reserved=[(self.firmware.gpa, len(self.firmware.data)), (0, 0x8000)],
                 cpus=self.platform.vcpu_by_apic_id, apic_ids=[c.apic_id for c in self.platform.vcpus],
-                peer=self._guests.get(self.platform.vcpus[0].apic_id),
             )  # fmt: skip
-            self._guests[apic_id] = g
-        return g
+        return self._guest
+
+    def guest_on(self, apic_id: int) -> Any:
+        """The guest driver on the vCPU with ``apic_id``: the BSP's, or an AP the guest started.
+
+        :raises ValueError: no such vCPU, or the guest has not started that AP.
+        """
+        g = self.guest
+        if apic_id == g.cpu.apic_id:
+            return g
+        if apic_id not in g.aps:
+            raise ValueError(f"the guest has not started the AP with APIC ID {apic_id}")
+        return g.aps[apic_id][0]
 
     def statistics(self) -> CvmStatistics:
         """Calls, allocator, lock and hypervisor counters."""

@@ -103,3 +103,12 @@ def test_shutdown_reports_kernel_leaks() -> None:
         cvm.guest.accept_memory(0x10_0000, 0x10_0000)
         cvm.guest.start_ap(1)
         cvm.guest.attest(bytes(64))
+
+
+def test_guest_on() -> None:
+    with boot(vcpus=3, memory="12M") as cvm:
+        assert cvm.guest_on(0) is cvm.guest
+        with pytest.raises(ValueError):
+            cvm.guest_on(1)
+        ap = cvm.guest.start_ap(2)
+        assert cvm.guest_on(2) is ap and ap.query_protocol(0) == (1, 1)
