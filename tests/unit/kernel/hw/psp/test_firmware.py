@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import pathlib
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from svsm.kernel.hw.psp import (
     Chip,
+    FirmwareImage,
     FwError,
     LaunchState,
     PageType,
@@ -24,7 +25,6 @@ from svsm.kernel.hw.psp import (
     calc_launch_digest,
     launch,
     launch_plan,
-    FirmwareImage,
 )
 from svsm.sdk.attestation import (
     ARK_GUID,
@@ -259,9 +259,7 @@ def test_report_from_other_chip_fails(fw: SnpFirmware, tmp_path_factory: pytest.
         verify_report(r, load_chain(*other.chain_pem()))
 
 
-def _pem():  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives.serialization import Encoding
-
+def _pem() -> Encoding:
     return Encoding.PEM
 
 
