@@ -172,7 +172,10 @@ class SlabAllocator:
     def _free_small(self, cls: _SlabClass, paddr: int) -> None:
         pfn, off = paddr >> PAGE_SHIFT, paddr & (PAGE_SIZE - 1)
         with cls.lock:
-            page = cls.pages[pfn]
+            page = cls.pages.get(pfn)
+            if page is None:  # the slab page went back to the buddy allocator meanwhile
+                raise ForeignFree(f"free of {paddr:#x}: its slab page is no longer a {cls.size}-byte slab",
+                                  paddr=paddr)
             site = page.used.pop(off, None)
             if site is None:
                 freed = cls.freed.get(paddr, (CallSite(), CallSite()))

@@ -184,3 +184,37 @@ class HeapMachine(RuleBasedStateMachine):
 
 TestHeapMachine = HeapMachine.TestCase
 TestHeapMachine.settings = settings(max_examples=30, stateful_step_count=40, deadline=None)
+
+
+def test_concurrent_slab_use_keeps_objects_distinct() -> None:
+    import threading
+
+    heap, pa, mem = make(pages=64)
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        mine: list[int] = []
+        try:
+            for n in range(200):
+                size = (32, 100, 700)[(n + i) % 3]
+                p = heap.allocate(size)
+                mem.write(p, bytes([i]) * size)
+                mine.append(p)
+                if n % 2:
+                    q = mine.pop(0)
+                    assert mem.read(q, 32) == bytes([i]) * 32  # nobody else wrote into it
+                    heap.free(q)
+            for q in mine:
+                heap.free(q)
+        except BaseException as e:  # noqa: BLE001 - collected for the assert
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    heap.check_leaks()
+    heap.trim()
+    pa.check_leaks()
