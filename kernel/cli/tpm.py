@@ -9,6 +9,7 @@ module's ``svsm.modules`` entry point.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -17,6 +18,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
@@ -114,11 +116,24 @@ class StateFileDevice:
         self._maybe_save()
 
 
-def open_device(*, direct: bool, state: pathlib.Path | None) -> tuple[TpmDevice, Any]:
+class _FullPath:
+    """A booted CVM with a module host; :meth:`close` shuts both down."""
+
+    def __init__(self, stack: contextlib.ExitStack, cvm: Any, driver: Any) -> None:
+        self.stack, self.cvm, self.driver = stack, cvm, driver
+
+    def close(self) -> None:
+        self.driver.close()
+        self.stack.close()
+
+
+def open_device(*, direct: bool, state: pathlib.Path | None, module_mode: str = "process") -> tuple[TpmDevice, Any]:
     """Build the TPM to serve.
 
     :param direct: the engine in this process; otherwise a booted CVM's guest vTPM.
-    :param state: state directory (``None``: in memory).
+    :param state: state directory (``None``: in memory).  The full path keeps the vTPM's state
+        in the kernel's module storage, which is volatile until the persist module gets a disk.
+    :param module_mode: ``"process"`` (sandboxed module processes) or ``"inprocess"`` (threads).
     :returns: ``(device, owner)``; call ``owner.close()`` (if present) when done.
     :raises BackendUnavailable: the backend cannot be built here.
     """
@@ -126,16 +141,42 @@ def open_device(*, direct: bool, state: pathlib.Path | None) -> tuple[TpmDevice,
         dev = StateFileDevice(load_engine_class(), state)
         return dev, dev
     try:
-        from svsm.kernel import boot  # type: ignore[attr-defined]
-        from svsm.sdk.tpm._driver import VtpmDriver  # type: ignore[import-not-found]
+        from svsm.kernel import boot
+        from svsm.kernel.ipc import ModuleHost
     except ImportError as exc:
         raise BackendUnavailable(f"the full SVSM path is not available ({exc}); use --direct") from None
-    vm = boot(state_dir=state)
-    return VtpmDriver(vm.guest), vm
+    from svsm.sdk import RequestError
+    from svsm.sdk.tpm import VtpmDriver
+
+    stack = contextlib.ExitStack()
+    try:
+        # persist needs a host disk (not wired to --state yet) and migrate serves no guest protocol.
+        host = stack.enter_context(ModuleHost.from_installed(mode=module_mode, blocked=("persist", "migrate")))
+        cvm = stack.enter_context(boot(module_host=host))
+        driver = _probe_until_ready(lambda: VtpmDriver(cvm.guest), RequestError)
+    except BaseException:
+        stack.close()
+        raise
+    return driver, _FullPath(stack, cvm, driver)
+
+
+def _probe_until_ready(make: Callable[[], Any], error: type[Exception], timeout: float = 60.0) -> Any:
+    """The vTPM module may still be starting (BUSY): retry the probe for up to ``timeout`` s.
+
+    :raises BackendUnavailable: the module never answered the probe.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return make()
+        except error as exc:
+            if time.monotonic() > deadline:
+                raise BackendUnavailable(f"the vTPM module did not come up: {exc}") from None
+            time.sleep(0.1)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    device, owner = open_device(direct=args.direct, state=args.state)
+    device, owner = open_device(direct=args.direct, state=args.state, module_mode=args.module_mode)
     cls: type[TpmServer] = MssimServer if args.transport == "mssim" else SwtpmServer
     server = cls(device, args.host, args.port)
     try:
@@ -180,6 +221,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--state", type=pathlib.Path, help="directory keeping the TPM's non-volatile state")
     serve.add_argument("--transport", choices=("mssim", "swtpm"), default="mssim", help="wire protocol (default mssim)")
     serve.add_argument("--direct", action="store_true", help="serve the engine without booting a VM")
+    serve.add_argument("--module-mode", choices=("process", "inprocess"), default="process",
+                       help="run the vTPM module as a sandboxed process (default) or in a thread")
     serve.set_defaults(func=_serve)
 
 

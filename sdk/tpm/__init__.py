@@ -6,6 +6,9 @@ same servers expose the engine directly, a guest's vTPM through the SVSM, or a r
 
 from ._client import MssimClient as MssimClient
 from ._client import SwtpmClient as SwtpmClient
+from ._driver import DriverStatistics as DriverStatistics
+from ._driver import VtpmDriver as VtpmDriver
+from ._driver import VtpmGuest as VtpmGuest
 from ._errors import TransportError as TransportError
 from ._mssim import MssimCode as MssimCode
 from ._mssim import MssimConnection as MssimConnection
@@ -42,6 +45,9 @@ from ._vtpm import encode_vtpm_request as encode_vtpm_request
 from ._vtpm import encode_vtpm_response as encode_vtpm_response
 
 __all__ = [
+    "DriverStatistics",
+    "VtpmDriver",
+    "VtpmGuest",
     "MssimClient",
     "MssimCode",
     "MssimConnection",

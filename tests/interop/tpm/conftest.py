@@ -95,7 +95,9 @@ class Target:
             return SwtpmClient(port=self.swtpm.port)
         from svsm.kernel.cli.tpm import open_device  # the same code path as `svsm tpm serve`
 
-        device, self.boot = open_device(direct=self.backend == "direct", state=self.state)
+        # The full path runs the module in-process (threads) here to keep the suite fast;
+        # test_cli.py covers the sandboxed-process mode once.
+        device, self.boot = open_device(direct=self.backend == "direct", state=self.state, module_mode="inprocess")
         return device
 
     def start(self) -> None:
