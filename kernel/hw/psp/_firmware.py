@@ -180,6 +180,9 @@ class SnpFirmware:
     :param reported_tcb: the TCB reports claim and are signed at (SNP_CONFIG's REPORTED_TCB:
         a host may report an older TCB so verifiers keep using an older VCEK); default the
         chip's current TCB.  It may not exceed the current TCB.
+    :param mask_chip_id: SNP_CONFIG MASK_CHIP_ID: reports carry a zero CHIP_ID.
+    :param mask_chip_key: SNP_CONFIG MASK_CHIP_KEY: reports are not signed (zero signature,
+        KEY_INFO MASK_CHIP_KEY = 1, SIGNING_KEY = 7 "none").
     :param rng: randomness for VMPCKs, VMRKs and report IDs (injected).
 
     .. versionadded:: 0.1
@@ -193,6 +196,8 @@ class SnpFirmware:
         platform_info: int = 0x1,
         firmware_version: tuple[int, int, int] = (1, 55, 0),
         reported_tcb: int | None = None,
+        mask_chip_id: bool = False,
+        mask_chip_key: bool = False,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if report_version not in (2, 3, 5):
@@ -204,6 +209,8 @@ class SnpFirmware:
             raise ValueError("REPORTED_TCB may not exceed the current TCB")
         #: TCB in REPORTED_TCB; the VCEK for it signs reports and heads the certificate table.
         self.reported_tcb = chip.raw_tcb if reported_tcb is None else reported_tcb
+        self.mask_chip_id = mask_chip_id
+        self.mask_chip_key = mask_chip_key
         self.chip = chip
         self.report_version = report_version
         self.platform_info = platform_info
@@ -426,17 +433,19 @@ class SnpFirmware:
             version=self.report_version, guest_svn=ctx.guest_svn, policy=ctx.policy,
             family_id=ctx.family_id, image_id=ctx.image_id, vmpl=vmpl, signature_algo=1,
             current_tcb=tcb, platform_info=self.platform_info,
-            key_info=1 if any(ctx.author_key_digest) else 0,  # SIGNING_KEY = 0 (VCEK)
+            key_info=(1 if any(ctx.author_key_digest) else 0) | (2 | 7 << 2 if self.mask_chip_key else 0),
             report_data=report_data, measurement=ctx.measurement, host_data=ctx.host_data,
             id_key_digest=ctx.id_key_digest, author_key_digest=ctx.author_key_digest,
             report_id=ctx.report_id, report_id_ma=b"\xff" * 32, reported_tcb=self.reported_tcb,
-            chip_id=self.chip.chip_id, committed_tcb=tcb, launch_tcb=ctx.launch_tcb,
+            chip_id=bytes(64) if self.mask_chip_id else self.chip.chip_id, committed_tcb=tcb, launch_tcb=ctx.launch_tcb,
             current_build=build, current_minor=minor, current_major=major,
             committed_build=build, committed_minor=minor, committed_major=major,
         )  # fmt: skip
         if self.report_version >= 3:
             fields.update(cpuid_fam_id=p.family, cpuid_mod_id=p.model, cpuid_step=p.stepping)
         unsigned = build_report_bytes(**fields)
+        if self.mask_chip_key:
+            return unsigned  # no signature: zeros (snp.md 1)
         key, _ = self.chip.vcek(self.reported_tcb)
         r, s = decode_dss_signature(key.sign(unsigned[:SIGNED_SIZE], ec.ECDSA(hashes.SHA384())))
         return build_report_bytes(**fields, signature_r=r, signature_s=s)

@@ -405,3 +405,13 @@ def test_concurrent_requests_on_all_vmpcks(fw: SnpFirmware) -> None:
     for t in threads:
         t.join()
     assert not errors and g.ctx.seqnos == [10, 10, 10, 10]
+
+
+def test_masked_chip_id_and_key(chip: Chip, chain: CertChain) -> None:
+    r = verify_report(bytes(Guest(SnpFirmware(chip, mask_chip_id=True)).report().report), chain)
+    assert r.chip_id == bytes(64)  # hwID binding is skipped, the signature still checks
+    raw = bytes(Guest(SnpFirmware(chip, mask_chip_key=True)).report().report)
+    masked = AttestationReport.from_bytes(raw)
+    assert masked.mask_chip_key and masked.signing_key == 7 and (masked.signature_r, masked.signature_s) == (0, 0)
+    with pytest.raises(VerificationError):
+        verify_report(raw, chain)
