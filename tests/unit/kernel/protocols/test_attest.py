@@ -160,3 +160,26 @@ def test_fuzz_attest_op(guest: Any, raw: bytes, single: bool, fix: int) -> None:
     assert guest.cvm.svsm.panicker.panicked is None
     for p in (b.op, b.report, b.manifest):
         guest.pool.give(p)
+
+
+def test_tampered_psp_response_is_invalid_request_and_burns_the_channel() -> None:
+    """A host that flips a bit of the PSP's response: the SVSM answers INVALID_REQUEST and never
+    uses VMPCK0 again (no IV reuse), as Linux and COCONUT do."""
+    from svsm.kernel import boot
+    from svsm.kernel.hw import Hypervisor
+
+    class Tamper(Hypervisor):
+        def nae_snp_ext_guest_request(self, vcpu: Any, ghcb: Any) -> None:
+            resp = ghcb.sw_exit_info_2
+            super().nae_snp_ext_guest_request(vcpu, ghcb)
+            page = bytearray(self.platform.host.read(resp, PAGE))
+            page[0x70] ^= 1
+            self.platform.host.write(resp, bytes(page))
+
+    with boot(vcpus=1, memory="12M", hypervisor=Tamper()) as cvm:
+        g = cvm.guest
+        g.accept_memory(0x10_0000, 0x10_0000)
+        b = Bufs(g)
+        assert call(g, b, b.op_for().to_bytes()).rax == RC.INVALID_REQUEST
+        assert call(g, b, b.op_for(certificate_gpa=0, certificate_size=0).to_bytes()).rax == RC.INVALID_REQUEST
+        assert cvm.psp.statistics().reports == 1  # the PSP answered once; nothing was sent afterwards

@@ -221,6 +221,10 @@ def test_deposit_and_withdraw(guest: Any, cvm: Any) -> None:
     assert pvalidate_raw(guest, [PvalidateEntry(a, validate=False).to_raw()])[0] == RC.INVALID_ADDRESS
     assert page_list_call(guest, SVSM_REQ_CORE_WITHDRAW_MEM, [guest.pool.take()])[0] == RC.INVALID_PARAMETER
     assert page_list_call(guest, SVSM_REQ_CORE_WITHDRAW_MEM, [a | 0x10])[0] == RC.INVALID_PARAMETER
+    assert page_list_call(guest, SVSM_REQ_CORE_DEPOSIT_MEM, [guest.pool.take() | 0x4])[0] == RC.INVALID_PARAMETER
+    assert page_list_call(guest, SVSM_REQ_CORE_DEPOSIT_MEM, [0x10_1000 | 1])[0] == RC.INVALID_PARAMETER  # 2M misaligned
+    assert page_list_call(guest, SVSM_REQ_CORE_DEPOSIT_MEM, [])[0] == RC.INVALID_PARAMETER
+    assert page_list_call(guest, SVSM_REQ_CORE_DEPOSIT_MEM, [cvm.layout.svsm_base])[0] == RC.INVALID_ADDRESS
     assert page_list_call(guest, SVSM_REQ_CORE_WITHDRAW_MEM, [a, b]) == (RC.SUCCESS, 2)
     assert guest.mem.read(a, 10) == bytes(10)
     assert alloc.statistics().total_pages == before
