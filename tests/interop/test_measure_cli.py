@@ -17,15 +17,23 @@ import pytest
 
 from svsm.kernel.cli import main
 from svsm.kernel.hw.psp import SectionType, build_image
-from svsm.sdk.testing import require_module
+from svsm.sdk.testing import require_module, strict
 
 OVMF = pathlib.Path("/usr/share/ovmf/OVMF.fd")
+
 KERNEL = pathlib.Path(os.environ.get("SVSM_KERNEL_CACHE", "/var/cache/pysvsm")) / "vmlinuz"
 SECTIONS = [(0x800000, 0x9000, SectionType.SNP_SEC_MEM), (0x809000, 0x1000, SectionType.SNP_SECRETS),
             (0x80A000, 0x1000, SectionType.CPUID), (0x80B000, 0x1000, SectionType.SNP_KERNEL_HASHES),
             (0x80C000, 0x4000, SectionType.SNP_SEC_MEM)]  # fmt: skip
 
 pytestmark = pytest.mark.slow
+
+
+def _missing(reason: str) -> None:
+    """Skip, or fail under SVSM_STRICT=1 (CI installs everything these tests need)."""
+    if strict():
+        pytest.fail(f"SVSM_STRICT=1 and {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def _theirs(args: list[str]) -> str:
@@ -63,7 +71,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 )
 def test_debian_ovmf_cli_parity(extra: list[str]) -> None:
     if not OVMF.exists():
-        pytest.skip("Debian ovmf package not installed")
+        _missing("Debian ovmf package not installed: apt-get install ovmf")
     args = ["--mode", "snp", "--ovmf", str(OVMF), *extra]
     ours = _ours(args)
     assert ours == _theirs(args)
@@ -71,7 +79,7 @@ def test_debian_ovmf_cli_parity(extra: list[str]) -> None:
 
 def test_ovmf_hash_mode_parity() -> None:
     if not OVMF.exists():
-        pytest.skip("Debian ovmf package not installed")
+        _missing("Debian ovmf package not installed: apt-get install ovmf")
     args = ["--mode", "snp:ovmf-hash", "--ovmf", str(OVMF)]
     digest = _ours(args)
     assert digest == _theirs(args) and len(digest) == 96
@@ -82,7 +90,7 @@ def test_ovmf_hash_mode_parity() -> None:
 @pytest.mark.parametrize("append", [None, "console=ttyS0 root=/dev/vda1 ro"])
 def test_real_kernel_direct_boot_parity(synthetic: pathlib.Path, tmp_path: pathlib.Path, append: str | None) -> None:
     if not KERNEL.exists():
-        pytest.skip(f"{KERNEL} missing: run .ci/install-system-deps")
+        _missing(f"{KERNEL} missing: run .ci/install-system-deps")
     initrd = tmp_path / "initrd.img"
     initrd.write_bytes(os.urandom(3000))
     args = ["--mode", "snp", "--vcpus", "2", "--vcpu-type", "EPYC-Milan", "--ovmf", str(synthetic),
@@ -109,7 +117,7 @@ def test_dump_vmsa_parity(synthetic: pathlib.Path, tmp_path: pathlib.Path, monke
 
 def test_kernel_refused_without_hash_section(tmp_path: pathlib.Path) -> None:
     if not OVMF.exists():
-        pytest.skip("Debian ovmf package not installed")
+        _missing("Debian ovmf package not installed: apt-get install ovmf")
     k = tmp_path / "k"
     k.write_bytes(b"k")
     assert main(["measure", "--vcpus", "1", "--vcpu-type", "EPYC", "--ovmf", str(OVMF), "--kernel", str(k)]) == 2
