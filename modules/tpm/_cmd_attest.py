@@ -156,3 +156,15 @@ def _activate_credential(tpm: "Tpm", ctx: Ctx, blob: bytes, secret: bytes) -> by
     except TpmError:
         raise TpmError(rc_param(RC.SIZE, 1)) from None
     return tpm2b(cred)
+
+
+@command(CC.GetSessionAuditDigest, ("endorse", "obj+", "hsession"), (USER, USER), decrypt=True, encrypt=True,
+         params=(p_data, read_sig_scheme))
+def _get_session_audit_digest(tpm: "Tpm", ctx: Ctx, extra: bytes, scheme: tuple[int, int, int]) -> bytes:
+    signer = _signer(ctx, 1)
+    s = _scheme(signer, scheme, 2)
+    session = ctx.ent[2]
+    exclusive = tpm.exclusive_audit == session.handle
+    attest = _attest(tpm, ST.ATTEST_SESSION_AUDIT, signer, extra,
+                     bytes((exclusive,)) + tpm2b(session.audit_digest or bytes(HASHES[session.hash_alg][1])))
+    return tpm2b(attest) + _sign_attest(signer, s, attest)

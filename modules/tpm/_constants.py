@@ -27,6 +27,7 @@ class CC:
     SetPrimaryPolicy = 0x12E
     CreatePrimary = 0x131
     NV_GlobalWriteLock = 0x132
+    GetSessionAuditDigest = 0x14D
     NV_Increment = 0x134
     NV_SetBits = 0x135
     NV_Extend = 0x136

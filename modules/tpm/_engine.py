@@ -80,6 +80,8 @@ class Tpm(EntityMixin):
         self.saved_state: bytes | None = None
         self._n_commands = self._n_errors = self._n_internal = 0
         self._next_session = 0
+        #: the HMAC session that audited the last command, if any (TPMA_SESSION.auditExclusive)
+        self.exclusive_audit: int | None = None
         self.context_seq = 0
         self.dirty = False
         if state is None:
@@ -234,8 +236,14 @@ class Tpm(EntityMixin):
         if len(sessions) < n_auth:
             raise TpmError(RC.AUTH_MISSING)
         params = cmd[r.pos:]
-        dec_idx = enc_idx = -1
+        dec_idx = enc_idx = audit_idx = -1
         for i, (_sh, _n, attrs, _m, s) in enumerate(sessions):
+            if attrs & TPMA_SESSION.audit:
+                if audit_idx >= 0:
+                    raise TpmError(rc_session(RC.ATTRIBUTES, i + 1))
+                audit_idx = i
+                if attrs & TPMA_SESSION.auditExclusive and self.exclusive_audit != s.handle:  # type: ignore[union-attr]
+                    raise TpmError(RC.EXCLUSIVE)
             if attrs & TPMA_SESSION.decrypt:
                 if dec_idx >= 0 or not spec.decrypt or len(params) < 2:
                     raise TpmError(rc_session(RC.ATTRIBUTES, i + 1))
@@ -285,6 +293,8 @@ class Tpm(EntityMixin):
             raise TpmError(RC.SIZE)
         out = spec.fn(self, ctx, *values)
         self._n_ok_commands_tail(ctx)
+        if audit_idx < 0:
+            self.exclusive_audit = None
         hbytes = u32(ctx.out_handle) if spec.rhandle and ctx.out_handle is not None else b""
         if tag == ST.NO_SESSIONS:
             return u16(ST.NO_SESSIONS) + u32(10 + len(hbytes) + len(out)) + b"\x00\x00\x00\x00" + hbytes + out
@@ -311,6 +321,8 @@ class Tpm(EntityMixin):
             if s is None:
                 auth_area.append(b"\x00\x00\x01\x00\x00")
                 continue
+            if i == audit_idx:
+                attrs = self._audit(s, attrs, cp_hash(s.hash_alg), H(s.hash_alg, b"\x00\x00\x00\x00", u32(cc), out))
             if s.password and s.is_policy:
                 rmac = b""
             elif not keys[i] and not mac:
@@ -327,6 +339,16 @@ class Tpm(EntityMixin):
                 self.sessions.pop(s.handle, None)
         body = hbytes + u32(len(out)) + out + b"".join(auth_area)
         return u16(ST.SESSIONS) + u32(10 + len(body)) + b"\x00\x00\x00\x00" + body
+
+    def _audit(self, s: Session, attrs: int, cp: bytes, rp: bytes) -> int:
+        """Extend the session audit digest; returns the response attributes (auditExclusive as it now is)."""
+        exclusive = self.exclusive_audit == s.handle
+        if attrs & TPMA_SESSION.auditReset or not s.audit_digest:
+            s.audit_digest = bytes(len(cp))
+            exclusive = True
+        s.audit_digest = H(s.hash_alg, s.audit_digest, cp, rp)
+        self.exclusive_audit = s.handle
+        return (attrs & ~TPMA_SESSION.auditExclusive) | (TPMA_SESSION.auditExclusive if exclusive else 0)
 
     def _n_ok_commands_tail(self, ctx: Ctx) -> None:
         if ctx.spec.nv:
@@ -358,7 +380,9 @@ class Tpm(EntityMixin):
         s = self.sessions.get(sh)
         if s is None or s.state != "loaded":
             raise TpmError(RC.REFERENCE_S0 + n - 1)
-        if attrs & TPMA_SESSION.audit:
+        if attrs & TPMA_SESSION.audit and s.is_policy:
+            raise TpmError(rc_session(RC.ATTRIBUTES, n))
+        if attrs & (TPMA_SESSION.auditExclusive | TPMA_SESSION.auditReset) and not attrs & TPMA_SESSION.audit:
             raise TpmError(rc_session(RC.ATTRIBUTES, n))
         if attrs & (TPMA_SESSION.encrypt | TPMA_SESSION.decrypt) and s.sym[0] == 0x0010:
             raise TpmError(rc_session(RC.SYMMETRIC, n))

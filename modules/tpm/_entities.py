@@ -191,6 +191,13 @@ class EntityMixin:
             if s is None or s.state != "loaded":
                 raise TpmError(RC.REFERENCE_H0 + i)
             return s
+        if kind == "hsession":
+            if ht != HT.HMAC_SESSION:
+                raise TpmError(rc_handle(RC.VALUE, n))
+            s = self.sessions.get(h)
+            if s is None or s.state != "loaded":
+                raise TpmError(RC.REFERENCE_H0 + i)
+            return s
         if kind == "any":  # ContextSave: object, sequence or session
             if ht == HT.TRANSIENT:
                 o = self.objects.get(h)

@@ -252,3 +252,23 @@ def test_quote_verifies_with_cryptography(esys) -> None:
     r = int.from_bytes(bytes(sig.signature.ecdsa.signatureR), "big")
     s = int.from_bytes(bytes(sig.signature.ecdsa.signatureS), "big")
     key.verify(encode_dss_signature(r, s), attest, ec.ECDSA(hashes.SHA256()))
+
+
+def test_audit_session_digest(esys) -> None:
+    import hashlib
+    import struct
+    s = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.HMAC, NULL_SYM, TPM2_ALG.SHA256)
+    esys.trsess_set_attributes(s, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.AUDIT)
+    digest = bytes(32)
+    for n in (8, 16):
+        rnd = bytes(esys.get_random(n, session1=s))  # ESAPI checks the response HMAC over the audit attributes
+        cp = hashlib.sha256(struct.pack(">IH", 0x17B, n)).digest()
+        rp = hashlib.sha256(bytes(4) + struct.pack(">IH", 0x17B, n) + rnd).digest()
+        digest = hashlib.sha256(digest + cp + rp).digest()
+    info, sig = esys.get_session_audit_digest(ESYS_TR.NULL, s, b"q")
+    attest = bytes(info.marshal())[2:]
+    assert attest[4:6] == b"\x80\x16" and attest.endswith(struct.pack(">H", 32) + digest)
+    esys.trsess_set_attributes(s, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.AUDIT | TPMA_SESSION.AUDITEXCLUSIVE)
+    with pytest.raises(TSS2_Exception) as exc:  # GetSessionAuditDigest ran in between: not exclusive any more
+        esys.get_random(8, session1=s)
+    assert exc.value.rc == 0x121
