@@ -21,6 +21,7 @@ from ._dispatch import GuestMemoryWindow as GuestMemoryWindow
 from ._dispatch import ModuleHost as ModuleHost
 from ._dispatch import RequestParams as RequestParams
 from ._guestmem import GuestMemory as GuestMemory
+from ._guestmem import GuestMemoryStatistics as GuestMemoryStatistics
 from ._guestmem import RequestWindow as RequestWindow
 from ._vcpus import RegistryStatistics as RegistryStatistics
 from ._vcpus import VcpuRegistry as VcpuRegistry
@@ -31,6 +32,6 @@ __all__ = [
     "AttestProtocol", "CertificateBufferTooSmall", "ReportFetcher",
     "EFER_SVME", "CoreProtocol", "CoreStatistics", "CpuOps", "DepositPool", "VmsaSummary",
     "KERNEL_PROTOCOL_VERSIONS", "Dispatcher", "DispatchStatistics", "GuestMemoryWindow", "ModuleHost",
-    "RequestParams", "GuestMemory", "RequestWindow", "RegistryStatistics", "VcpuRegistry", "VmsaRecord",
+    "RequestParams", "GuestMemory", "GuestMemoryStatistics", "RequestWindow", "RegistryStatistics", "VcpuRegistry", "VmsaRecord",
     "to_result_code",
 ]  # fmt: skip

@@ -57,6 +57,8 @@ ReportFetcher = Callable[[int, bytes, "int | None"], tuple[bytes, bytes]]
 class AttestProtocol:
     """Handler for protocol 1.
 
+    .. versionadded:: 0.1
+
     :param memory: checked guest-memory accessor.
     :param fetch_report: gets a signed VMPL0 report (and certificates) from the PSP.
     :param services: returns the (GUID, manifest) pairs of the running services, in order.

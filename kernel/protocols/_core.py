@@ -122,6 +122,8 @@ class CoreStatistics(NamedTuple):
 class CoreProtocol:
     """Handler for protocol 0.
 
+    .. versionadded:: 0.1
+
     :param memory: the checked guest-memory accessor.
     :param cpu_ops: the instructions (PVALIDATE, RMPADJUST, ...).
     :param registry: guest VMSA/CAA pairs.

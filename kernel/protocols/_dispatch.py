@@ -131,6 +131,8 @@ class DispatchStatistics(NamedTuple):
 class Dispatcher:
     """Routes calls by protocol: kernel handlers first, then the module host.
 
+    .. versionadded:: 0.1
+
     :param handlers: protocol number -> kernel handler (core, attestation).
     :param module_host: the module runtime, or None when no modules run.
     :param memory_for: builds the per-request :class:`GuestMemoryWindow` for the module host.

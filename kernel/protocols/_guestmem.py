@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from svsm.sdk import InvalidAddress
 
 from ._vcpus import VcpuRegistry
 
-__all__ = ["GuestMemory", "PhysicalAccess", "RequestWindow"]
+__all__ = ["GuestMemory", "GuestMemoryStatistics", "PhysicalAccess", "RequestWindow"]
 
 log = logging.getLogger("svsm.kernel.guestmem")
 
@@ -35,8 +35,17 @@ class PhysicalAccess(Protocol):
     def write(self, gpa: int, data: bytes) -> None: ...
 
 
+class GuestMemoryStatistics(NamedTuple):
+    """Accesses refused by the region checks and faults fixed up."""
+
+    refused: int
+    fixups: int
+
+
 class GuestMemory:
     """Checked guest-memory access for protocol handlers.
+
+    .. versionadded:: 0.1
 
     :param view_for: vCPU index -> that vCPU's VMPL0 physical view.
     :param regions: the guest memory map as (start, end) GPA ranges, end exclusive.
@@ -64,6 +73,7 @@ class GuestMemory:
         self.svsm_owned = svsm_owned
         self._lock = threading.Lock()
         self.fixups = 0
+        self.refused = 0
 
     # -- checks -----------------------------------------------------------------------------------
     def in_guest_map(self, gpa: int, length: int = 1) -> bool:
@@ -85,6 +95,8 @@ class GuestMemory:
         """:raises InvalidAddress: the range is not a valid guest buffer."""
         ok = self.in_guest_map(gpa, length) if allow_registered else self.valid_region(gpa, length)
         if not ok:
+            with self._lock:
+                self.refused += 1
             raise InvalidAddress(f"guest range {gpa:#x}+{length:#x} is not valid guest memory")
 
     # -- access ----------------------------------------------------------------------------------
@@ -115,6 +127,11 @@ class GuestMemory:
             self._view_for(cpu).write(gpa, data)
         except self._faults as exc:
             raise self._fixup(exc, "write", gpa) from exc
+
+    def statistics(self) -> GuestMemoryStatistics:
+        """Snapshot of the counters."""
+        with self._lock:
+            return GuestMemoryStatistics(self.refused, self.fixups)
 
     def window(self, cpu: int) -> RequestWindow:
         """A revocable window for one module request on vCPU ``cpu``."""

@@ -49,7 +49,10 @@ def _overlaps(a: int, alen: int, b: int, blen: int) -> bool:
 
 
 class VcpuRegistry:
-    """Registered guest VMSA/CAA pairs, keyed by VMSA GPA."""
+    """Registered guest VMSA/CAA pairs, keyed by VMSA GPA.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(self) -> None:
         self._lock: SpinLock[None] = SpinLock(None, name="core.vmsa_registry")

@@ -176,6 +176,8 @@ class Guest:
     :param caa_gpa: this vCPU's calling area (default: the secrets page's, for the BSP).
     :param peer: the BSP's guest object (APs share its page pool).
     :param use_ghcb: call through the GHCB NAE (SNP_RUN_VMPL) instead of the MSR protocol.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(
