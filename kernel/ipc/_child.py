@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import traceback
 from typing import Any
 
 import msgspec
@@ -17,7 +18,10 @@ from svsm.sdk.abi import Channel, SandboxReport
 from ._discovery import ModuleRef
 from ._sandbox import SandboxConfig, apply
 
-__all__ = ["module_main", "EXIT_SANDBOX_FAILED", "EXIT_LOAD_FAILED"]
+__all__ = ["module_main", "CRASH_FILE", "EXIT_SANDBOX_FAILED", "EXIT_LOAD_FAILED"]
+
+#: Written in the private directory when the module process dies of an exception.
+CRASH_FILE = "crash.txt"
 
 #: Exit status when the sandbox could not be applied (module code never ran).
 EXIT_SANDBOX_FAILED = 70
@@ -46,5 +50,10 @@ def module_main(channel_fd: int, ref: dict[str, Any], cfg: dict[str, Any]) -> No
         obj = module_ref.resolve()
         ModuleRuntime(obj, sock, forward_root_log=True).serve()
     except BaseException:  # noqa: BLE001 -- any failure ends the process; the kernel sees the exit
+        try:  # the kernel shows the tail of this (untrusted) file in the module's last failure
+            with open(CRASH_FILE, "w") as f:
+                f.write(traceback.format_exc()[-4000:])
+        except OSError:
+            pass
         os._exit(EXIT_LOAD_FAILED)
     os._exit(0)

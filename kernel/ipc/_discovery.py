@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import logging
+import os
 import pathlib
 import sys
 from collections.abc import Iterable
@@ -118,6 +120,36 @@ def measure_object(obj: Any) -> bytes:
     return measure_files(files, files[0].parent if len(files) == 1 else _code_files(obj)[0].parent)
 
 
+def _importable_by_name(modname: str) -> bool:
+    """True if a fresh interpreter (cwd elsewhere) would import ``modname`` from the same file."""
+    top = modname.split(".")[0]
+    top_mod = sys.modules.get(top)
+    if top_mod is None or modname == "__main__":
+        return False
+    cwd = os.getcwd()
+    paths = [p for p in sys.path if p and os.path.isabs(p) and p != cwd]
+    try:
+        found = importlib.machinery.PathFinder.find_spec(top, paths)
+    except (ImportError, ValueError):
+        return False
+    if found is None:
+        # editable installs resolve through meta-path finders (e.g. setuptools' mapping)
+        for finder in sys.meta_path:
+            if finder is importlib.machinery.PathFinder or not hasattr(finder, "find_spec"):
+                continue
+            try:
+                found = finder.find_spec(top, None)
+            except (ImportError, ValueError, TypeError):
+                continue
+            if found is not None:
+                break
+    if found is None:
+        return False
+    if found.origin is not None and found.origin == getattr(top_mod, "__file__", None):
+        return True
+    return list(found.submodule_search_locations or []) == list(getattr(top_mod, "__path__", []) or [None])
+
+
 def _ref_for(obj: Any) -> ModuleRef:
     if inspect.ismodule(obj):
         return ModuleRef("import", obj.__name__)
@@ -126,14 +158,9 @@ def _ref_for(obj: Any) -> ModuleRef:
     if qual is None:
         raise InvalidFormat(f"{obj!r}: instances must be reachable by name; register the class")
     mod = sys.modules.get(modname)
-    if mod is not None and getattr(mod, "__spec__", None) is not None and mod.__spec__.name == modname and modname != "__main__":
-        try:
-            spec = importlib.util.find_spec(modname)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is not None and spec.origin == getattr(mod, "__file__", None):
-            return ModuleRef("import", modname, qual)
-    src = inspect.getsourcefile(obj)
+    if mod is not None and _importable_by_name(modname):
+        return ModuleRef("import", modname, qual)
+    src = getattr(mod, "__file__", None) if mod is not None else None
     if src is None:
         raise InvalidFormat(f"cannot find the source file of {obj!r}")
     return ModuleRef("file", str(pathlib.Path(src).resolve()), qual)

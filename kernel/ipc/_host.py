@@ -26,7 +26,7 @@ from ._discovery import ModuleSpec, discover, spec_for
 from ._lifecycle import ModuleState
 from ._measurements import MODULE_MEASUREMENTS_GUID, MeasurementEntry, encode_measurements
 from ._policy import Policy
-from ._sandbox import make_kernel_undumpable
+from ._sandbox import make_kernel_undumpable, others_can_read
 from ._supervisor import HostContext, Limits, ModuleInfo, ModuleSupervisor
 from ._syscalls import Providers
 
@@ -152,6 +152,7 @@ class ModuleHost:
             cpu_seconds=self.policy.cpu_seconds,
             open_files=self.policy.open_files,
         )
+        self._ctx.uid_switch = others_can_read([sys.base_prefix, sys.prefix, *self._ctx.read_only])
         self._sups: dict[str, ModuleSupervisor] = {}
         self._by_protocol: dict[int, ModuleSupervisor] = {}
         self._stop = threading.Event()

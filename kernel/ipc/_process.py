@@ -54,6 +54,10 @@ class _SandboxPopen(popen_spawn_posix.Popen):
 
     def _launch(self, process_obj: Any) -> None:
         prep_data = spawn.get_preparation_data(process_obj._name)
+        # The child needs only module_main (imported by name), never the parent's __main__:
+        # re-running a script in the child would be kernel-chosen code with the kernel's view.
+        prep_data.pop("init_main_from_path", None)
+        prep_data.pop("init_main_from_name", None)
         fp = io.BytesIO()
         set_spawning_popen(self)
         try:

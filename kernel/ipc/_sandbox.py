@@ -22,7 +22,7 @@ import msgspec
 
 from . import _landlock, _seccomp
 
-__all__ = ["SandboxConfig", "apply", "make_kernel_undumpable", "prctl"]
+__all__ = ["SandboxConfig", "apply", "drop_capabilities", "make_kernel_undumpable", "others_can_read", "prctl"]
 
 log = logging.getLogger("svsm.kernel.ipc.sandbox")
 
@@ -70,6 +70,56 @@ def make_kernel_undumpable() -> bool:
         return prctl(PR_GET_DUMPABLE) == 0
     except OSError:
         return False
+
+
+PR_CAPBSET_DROP = 24
+_SYS_CAPSET = 126  # x86_64
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capabilities() -> None:
+    """Empty the bounding, effective, permitted and inheritable capability sets.
+
+    :raises OSError: capset failed.
+    """
+    for cap in range(64):
+        try:
+            prctl(PR_CAPBSET_DROP, cap)
+        except OSError:
+            break  # past the last capability this kernel knows
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _libc.syscall.restype = ctypes.c_long
+    if _libc.syscall(_SYS_CAPSET, ctypes.byref(hdr), ctypes.byref(data)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def others_can_read(paths: list[str]) -> bool:
+    """True if an unprivileged uid can reach every path (o+x on each directory above it, o+r on it)."""
+    import stat
+
+    for path in paths:
+        p = os.path.abspath(path)
+        parts = p.split(os.sep)
+        for i in range(2, len(parts) + 1):
+            d = os.sep.join(parts[:i]) or os.sep
+            try:
+                mode = os.stat(d).st_mode
+            except OSError:
+                return False
+            need = stat.S_IROTH if d == p else stat.S_IXOTH
+            if not mode & need:
+                return False
+    return True
 
 
 class _Discard(io.TextIOBase):
@@ -132,6 +182,10 @@ def apply(cfg: SandboxConfig, keep_fd: int) -> list[str]:
         os.setresgid(cfg.uid, cfg.uid, cfg.uid)
         os.setresuid(cfg.uid, cfg.uid, cfg.uid)
         done.append("uid")
+    # 7b. root that cannot switch uid (e.g. Python under a 0700 home): drop every capability.
+    if os.geteuid() == 0:
+        drop_capabilities()
+        done.append("no-caps")
     # 8. seccomp, last: it also forbids what the steps above used.
     if cfg.seccomp:
         try:

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import errno
 import logging
+import os
 
 __all__ = ["DENIED_SYSCALLS", "SeccompUnavailable", "available", "install_filter"]
 
@@ -25,6 +26,7 @@ def SCMP_ACT_ERRNO(e: int) -> int:
     return 0x00050000 | (e & 0xFFFF)
 
 
+SCMP_CMP_NE = 1
 SCMP_CMP_MASKED_EQ = 7
 CLONE_THREAD = 0x00010000
 
@@ -48,7 +50,14 @@ DENIED_SYSCALLS = (
     "mount",
     "setns",
     "unshare",
+    "tkill",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pidfd_getfd",
 )
+
+#: Signals may only be sent to the module's own process (arg 0 must be its pid).
+SELF_ONLY_SIGNALS = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
 
 
 class _ArgCmp(ctypes.Structure):
@@ -90,7 +99,7 @@ def available() -> bool:
 def install_filter() -> list[str]:
     """Install the module filter on the calling process (all its threads: TSYNC not needed, call before threads).
 
-    Denies :data:`DENIED_SYSCALLS` with EPERM, ``clone`` without ``CLONE_THREAD`` (a new
+    Denies :data:`DENIED_SYSCALLS` with EPERM, signals to any other process, ``clone`` without ``CLONE_THREAD`` (a new
     process) with EPERM, and ``clone3`` with ENOSYS so libc falls back to ``clone``.
 
     :returns: the denied syscall names.
@@ -110,6 +119,15 @@ def install_filter() -> list[str]:
             if rc < 0:
                 raise SeccompUnavailable(f"rule for {name}: {rc}")
             denied.append(name)
+        me = os.getpid()
+        for name in SELF_ONLY_SIGNALS:
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr < 0:
+                continue
+            ne = (_ArgCmp * 1)(_ArgCmp(0, SCMP_CMP_NE, me, 0))
+            if lib.seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(errno.EPERM), nr, 1, ne) < 0:
+                raise SeccompUnavailable(f"rule for {name}")
+            denied.append(f"{name}(other process)")
         clone = lib.seccomp_syscall_resolve_name(b"clone")
         cmp = (_ArgCmp * 1)(_ArgCmp(0, SCMP_CMP_MASKED_EQ, CLONE_THREAD, 0))
         rc = lib.seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(errno.EPERM), clone, 1, cmp)

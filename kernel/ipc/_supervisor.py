@@ -35,6 +35,7 @@ from svsm.sdk._syscalls import error_for_code
 from svsm.sdk.abi import _messages as m
 from svsm.sdk.abi._channel import CLOSED, NEED_DATA, AbiError, Channel, Recorder
 
+from ._child import CRASH_FILE
 from ._discovery import ModuleSpec
 from ._grants import GrantTable, MemoryWindow
 from ._lifecycle import Lifecycle, ModuleEvent, ModuleState
@@ -117,6 +118,8 @@ class HostContext:
     cpu_seconds: int = 600
     open_files: int = 64
     uid_base: int = 200_000
+    #: False when the Python installation is not readable by other uids (then capabilities are dropped instead).
+    uid_switch: bool = True
     _uids: Any = field(default_factory=lambda: itertools.count(1))
 
 
@@ -145,7 +148,7 @@ class ModuleSupervisor:
         self._chan: Channel | None = None
         self._rbuf = bytearray(256 * 1024)
         self._ids = itertools.count(1)
-        self._uid = ctx.uid_base + next(ctx._uids) if os.geteuid() == 0 else None
+        self._uid = ctx.uid_base + next(ctx._uids) if os.geteuid() == 0 and ctx.uid_switch else None
         self.protections: tuple[str, ...] = ()
         self.strikes = 0
         self._failure_times: list[float] = []
@@ -317,7 +320,7 @@ class ModuleSupervisor:
         """Kill the module; schedule a restart with backoff, or disable it after a crash loop."""
         now = self._ctx.clock()
         self._failures += 1
-        self.last_failure = reason
+        self.last_failure = reason + self._crash_tail()
         self.ready.clear()
         self._kill()
         lim = self._ctx.limits
@@ -336,6 +339,20 @@ class ModuleSupervisor:
             self.lifecycle.fire(ModuleEvent.FAILED)
         delay = min(lim.backoff_max, lim.backoff_base * 2 ** (len(self._failure_times) - 1))
         self._next_restart = now + delay
+
+    def _crash_tail(self) -> str:
+        """The last line of the module's crash file (untrusted text, for logs only)."""
+        if self.mode != "process":
+            return ""
+        path = os.path.join(self._ctx.runtime_dir, self.name, CRASH_FILE)
+        try:
+            with open(path, errors="replace") as f:
+                text = f.read(8192)
+            os.unlink(path)
+        except OSError:
+            return ""
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        return f" [{lines[-1][:200]!r}]" if lines else ""
 
     def poll(self) -> None:
         """Supervisor tick: notice a dead idle process; restart when the backoff expired."""
