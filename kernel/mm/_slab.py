@@ -25,6 +25,14 @@ _MM_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 FREED_HISTORY = 1024
 
 
+def _capacity(size: int) -> int:
+    """Bytes really reserved for an allocation of ``size``: its class, or its whole block."""
+    for s in SLAB_SIZES:
+        if size <= s:
+            return s
+    return PAGE_SIZE << max(0, (size - 1) >> PAGE_SHIFT).bit_length()
+
+
 class SlabAllocation(NamedTuple):
     """A live object, as shown in leak reports."""
 
@@ -123,6 +131,42 @@ class SlabAllocator:
             raise OutOfMemory("zeroed allocation needs a memory to write to")
         mem.write(paddr, bytes(size))
         return paddr
+
+    def reallocate(self, paddr: int, size: int) -> int:
+        """Resize an object (COCONUT's ``GlobalAlloc::realloc``), keeping its first bytes.
+
+        Stays in place when the new size fits the same class (or the same block order);
+        otherwise allocates, copies ``min(old capacity, size)`` bytes and frees the old one.
+
+        :returns: the (possibly new) address.
+        :raises ForeignFree: ``paddr`` is not a live object.
+        :raises OutOfMemory: no room for the new size; the old object is untouched.
+        """
+        info = self.pages.page_info(paddr)
+        if info is not None and info.type == PageType.SLAB_PAGE:
+            old_cap = SLAB_SIZES[info.tag]
+            with self._classes[info.tag].lock:
+                page = self._classes[info.tag].pages.get(paddr >> PAGE_SHIFT)
+                live = page is not None and (paddr & (PAGE_SIZE - 1)) in page.used
+        else:
+            with self._large_lock:
+                rec = self._large.get(paddr)
+            live = rec is not None
+            old_cap = _capacity(rec.size) if rec is not None else 0
+        if not live:
+            raise ForeignFree(f"reallocate of {paddr:#x}: not a live object", paddr=paddr)
+        if size > 0 and _capacity(size) == old_cap:
+            if old_cap > SLAB_SIZES[-1]:
+                with self._large_lock:
+                    self._large[paddr] = self._large[paddr]._replace(size=size)
+            return paddr
+        mem = self.pages.memory
+        if mem is None:
+            raise OutOfMemory("reallocation needs a memory to copy through")
+        new = self.allocate(size)
+        mem.write(new, mem.read(paddr, min(old_cap, size)))
+        self.free(paddr)
+        return new
 
     def _allocate_small(self, cls: _SlabClass, site: CallSite) -> int:
         with cls.lock:
@@ -245,5 +289,5 @@ class SlabAllocator:
                 classes.append(SlabClassStatistics(cls.size, len(cls.pages), used, free))
         with self._large_lock:
             large = list(self._large.values())
-        pages = sum(1 << max(0, (a.size - 1) >> PAGE_SHIFT).bit_length() for a in large)
+        pages = sum(_capacity(a.size) >> PAGE_SHIFT for a in large)
         return SlabStatistics(tuple(classes), len(large), pages)

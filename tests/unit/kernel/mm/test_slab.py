@@ -168,6 +168,25 @@ class HeapMachine(RuleBasedStateMachine):
         size, content = self.live[p]
         assert self.mem.read(p, size) == content
 
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), size=st.one_of(st.integers(1, 2048), st.integers(2049, 3 * PAGE_SIZE)))
+    def realloc(self, data: st.DataObject, size: int) -> None:
+        p = data.draw(st.sampled_from(sorted(self.live)))
+        old_size, content = self.live[p]
+        try:
+            q = self.heap.reallocate(p, size)
+        except OutOfMemory:
+            assert self.mem.read(p, old_size) == content  # untouched
+            return
+        kept = content[:min(old_size, size)]
+        assert self.mem.read(q, len(kept)) == kept
+        del self.live[p]
+        for r, (n, _) in self.live.items():
+            assert q + size <= r or r + n <= q, "overlap"
+        new = kept + bytes([content[0]]) * (size - len(kept))
+        self.mem.write(q, new)
+        self.live[q] = (size, new)
+
     @rule()
     def trim(self) -> None:
         self.heap.trim()
@@ -218,3 +237,21 @@ def test_concurrent_slab_use_keeps_objects_distinct() -> None:
     heap.check_leaks()
     heap.trim()
     pa.check_leaks()
+
+
+def test_reallocate_in_place_and_moving() -> None:
+    heap, pa, mem = make()
+    p = heap.allocate(40)
+    mem.write(p, b"x" * 40)
+    assert heap.reallocate(p, 60) == p  # same 64-byte class
+    q = heap.reallocate(p, 300)
+    assert q != p and mem.read(q, 40) == b"x" * 40
+    big = heap.reallocate(q, 5000)
+    assert big % PAGE_SIZE == 0 and mem.read(big, 40) == b"x" * 40
+    assert heap.reallocate(big, 7000) == big  # same 2-page block
+    small = heap.reallocate(big, 16)
+    assert mem.read(small, 16) == b"x" * 16
+    with pytest.raises(ForeignFree):
+        heap.reallocate(big, 10)
+    heap.free(small)
+    heap.check_leaks()
