@@ -99,3 +99,46 @@ def test_guest_request_without_launch(chip: Chip) -> None:
     p = Platform(memory_size=1 << 20)
     with pytest.raises(PspError):
         PlatformPsp(SnpFirmware(chip), p).guest_request(bytes(PAGE_SIZE))
+
+
+def _adversarial_machine(chip: Chip):  # type: ignore[no-untyped-def]
+    from svsm.kernel.hw.adversary import AdversarialHypervisor
+
+    hv = AdversarialHypervisor()
+    p = Platform(memory_size=5 << 30, vcpu_count=1, hypervisor=hv)
+    psp = PlatformPsp(SnpFirmware(chip), p)
+    p.psp = psp
+    psp.launch(launch_plan(IMAGE, vcpus=1, vcpu_sig=0xA00F11))
+    bsp = p.vcpus[0]
+    bsp.vmrun(0)
+    msr_call(bsp, RegisterGhcbRequest(GHCB // PAGE_SIZE))
+    view = bsp.view(0)
+    client = GuestMessageClient(SNP_SECRETS_PAGE.from_buffer_copy(view.read(SECRETS_GPA, PAGE_SIZE)).vmpck(0), 0)
+    return p, hv, bsp, view, client
+
+
+def _ask(bsp, view, client) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+    view.write(REQ, client.request(MsgType.REPORT_REQ, bytes(SNP_REPORT_REQ())), c_bit=False)
+    out = ghcb_call(bsp, GHCB, SwExitCode.SNP_GUEST_REQUEST, REQ, RSP)
+    return out.sw_exit_info_2, view.read(RSP, PAGE_SIZE, c_bit=False)
+
+
+def test_hostile_hypervisor_tampering_is_detected(chip: Chip) -> None:
+    from svsm.sdk.attestation import GuestMessageError
+
+    p, hv, bsp, view, client = _adversarial_machine(chip)
+    hv.tamper_response = lambda page: page[:0x70] + bytes([page[0x70] ^ 1]) + page[0x71:]
+    status, page = _ask(bsp, view, client)
+    assert status == 0
+    with pytest.raises(GuestMessageError):
+        client.response(page)  # the guest refuses the altered response ...
+    assert not client.usable  # ... and drops the key rather than reuse an IV
+
+
+def test_hostile_hypervisor_replay_is_refused(chip: Chip) -> None:
+    p, hv, bsp, view, client = _adversarial_machine(chip)
+    status, page = _ask(bsp, view, client)
+    assert status == 0 and SNP_REPORT_RSP.from_buffer_copy(client.response(page)).status == 0
+    hv.replay_guest_requests = True  # forwards the first request again instead of the new one
+    status, _ = _ask(bsp, view, client)
+    assert status == 0x16  # the PSP refuses the stale sequence number
