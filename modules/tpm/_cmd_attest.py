@@ -15,7 +15,7 @@ from ._crypto import CURVES, H, HASHES, aes_cfb, hmac_digest, kdfa, kdfe
 from ._dispatch import ADMIN, USER, Ctx, command, p_data, p_digest
 from ._marshal import Reader, TpmError, tpm2b, u16, u32, u64
 from ._objects import KIND_OBJECT, TpmObject
-from ._structs import marshal_pcr_selection, read_pcr_selection, read_sig_scheme
+from ._structs import marshal_pcr_selection, read_pcr_selection, read_sig_scheme, read_ticket
 
 if TYPE_CHECKING:
     from ._engine import Tpm
@@ -167,4 +167,39 @@ def _get_session_audit_digest(tpm: "Tpm", ctx: Ctx, extra: bytes, scheme: tuple[
     exclusive = tpm.exclusive_audit == session.handle
     attest = _attest(tpm, ST.ATTEST_SESSION_AUDIT, signer, extra,
                      bytes((exclusive,)) + tpm2b(session.audit_digest or bytes(HASHES[session.hash_alg][1])))
+    return tpm2b(attest) + _sign_attest(signer, s, attest)
+
+
+@command(CC.CertifyCreation, ("obj+", "obj"), (USER,), decrypt=True, encrypt=True,
+         params=(p_data, p_digest, read_sig_scheme, read_ticket))
+def _certify_creation(tpm: "Tpm", ctx: Ctx, extra: bytes, creation_hash: bytes, scheme: tuple[int, int, int],
+                      ticket: tuple[int, int, bytes]) -> bytes:
+    from ._cmd_object import make_ticket
+    signer = _signer(ctx, 0)
+    obj: TpmObject = ctx.ent[1]
+    s = _scheme(signer, scheme, 3)
+    tag, hier, digest = ticket
+    if tag != ST.CREATION or hier not in tpm.proofs or not _hmac.compare_digest(
+            make_ticket(tpm, ST.CREATION, hier, obj.name, creation_hash), u16(tag) + u32(hier) + tpm2b(digest)):
+        raise TpmError(rc_param(RC.TICKET, 4))
+    attest = _attest(tpm, ST.ATTEST_CREATION, signer, extra, tpm2b(obj.name) + tpm2b(creation_hash))
+    return tpm2b(attest) + _sign_attest(signer, s, attest)
+
+
+@command(CC.NV_Certify, ("obj+", "nvauth", "nv"), (USER, USER), decrypt=True, encrypt=True,
+         params=(p_data, read_sig_scheme, lambda r: r.u16(), lambda r: r.u16()))
+def _nv_certify(tpm: "Tpm", ctx: Ctx, extra: bytes, scheme: tuple[int, int, int], size: int, offset: int) -> bytes:
+    from ._nv import NV_BUFFER_MAX, check_read
+    signer = _signer(ctx, 0)
+    s = _scheme(signer, scheme, 2)
+    nv = ctx.ent[2]
+    shifted = Ctx(ctx.spec, ctx.locality)  # the NV access check looks at handle 0 = the auth handle
+    shifted.handles, shifted.ent, shifted.auth_kinds = ctx.handles[1:], ctx.ent[1:], ctx.auth_kinds[1:]
+    check_read(tpm, shifted, nv)
+    if size > NV_BUFFER_MAX:
+        raise TpmError(rc_param(RC.VALUE, 3))
+    if offset + size > nv.size:
+        raise TpmError(RC.NV_RANGE)
+    attest = _attest(tpm, ST.ATTEST_NV, signer, extra,
+                     tpm2b(nv.name()) + u16(offset) + tpm2b(bytes(nv.data[offset:offset + size])))
     return tpm2b(attest) + _sign_attest(signer, s, attest)

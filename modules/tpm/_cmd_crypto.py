@@ -413,3 +413,18 @@ def _encrypt_decrypt2(tpm: "Tpm", ctx: Ctx, data: bytes, decrypt: bool, mode: in
     return _sym_crypt(ctx, decrypt, mode, iv, data, 3, 4, 1)
 
 
+
+
+@command(CC.EventSequenceComplete, ("pcr+", "obj"), (USER, USER), decrypt=True, params=(p_buffer,), flushed=True)
+def _event_sequence_complete(tpm: "Tpm", ctx: Ctx, data: bytes) -> bytes:
+    seq: TpmObject = ctx.ent[1]
+    if seq.kind != KIND_EVENT_SEQ:
+        raise TpmError(rc_handle(RC.MODE, 2))
+    seq.seq_data += data
+    del tpm.objects[ctx.handles[1]]
+    vals = [(alg, H(alg, bytes(seq.seq_data))) for alg in tpm.pcrs.allocated]
+    if ctx.ent[0] is not None:
+        for alg, d in vals:
+            tpm.pcrs.extend(ctx.ent[0], alg, d)
+        tpm.pcrs.update_counter += 1
+    return u32(len(vals)) + b"".join(u16(a) + d for a, d in vals)

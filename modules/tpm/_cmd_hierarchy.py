@@ -121,3 +121,29 @@ def _da_parameters(tpm: "Tpm", ctx: Ctx, max_tries: int, recovery: int, lockout_
     return b""
 
 
+
+
+def _change_seed(tpm: "Tpm", hier: int) -> None:
+    """ChangeEPS/ChangePPS: new seed and proof; the hierarchy's objects, auth and policy are gone."""
+    tpm.seeds[hier] = tpm.rng(64)
+    tpm.proofs[hier] = tpm.rng(64)
+    tpm.policies.pop(hier, None)
+    if hier == RH.ENDORSEMENT:
+        tpm.auths[hier] = b""
+    for table in (tpm.objects, tpm.persistent):
+        for h, o in list(table.items()):
+            if o.hierarchy == hier:
+                del table[h]
+    tpm.dirty = True
+
+
+@command(CC.ChangeEPS, ("platform",), (USER,), extensive=True)
+def _change_eps(tpm: "Tpm", ctx: Ctx) -> bytes:
+    _change_seed(tpm, RH.ENDORSEMENT)
+    return b""
+
+
+@command(CC.ChangePPS, ("platform",), (USER,), extensive=True)
+def _change_pps(tpm: "Tpm", ctx: Ctx) -> bytes:
+    _change_seed(tpm, RH.PLATFORM)
+    return b""

@@ -24,6 +24,8 @@ class CC:
     HierarchyChangeAuth = 0x129
     NV_DefineSpace = 0x12A
     PCR_Allocate = 0x12B
+    ChangeEPS = 0x124
+    ChangePPS = 0x125
     SetPrimaryPolicy = 0x12E
     CreatePrimary = 0x131
     NV_GlobalWriteLock = 0x132
@@ -46,6 +48,7 @@ class CC:
     StirRandom = 0x146
     ActivateCredential = 0x147
     Certify = 0x148
+    CertifyCreation = 0x14A
     PolicyNV = 0x149
     GetTime = 0x14C
     NV_Read = 0x14E
@@ -91,6 +94,8 @@ class CC:
     PolicyRestart = 0x180
     ReadClock = 0x181
     PCR_Extend = 0x182
+    NV_Certify = 0x184
+    EventSequenceComplete = 0x185
     HashSequenceStart = 0x186
     PolicyGetDigest = 0x189
     TestParms = 0x18A

@@ -64,3 +64,32 @@ def test_certify_and_get_time(esys) -> None:
     attest = bytes(tinfo.marshal())[2:]
     assert _parse_header(attest)[0] == 0x8019
     _verify(pub, attest, tsig)
+
+
+def test_certify_creation_checks_the_ticket(esys) -> None:
+    from tpm2_pytss.types import TPMT_TK_CREATION
+    ak, pub, srk = _ak(esys)
+    h, opub, cdata, chash, ticket = esys.create_primary(
+        TPM2B_SENSITIVE_CREATE(), TPM2B_PUBLIC.parse("ecc256:aes128cfb", objectAttributes=0x30072))
+    info, sig = esys.certify_creation(ak, h, b"cc", chash, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL), ticket)
+    attest = bytes(info.marshal())[2:]
+    assert _parse_header(attest)[0] == 0x801A and attest.endswith(bytes(chash.marshal()))
+    _verify(pub, attest, sig)
+    with pytest.raises(pytss.TSS2_Exception) as e:
+        esys.certify_creation(ak, h, b"cc", b"\x00" * 32, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL), ticket)
+    assert e.value.rc == 0x4E0  # TICKET, parameter 4
+    assert isinstance(ticket, TPMT_TK_CREATION)
+
+
+def test_nv_certify(esys) -> None:
+    from tpm2_pytss import TPMA_NV
+    from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
+    ak, pub, _ = _ak(esys)
+    attrs = TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE | TPMA_NV.OWNERREAD | TPMA_NV.OWNERWRITE
+    nv = esys.nv_define_space(b"", TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
+        nvIndex=0x01000200, nameAlg=TPM2_ALG.SHA256, attributes=attrs, dataSize=16)))
+    esys.nv_write(nv, b"0123456789abcdef", 0)
+    info, sig = esys.nv_certify(ak, nv, b"n", TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL), 4, 2, auth_handle=nv)
+    attest = bytes(info.marshal())[2:]
+    assert _parse_header(attest)[0] == 0x8014 and attest.endswith(struct.pack(">HH", 2, 4) + b"2345")
+    _verify(pub, attest, sig)

@@ -121,3 +121,14 @@ def test_encrypt_decrypt2_round_trip(esys, mode: int) -> None:
         with pytest.raises(TSS2_Exception) as e:
             esys.encrypt_decrypt_2(key, False, mode, b"\x00" * 16, b"short")
         assert e.value.rc == 0x1D5  # SIZE on inData (parameter 1)
+
+
+def test_event_sequence_extends_every_bank(esys) -> None:
+    from tpm2_pytss.types import TPML_PCR_SELECTION
+    seq = esys.hash_sequence_start(b"", TPM2_ALG.NULL)
+    esys.sequence_update(seq, b"event ")
+    vals = esys.event_sequence_complete(ESYS_TR.PCR10, seq, b"data")
+    got = {int(v.hashAlg): bytes(v.digest.sha256 if v.hashAlg == TPM2_ALG.SHA256 else b"") for v in vals}
+    assert got[TPM2_ALG.SHA256] == hashlib.sha256(b"event data").digest()
+    _, _, pcrs = esys.pcr_read(TPML_PCR_SELECTION.parse("sha256:10"))
+    assert bytes(pcrs[0]) == hashlib.sha256(bytes(32) + hashlib.sha256(b"event data").digest()).digest()

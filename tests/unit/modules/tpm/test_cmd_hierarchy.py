@@ -58,3 +58,14 @@ def test_set_primary_policy_allows_policy_auth(run) -> None:
     assert rc_of(run(SETPOLICY, (OWNER,), b"\x00\x05abcde\x00\x0b", pw())) == 0x1D5  # wrong digest size
     assert rc_of(run(SETPOLICY, (OWNER,), b"\x00\x20" + bytes(32) + b"\x00\x0b", pw())) == 0
     assert rc_of(run(SETPOLICY, (OWNER,), b"\x00\x00\x00\x10", pw())) == 0
+
+
+def test_change_eps_and_pps_replace_seeds(tpm, run) -> None:
+    ek = create_primary(run, ENDORSEMENT)
+    assert rc_of(run(0x124, (PLATFORM,), b"", pw())) == 0  # ChangeEPS
+    assert not [o for o in tpm.objects.values() if o.hierarchy == ENDORSEMENT]
+    assert create_primary(run, ENDORSEMENT)[-41:] != ek[-41:]
+    pp = create_primary(run, PLATFORM)
+    assert rc_of(run(0x125, (PLATFORM,), b"", pw())) == 0  # ChangePPS
+    assert create_primary(run, PLATFORM)[-41:] != pp[-41:]
+    assert rc_of(run(0x124, (OWNER,), b"", pw())) == 0x184
