@@ -119,6 +119,27 @@ class PagePool:
                 raise FatalError("guest out of accepted memory")
             return self._free.pop()
 
+    def take_contiguous(self, count: int) -> list[int]:
+        """``count`` physically contiguous pages (lowest run first).
+
+        :raises FatalError: no such run is free.
+        """
+        with self._lock:
+            free = sorted(self._free)
+            run = 1
+            for i in range(1, len(free) + 1):
+                if run >= count:
+                    start = free[i - count]
+                    pages = [start + k * PAGE_SIZE for k in range(count)]
+                    taken = set(pages)
+                    self._free = [p for p in self._free if p not in taken]
+                    return pages
+                if i < len(free) and free[i] == free[i - 1] + PAGE_SIZE:
+                    run += 1
+                else:
+                    run = 1
+            raise FatalError(f"no {count} contiguous free guest pages")
+
     def give(self, gpa: int) -> None:
         """Return a page."""
         with self._lock:
@@ -484,14 +505,8 @@ class Guest:
         return pages[0], n * PAGE_SIZE
 
     def _grow(self, pages: list[int], need: int) -> list[int]:
-        """A physically contiguous run of at least ``need`` bytes (pages from the pool)."""
-        count = -(-need // PAGE_SIZE)
-        taken = [self.pool.take() for _ in range(count * 4)]
-        taken.sort()
-        for i in range(len(taken) - count + 1):
-            if taken[i + count - 1] == taken[i] + (count - 1) * PAGE_SIZE:
-                run = taken[i : i + count]
-                for p in taken[:i] + taken[i + count :] + pages:
-                    self.pool.give(p)
-                return run
-        raise FatalError("no contiguous guest buffer for the manifest")
+        """A physically contiguous run of at least ``need`` bytes; ``pages`` go back to the pool."""
+        run = self.pool.take_contiguous(-(-need // PAGE_SIZE))
+        for p in pages:
+            self.pool.give(p)
+        return run

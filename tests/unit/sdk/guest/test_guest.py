@@ -111,3 +111,12 @@ def test_secrets_vmpl_mismatch_is_refused(cvm: Any) -> None:
     cvm.guest.mem.write(fake, bytes(4096))  # a "secrets page" without the SVSM fields
     with pytest.raises(FatalError):
         Guest(cvm.platform.vcpus[0], 2, secrets_gpa=fake, ram=cvm.layout.guest_ram)
+
+
+def test_page_pool_contiguous() -> None:
+    pool = PagePool([0x1000, 0x3000, 0x4000, 0x5000, 0x9000])
+    assert pool.take_contiguous(3) == [0x3000, 0x4000, 0x5000]
+    assert len(pool) == 2
+    with pytest.raises(Exception):  # noqa: B017 -- FatalError: no run of 2 left
+        pool.take_contiguous(2)
+    assert pool.take_contiguous(1) == [0x1000]
