@@ -84,15 +84,23 @@ class RWLock(Generic[T]):
         checker = self._checker
         if checker.enabled:
             checker.before_acquire(self, self.name)
-        with self._mutex:
-            if self._state >> WRITER_SHIFT:
+        mutex = self._mutex
+        mutex.acquire()
+        if not self._state >> WRITER_SHIFT:  # uncontended: one short critical section
+            self._state += 1
+            self._reads += 1
+            mutex.release()
+        else:
+            try:
                 self._contentions += 1
                 self._waiters += 1
                 while self._state >> WRITER_SHIFT:
                     self._cond.wait()
                 self._waiters -= 1
-            self._state += 1
-            self._reads += 1
+                self._state += 1
+                self._reads += 1
+            finally:
+                mutex.release()
         if checker.enabled:
             checker.acquired(self, self.name)
         return ReadGuard(self)
@@ -151,12 +159,16 @@ class RWLock(Generic[T]):
     def _read_unlock(self) -> None:
         if self._checker.enabled:
             self._checker.released(self)
-        with self._mutex:
-            if not self._state & READERS_MASK:
-                raise LockNotHeld(f"{self.name}: read unlock without readers")
-            self._state -= 1
-            if self._waiters and not self._state & READERS_MASK:
-                self._cond.notify_all()
+        mutex = self._mutex
+        mutex.acquire()
+        state = self._state
+        if not state & READERS_MASK:
+            mutex.release()
+            raise LockNotHeld(f"{self.name}: read unlock without readers")
+        self._state = state - 1
+        if self._waiters and not (state - 1) & READERS_MASK:
+            self._cond.notify_all()
+        mutex.release()
 
     def _write_unlock(self) -> None:
         if self._writer != _get_ident():
