@@ -82,6 +82,8 @@ class ModuleSpec:
     ref: ModuleRef
     measurement: bytes
     source: str
+    #: files and directories the module process must be able to read (its code and parent packages).
+    code_paths: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -179,7 +181,22 @@ def spec_for(obj: Any, *, source: str = "") -> ModuleSpec:
     except (pluggy.PluginValidationError, ValueError) as exc:
         raise InvalidFormat(f"module {manifest.name}: {exc}") from None
     ref = _ref_for(obj)
-    return ModuleSpec(manifest, obj, ref, measure_object(obj), source or f"{ref.kind}:{ref.target}")
+    return ModuleSpec(manifest, obj, ref, measure_object(obj), source or f"{ref.kind}:{ref.target}", _code_paths(obj, ref))
+
+
+def _code_paths(obj: Any, ref: ModuleRef) -> tuple[str, ...]:
+    files = _code_files(obj)
+    paths = {str(files[0].parent) if len(files) > 1 or files[0].name == "__init__.py" else str(files[0])}
+    if ref.kind == "file":
+        paths.add(str(pathlib.Path(ref.target).parent))
+    else:
+        parts = ref.target.split(".")
+        for i in range(1, len(parts)):
+            parent = sys.modules.get(".".join(parts[:i]))
+            f = getattr(parent, "__file__", None)
+            if f:
+                paths.add(f)
+    return tuple(sorted(paths))
 
 
 def discover(

@@ -78,31 +78,51 @@ class _NoMemory:
 
 
 class ModuleStorageBackend:
-    """Storage syscalls of other modules, served by a module with ``serve_storage``."""
+    """Storage syscalls of other modules, served by a module with ``serve_storage``.
 
-    def __init__(self, supervisor: ModuleSupervisor) -> None:
+
+    While the provider restarts, storage answers BUSY; once it is disabled, storage falls
+    back to the kernel's volatile store (logged), so other modules keep working.
+    """
+
+    def __init__(self, supervisor: ModuleSupervisor, fallback: Any) -> None:
         self._sup = supervisor
+        self._fallback = fallback
+
+    def _dead(self) -> bool:
+        if self._sup.state is ModuleState.DEAD:
+            log.warning("storage provider %s is disabled; using volatile storage", self._sup.name)
+            return True
+        return False
 
     def get(self, namespace: str, key: str) -> bytes | None:
+        if self._dead():
+            return self._fallback.get(namespace, key)
         res = self._sup.storage("get", namespace, key)
         return res.data if res.found else None
 
     def put(self, namespace: str, key: str, value: bytes) -> None:
+        if self._dead():
+            return self._fallback.put(namespace, key, value)
         self._sup.storage("put", namespace, key, value)
 
     def delete(self, namespace: str, key: str) -> bool:
+        if self._dead():
+            return self._fallback.delete(namespace, key)
         return bool(self._sup.storage("delete", namespace, key).found)
 
     def list(self, namespace: str, prefix: str) -> list[str]:
+        if self._dead():
+            return self._fallback.list(namespace, prefix)
         return list(self._sup.storage("list", namespace, prefix).names)
 
 
 def _default_read_only() -> list[str]:
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.dirname(__file__))}
-    paths.update(p for p in sys.path if p and os.path.isabs(p))
-    import svsm
+    import svsm.sdk
 
-    paths.update(os.path.dirname(p) for p in getattr(svsm, "__path__", []))
+    # The Python installation and the SDK; a module's own code is added per module.
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(svsm.sdk.__file__)}
+    paths.update(p for p in sys.path if p and os.path.isabs(p) and p != os.getcwd() and "site-packages" in p)
     return sorted(p for p in paths if os.path.exists(p))
 
 
@@ -215,7 +235,7 @@ class ModuleHost:
     def _start_one(self, sup: ModuleSupervisor) -> None:
         sup.start()
         if "serve_storage" in sup.granted and self.providers.storage.provider_namespace is None:
-            self.providers.storage.set_provider(ModuleStorageBackend(sup), sup.name)
+            self.providers.storage.set_provider(ModuleStorageBackend(sup, self.providers.storage.fallback), sup.name)
 
     def _supervise(self) -> None:
         while not self._stop.wait(self._tick):

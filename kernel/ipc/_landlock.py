@@ -55,8 +55,10 @@ def abi_version() -> int:
     return max(0, int(r))
 
 
-def restrict(read_only: Iterable[str], read_write: Iterable[str]) -> int:
+def restrict(read_only: Iterable[str], read_write: Iterable[str], list_only: Iterable[str] = ()) -> int:
     """Confine the calling process (and future threads) to the given trees.
+
+    ``list_only`` directories may be listed (import machinery) but their files not read.
 
     :returns: the Landlock ABI version used.
     :raises LandlockUnavailable: no Landlock, or a syscall failed.
@@ -70,7 +72,7 @@ def restrict(read_only: Iterable[str], read_write: Iterable[str]) -> int:
     if fd < 0:
         raise LandlockUnavailable(f"landlock_create_ruleset: {os.strerror(ctypes.get_errno())}")
     try:
-        for paths, access in ((read_only, _READ), (read_write, handled)):
+        for paths, access in ((read_only, _READ), (read_write, handled), (list_only, READ_DIR)):
             for path in paths:
                 try:
                     pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)

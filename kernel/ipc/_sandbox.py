@@ -50,6 +50,7 @@ class SandboxConfig(msgspec.Struct, frozen=True):
     processes: int = 32
     file_size: int = 64 << 20
     read_only: list[str] = []
+    list_only: list[str] = []
     landlock: bool = True
     seccomp: bool = True
 
@@ -172,7 +173,7 @@ def apply(cfg: SandboxConfig, keep_fd: int) -> list[str]:
     if cfg.landlock:
         try:
             ro = [*cfg.read_only, "/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/dev/urandom"]
-            _landlock.restrict(ro, [cfg.private_dir, "/dev/null"])
+            _landlock.restrict(ro, [cfg.private_dir, "/dev/null"], cfg.list_only)
             done.append("landlock")
         except _landlock.LandlockUnavailable as exc:
             log.warning("landlock not in force: %s", exc)

@@ -261,9 +261,7 @@ class ModuleSupervisor:
         os.makedirs(private, mode=0o700, exist_ok=True)
         if self._uid is not None:
             os.chown(private, self._uid, self._uid)
-        ro = list(self._ctx.read_only)
-        if self.spec.ref.kind == "file":
-            ro.append(os.path.dirname(self.spec.ref.target))
+        ro = [*self._ctx.read_only, *self.spec.code_paths]
         cfg = SandboxConfig(
             private_dir=private,
             uid=self._uid,
@@ -271,6 +269,7 @@ class ModuleSupervisor:
             cpu_seconds=self._ctx.cpu_seconds,
             open_files=self._ctx.open_files,
             read_only=ro,
+            list_only=[os.path.dirname(p) for p in self.spec.code_paths if p.endswith("__init__.py")],
         )
         return spawn_process(self.spec.ref, cfg, name=self.name)
 
