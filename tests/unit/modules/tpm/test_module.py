@@ -144,3 +144,19 @@ def test_save_and_restore_hooks_carry_volatile_state(service) -> None:
     with pytest.raises(InvalidFormat):
         other.restore(b"garbage", make_ctx())
     assert other.tpm.started  # the running TPM is kept
+
+
+def test_package_hooks_register_and_serve_through_pluggy() -> None:
+    from svsm.sdk._runtime import make_plugin_manager
+    pm = make_plugin_manager()
+    pm.register(tpm_module, name="tpm")
+    pm.check_pending()  # every hook function matches a hookspec
+    ctx = make_ctx()
+    pm.hook.svsm_module_start(ctx=ctx)
+    reply = pm.hook.svsm_handle_request(request=Request(protocol=2, call=1, rcx=0x1000, buffer=page_for(STARTUP)),
+                                        ctx=ctx)
+    assert decode_vtpm_response(reply.buffer) == bytes.fromhex("80010000000a00000000")
+    assert pm.hook.svsm_service_manifest(ctx=ctx) == tpm_module._module._SERVICE.manifest
+    state = pm.hook.svsm_save_state(ctx=ctx)
+    pm.hook.svsm_restore_state(state=state, ctx=ctx)
+    pm.hook.svsm_module_stop(ctx=ctx)
