@@ -8,7 +8,8 @@ an unknown one with UNSUPPORTED_CALL.  Hardware instructions are reached through
 
 ``PVALIDATE_LOCK`` (coconut-svsm.md 1.6) is held for read by PVALIDATE and for write by
 CREATE_VCPU, DELETE_VCPU and REMAP_CA, so the CREATE_VCPU error path can never hand a page the
-SVSM is still using back to the guest while a PVALIDATE races with it.
+SVSM is still using back to the guest while a PVALIDATE races with it.  DEPOSIT_MEM and
+WITHDRAW_MEM (not upstream) take it for write too: they move pages between guest and SVSM.
 """
 
 from __future__ import annotations
@@ -300,6 +301,9 @@ class CoreProtocol:
             raise InvalidParameter(f"unknown APIC ID {apic_id}")
         cpu = params.cpu
         with self.pvalidate_lock.write():
+            # Again under the lock: a DEPOSIT_MEM may have made either page the SVSM's meanwhile.
+            if not self._mem.in_guest_map(vmsa_gpa, PAGE_SIZE) or not self._mem.in_guest_map(caa_gpa, CA_HEADER_SIZE):
+                raise InvalidAddress("VMSA or CAA stopped being guest memory")
             self.registry.register(vmsa_gpa, caa_gpa, target, guest_owned=True)
             try:
                 self._revoke_guest(cpu, vmsa_gpa, False)
@@ -361,7 +365,8 @@ class CoreProtocol:
     def _deposit_mem(self, params: RequestParams) -> None:
         if self._pool is None:
             raise UnsupportedCall("no deposit pool")
-        with self.pvalidate_lock.read():
+        # Write lock: the page changes owner, so no PVALIDATE may rescind it half-way.
+        with self.pvalidate_lock.write():
             self._walk(params, self._deposit_one)
 
     def _deposit_one(self, cpu: int, raw: int) -> None:
@@ -380,7 +385,7 @@ class CoreProtocol:
     def _withdraw_mem(self, params: RequestParams) -> None:
         if self._pool is None:
             raise UnsupportedCall("no deposit pool")
-        with self.pvalidate_lock.read():
+        with self.pvalidate_lock.write():
             self._walk(params, self._withdraw_one)
 
     def _withdraw_one(self, cpu: int, raw: int) -> None:

@@ -19,7 +19,10 @@ from svsm.sdk.guest import (
     SVSM_CORE_PROTOCOL,
     SVSM_REQ_CORE_CREATE_VCPU,
     SVSM_REQ_CORE_DELETE_VCPU,
+    SVSM_REQ_CORE_DEPOSIT_MEM,
     SVSM_REQ_CORE_REMAP_CA,
+    SVSM_REQ_CORE_WITHDRAW_MEM,
+    PageList,
     PvalidateEntry,
 )
 
@@ -32,15 +35,16 @@ def test_hammer(request: pytest.FixtureRequest) -> None:
     checker.enable(raise_on_violation=False)
     request.addfinalizer(checker.disable)
     before_violations = checker.statistics().violations
-    with boot(vcpus=8, memory="12M") as cvm:
+    with boot(vcpus=9, memory="12M") as cvm:
         g = cvm.guest
         g.accept_memory(0x10_0000, 0x30_0000)
-        aps = [g.start_ap(a) for a in (1, 2, 3, 4, 5)]
+        aps = [g.start_ap(a) for a in (1, 2, 3, 4, 5, 6)]
         heap_used = cvm.svsm.allocator.statistics().used_pages
         errors: list[BaseException] = []
         codes: list[int] = []
         # raced over: created/deleted as VMSAs for APIC 6 and 7 by two vCPUs, PVALIDATEd by two others
         shared = [g.pool.take(), g.pool.take()]
+        lent = [g.pool.take(), g.pool.take()]  # deposited/withdrawn by one vCPU, PVALIDATEd by others
 
         def pvalidate_loop(guest: Any) -> None:
             pages = [guest.pool.take() for _ in range(4)]
@@ -49,6 +53,9 @@ def test_hammer(request: pytest.FixtureRequest) -> None:
                 guest.pvalidate([PvalidateEntry(p) for p in pages])
                 r = guest.svsm_call(SVSM_CORE_PROTOCOL, 1, 0)  # bad list address
                 codes.append(r.rax)
+                for page in lent:
+                    guest.mem.write(guest.caa + 8, b"\x01\x00\x00\x00\x00\x00\x00\x00" + (page | 4 | 8).to_bytes(8, "little"))
+                    codes.append(guest.svsm_call(SVSM_CORE_PROTOCOL, 1, guest.caa + 8).rax)
                 for page in shared:
                     guest.mem.write(guest.caa + 8, b"\x01\x00\x00\x00\x00\x00\x00\x00" + (page | 4).to_bytes(8, "little"))
                     codes.append(guest.svsm_call(SVSM_CORE_PROTOCOL, 1, guest.caa + 8).rax)
@@ -67,6 +74,12 @@ def test_hammer(request: pytest.FixtureRequest) -> None:
                 if r.rax == 0:
                     codes.append(guest.svsm_call(SVSM_CORE_PROTOCOL, SVSM_REQ_CORE_DELETE_VCPU, shared_vmsa).rax)
 
+        def deposit_loop(guest: Any) -> None:
+            for _ in range(ROUNDS):
+                for call in (SVSM_REQ_CORE_DEPOSIT_MEM, SVSM_REQ_CORE_WITHDRAW_MEM):
+                    guest.mem.write(guest.caa + 8, PageList.build(lent))
+                    codes.append(guest.svsm_call(SVSM_CORE_PROTOCOL, call, guest.caa + 8).rax)
+
         def remap_loop(guest: Any) -> None:
             homes = [guest.caa, guest.pool.take()]
             for i in range(ROUNDS * 2):
@@ -84,8 +97,9 @@ def test_hammer(request: pytest.FixtureRequest) -> None:
                 errors.append(exc)
 
         threads = [threading.Thread(target=run, args=a) for a in
-                   [(pvalidate_loop, aps[0]), (pvalidate_loop, g), (vcpu_loop, aps[1], shared[0], 6),
-                    (vcpu_loop, aps[2], shared[1], 7), (remap_loop, aps[3]), (remap_loop, aps[4])]]  # fmt: skip
+                   [(pvalidate_loop, aps[0]), (pvalidate_loop, g), (vcpu_loop, aps[1], shared[0], 7),
+                    (vcpu_loop, aps[2], shared[1], 8), (remap_loop, aps[3]), (remap_loop, aps[4]),
+                    (deposit_loop, aps[5])]]  # fmt: skip
         for t in threads:
             t.start()
         for t in threads:
@@ -105,6 +119,9 @@ def test_hammer(request: pytest.FixtureRequest) -> None:
             if cvm.svsm.registry.get(page) is None:
                 assert not rmp.read(page >> 12).vmsa
         assert cvm.svsm.allocator.statistics().used_pages == heap_used
+        for page in lent:  # either still lent (SVSM-only) or back with the guest
+            perms = rmp.read(page >> 12).perms
+            assert cvm.svsm.allocator.owns(page) == (not any(perms[vmpl:]))
         assert cvm.svsm.panicker.panicked is None
         assert cvm.svsm.pvalidate_lock.statistics().write_acquisitions > 0
     assert checker.statistics().violations == before_violations
