@@ -10,6 +10,10 @@ from ._anchor_service import AnchorService as AnchorService
 from ._anchor_service import AnchorStatistics as AnchorStatistics
 from ._anchor_service import chain_verifier as chain_verifier
 from ._cli import register as register_commands
+from ._entry import MANIFEST as MANIFEST
+from ._entry import svsm_module_start as svsm_module_start
+from ._entry import svsm_module_stop as svsm_module_stop
+from ._entry import svsm_storage_request as svsm_storage_request
 from ._errors import AnchorError as AnchorError
 from ._errors import AnchorRequired as AnchorRequired
 from ._errors import BadKey as BadKey
@@ -20,6 +24,9 @@ from ._errors import QuotaExceeded as QuotaExceeded
 from ._errors import RollbackDetected as RollbackDetected
 from ._errors import StoreFull as StoreFull
 from ._errors import StoreUnavailable as StoreUnavailable
+from ._module import SEALING_KEY_CONTEXT as SEALING_KEY_CONTEXT
+from ._module import PersistModule as PersistModule
+from ._module import SyscallBlockIO as SyscallBlockIO
 from ._store import DEFAULT_QUOTA as DEFAULT_QUOTA
 from ._store import MAX_VALUE as MAX_VALUE
 from ._store import BlockIO as BlockIO
@@ -31,6 +38,13 @@ from ._store import Store as Store
 from ._store import StoreStatistics as StoreStatistics
 
 __all__ = [
+    "MANIFEST",
+    "PersistModule",
+    "SEALING_KEY_CONTEXT",
+    "SyscallBlockIO",
+    "svsm_module_start",
+    "svsm_module_stop",
+    "svsm_storage_request",
     "AnchorClient",
     "AnchorService",
     "AnchorStatistics",

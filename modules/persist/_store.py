@@ -338,6 +338,13 @@ class Store:
                 self._fail(exc)
                 raise
 
+    def contains(self, ns: str, key: str) -> bool:
+        """Whether ``(ns, key)`` exists (no record is read)."""
+        k = _ns_key(ns, key)
+        with self._lock:
+            self._serving()
+            return self._index.lookup(k) is not None
+
     def _read_record(self, e: LeafEntry) -> bytes:
         blob = self._dev.read(e.ref.lba, e.ref.nblocks)[:e.ref.length]
         if not hmac.compare_digest(hashlib.sha256(blob).digest(), e.ref.digest):

@@ -1,0 +1,131 @@
+"""The ring-3 persistence module: serves every other module's storage syscalls from the store.
+
+Everything it needs comes through syscalls: the host disk (``disk``), the sealing key
+(``derive_key``: HKDF of the PSP key bound to the SVSM measurement, the module's name and code
+measurement), time and randomness.  A store that fails to open (authentication, rollback, clone)
+makes ``svsm_module_start`` fail with the reason in the kernel log: the kernel reports the module as
+failed and storage stays with the kernel's volatile fallback -- an empty store never replaces it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from svsm.sdk import InvalidParameter, InvalidRequest, Manifest, Module, ModuleContext, hookimpl
+from svsm.sdk import Capability as Cap
+
+from ._errors import StoreUnavailable
+from ._format import BLOCK_SIZE
+from ._store import DEFAULT_QUOTA, FreshnessAnchor, Quota, Store
+
+__all__ = ["PersistModule", "SyscallBlockIO", "SEALING_KEY_CONTEXT"]
+
+#: Context of the derived-key syscall for the store's sealing key (changing it orphans stores).
+SEALING_KEY_CONTEXT = b"pysvsm persist sealing key v1"
+#: Blocks moved per disk syscall (the ABI caps a blob at 768 KiB).
+_CHUNK = 64
+
+
+class SyscallBlockIO:
+    """The host disk through the kernel's ``disk`` syscalls, as the store's :class:`BlockIO`."""
+
+    block_size = BLOCK_SIZE
+
+    def __init__(self, syscalls: Any) -> None:
+        self._sys = syscalls
+        self._blocks = syscalls.disk_size() // BLOCK_SIZE
+
+    @property
+    def num_blocks(self) -> int:
+        """Device size in blocks (read once at start)."""
+        return self._blocks
+
+    def read(self, lba: int, count: int = 1) -> bytes:
+        """Read blocks, at most :data:`_CHUNK` per syscall."""
+        out = []
+        for first in range(lba, lba + count, _CHUNK):
+            n = min(_CHUNK, lba + count - first)
+            out.append(self._sys.disk_read(first * BLOCK_SIZE, n * BLOCK_SIZE))
+        return b"".join(out)
+
+    def write(self, lba: int, data: bytes) -> None:
+        """Write whole blocks, at most :data:`_CHUNK` per syscall."""
+        step = _CHUNK * BLOCK_SIZE
+        for off in range(0, len(data), step):
+            self._sys.disk_write(lba * BLOCK_SIZE + off, data[off:off + step])
+
+    def flush(self) -> None:
+        """fsync on the host."""
+        self._sys.disk_flush()
+
+
+class PersistModule(Module):
+    """Module object: one store per module process.
+
+    :param anchor: a freshness anchor (None: rollback protection is off, said at start).
+    :param quotas: per-namespace limits; others get ``default_quota``.
+    """
+
+    MANIFEST = Manifest(
+        name="persist",
+        version="0.1.0",
+        capabilities=[Cap.LOG, Cap.RANDOM, Cap.TIME, Cap.ATTEST, Cap.DERIVE_KEY, Cap.DISK, Cap.SERVE_STORAGE],
+        request_timeout=30.0,
+        description="sealed, crash-safe, tamper-evident storage for the other modules",
+    )
+
+    def __init__(self, anchor: FreshnessAnchor | None = None, quotas: dict[str, Quota] | None = None,
+                 default_quota: Quota = DEFAULT_QUOTA) -> None:
+        self.anchor, self.quotas, self.default_quota = anchor, quotas or {}, default_quota
+        self.store: Store | None = None
+
+    @hookimpl
+    def svsm_module_start(self, ctx: ModuleContext) -> None:
+        """Open (or format) the store; fail the module if it cannot be trusted."""
+        sys = ctx.syscalls
+        key = sys.derived_key(SEALING_KEY_CONTEXT, 32)
+        try:
+            self.store = Store.open(SyscallBlockIO(sys), key, clock=sys.time_ns, rng=sys.random,
+                                    anchor=self.anchor, quotas=self.quotas, default_quota=self.default_quota)
+        except StoreUnavailable as exc:
+            ctx.log.error("persist: refusing to serve: %s (%s)", exc, getattr(exc, "detail", ""))
+            raise
+        if self.anchor is None:
+            ctx.log.warning("persist: no freshness anchor configured -- rollback protection is off")
+        st = self.store.statistics()
+        ctx.log.info("persist: serving generation %d, %d records in %d namespaces", st.generation,
+                     st.records, st.namespaces)
+
+    @hookimpl
+    def svsm_module_stop(self, ctx: ModuleContext) -> None:
+        """Release the anchor lease."""
+        if self.store is not None and self.store.failed is None:
+            self.store.close()
+
+    @hookimpl
+    def svsm_storage_request(self, op: str, namespace: str, key: str, value: bytes,
+                             ctx: ModuleContext) -> bytes | list[str] | bool | None:
+        """Serve one storage syscall of module ``namespace``.
+
+        :raises InvalidRequest: the store stopped serving (the reason is in the kernel log).
+        """
+        store = self.store
+        if store is None:
+            raise InvalidRequest("persistent store not open")
+        try:
+            if op == "get":
+                return store.get(namespace, key)
+            if op == "put":
+                store.put(namespace, key, value)
+                return None
+            if op == "delete":
+                existed = store.contains(namespace, key)
+                if existed:
+                    store.delete(namespace, key)
+                return existed
+            if op == "list":
+                return store.list(namespace, key)
+        except StoreUnavailable as exc:
+            ctx.log.error("persist: store stopped serving: %s", exc)
+            raise InvalidRequest("persistent store unavailable") from exc
+        raise InvalidParameter(f"unknown storage op {op!r}")

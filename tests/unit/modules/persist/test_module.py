@@ -1,0 +1,97 @@
+"""The persistence module behind the kernel's module host: other modules' storage goes to the store."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from svsm.kernel.hw.blockdev import BlockDevice, DiskAdapter, MemoryImage, TamperingAdversary
+from svsm.kernel.ipc import ModuleHost, Providers
+from svsm.modules.persist import PersistModule, Quota
+from svsm.sdk import Busy, InvalidRequest
+
+ROOT = bytes(range(32))
+
+
+class Persist(PersistModule):
+    """The module with test quotas (the host instantiates classes in the module process)."""
+
+    def __init__(self) -> None:
+        super().__init__(default_quota=Quota(100, 1 << 20))
+
+
+class TinyQuota(PersistModule):
+    def __init__(self) -> None:
+        super().__init__(default_quota=Quota(1, 100))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_module_logger():
+    """In-process hosts leave their kernel-log handler on the module's logger; drop it per test."""
+    yield
+    logging.getLogger("svsm.module.persist").handlers.clear()
+
+
+def reboot() -> None:
+    logging.getLogger("svsm.module.persist").handlers.clear()
+
+
+def host_for(image: MemoryImage, key_root: bytes = ROOT, adversary=None, module=None) -> ModuleHost:
+    disk = DiskAdapter(BlockDevice(image, adversary=adversary))
+    return ModuleHost([module or Persist], mode="inprocess",
+                      providers=Providers(disk=disk, key_root=key_root))
+
+
+def test_storage_of_other_modules_persists_across_boots() -> None:
+    image = MemoryImage(256)
+    with host_for(image) as host:
+        tpm = host.providers.storage.backend_for("tpm")
+        tpm.put("tpm", "nv", b"state")
+        tpm.put("tpm", "seed", b"s")
+        host.providers.storage.backend_for("uefi").put("uefi", "nv", b"vars")
+        assert tpm.delete("tpm", "seed") is True and tpm.delete("tpm", "seed") is False
+        assert tpm.list("tpm", "") == ["nv"]
+    reboot()
+    with host_for(image) as host:  # a reboot with the same state directory
+        storage = host.providers.storage
+        assert storage.backend_for("tpm").get("tpm", "nv") == b"state"
+        assert storage.backend_for("uefi").get("uefi", "nv") == b"vars"
+        assert storage.backend_for("tpm").get("tpm", "seed") is None
+
+
+def test_other_measurement_cannot_read_and_the_module_fails() -> None:
+    image = MemoryImage(256)
+    with host_for(image) as host:
+        host.providers.storage.backend_for("tpm").put("tpm", "nv", b"state")
+    before = image.snapshot()
+    reboot()
+    with host_for(image, key_root=bytes(32)) as host:  # another SVSM: another PSP-derived key root
+        info = {m.name: m for m in host.modules()}["persist"]
+        assert "failed authentication" in info.last_failure and info.state != "serving"
+        with pytest.raises((Busy, InvalidRequest)):
+            host.providers.storage.backend_for("tpm").get("tpm", "nv")
+    assert image.snapshot() == before  # never formatted over
+
+
+def test_quota_reaches_the_caller_as_a_result_code() -> None:
+    image = MemoryImage(256)
+    with host_for(image, module=TinyQuota) as host:
+        tpm = host.providers.storage.backend_for("tpm")
+        tpm.put("tpm", "a", b"1")
+        with pytest.raises(InvalidRequest):
+            tpm.put("tpm", "b", b"2")
+
+
+def test_tampering_at_runtime_stops_serving() -> None:
+    image = MemoryImage(256)
+    adv = TamperingAdversary()
+    with host_for(image, adversary=adv) as host:
+        tpm = host.providers.storage.backend_for("tpm")
+        tpm.put("tpm", "nv", b"state" * 100)
+        adv.flips = {n: [100] for n in range(2, 256)}
+        with pytest.raises(InvalidRequest):
+            tpm.get("tpm", "nv")
+        adv.flips = {}
+        with pytest.raises(InvalidRequest):
+            tpm.get("tpm", "nv")  # refuses from then on
