@@ -241,7 +241,7 @@ def boot(
     rng = random.Random(seed)
     t0 = clock()
     image = kernel_image()
-    layout = MemoryLayout.compute(size, len(image))
+    layout = MemoryLayout.compute(size, len(image), vcpus)
     fw_image = FirmwareImage.parse(build_image(FIRMWARE_SIZE, sections=FIRMWARE_SECTIONS), end_at=FIRMWARE_END)
     platform = Platform(memory_size=size, vcpu_count=vcpus, seed=seed, rng=rng, hypervisor=hypervisor)
     fw = SnpFirmware(_chip(psp_state_dir), rng=rng.randbytes)

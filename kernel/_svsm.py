@@ -78,6 +78,8 @@ FIRMWARE_SECTIONS = [
     (0x6000, 0x1000, int(SectionType.CPUID)),
     (0x7000, 0x1000, int(SectionType.SVSM_CAA)),
 ]
+#: Heap reserved per vCPU: its per-CPU area (data, GHCB, 8-page stack), page tables, VMPL0 VMSA.
+HEAP_PER_VCPU = 0x2_0000
 #: The guest-request pages of the SVSM (request, response, 4 certificate pages) per boot.
 _GREQ_PAGES = 6
 
@@ -102,12 +104,15 @@ class MemoryLayout:
     guest_caa_gpa: int
 
     @classmethod
-    def compute(cls, memory_size: int, image_size: int) -> MemoryLayout:
+    def compute(cls, memory_size: int, image_size: int, vcpus: int = 1) -> MemoryLayout:
         """Place the SVSM at the top of memory, the firmware below 1 MiB.
+
+        The heap gets 2 MiB plus :data:`HEAP_PER_VCPU` per vCPU (per-CPU area, page tables,
+        stack, VMPL0 VMSA).
 
         :raises ValueError: memory too small for the SVSM and a guest.
         """
-        fixed = image_size + (3 + _GREQ_PAGES) * PAGE
+        fixed = image_size + (3 + _GREQ_PAGES) * PAGE + vcpus * HEAP_PER_VCPU
         svsm_size = max(4 << 20, (fixed + MB2 + MB2 - 1) // MB2 * MB2)
         if memory_size % MB2 or memory_size < svsm_size + (4 << 20):
             raise ValueError(f"memory must be a multiple of 2 MiB and at least {(svsm_size >> 20) + 4} MiB")
