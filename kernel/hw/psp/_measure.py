@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import functools
 import hashlib
-import os
 import struct
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -83,13 +82,14 @@ def _page_digests(view: memoryview) -> list[bytes]:
 class LaunchDigest:
     """A running launch digest.  Feed pages in launch order; read :attr:`digest`.
 
-    Page contents hash independently of the chain, so long NORMAL runs hash their pages on
-    ``workers`` threads while this thread chains the PAGE_INFOs in order; the result is the
-    same as the serial loop (tested).
+    Page contents hash independently of the chain, so with ``workers > 1`` long NORMAL runs
+    hash their pages on worker threads (hashlib drops the GIL) while this thread chains the
+    PAGE_INFOs in order; the result is the same as the serial loop (tested).  Serial is the
+    default: on a loaded machine the threads cost more than they give (bench/_launch.py).
 
     :param seed: starting value (48 zero bytes, or a precomputed firmware digest as
         ``--snp-ovmf-hash`` does).
-    :param workers: threads for page hashing (default: up to 2, by CPU count; 1 = serial).
+    :param workers: threads for page hashing (1 = serial, the default).
     """
 
     __slots__ = ("_ld", "pages", "workers")
@@ -100,7 +100,7 @@ class LaunchDigest:
         self._ld = bytes(seed)
         #: Number of pages measured so far.
         self.pages = 0
-        self.workers = max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
+        self.workers = max(1, workers if workers is not None else 1)
 
     @property
     def digest(self) -> bytes:
