@@ -3,8 +3,13 @@
 One 64-bit word: readers in bits 0-31, writers in bits 32-63.  Readers wait
 while writers != 0; a writer first waits for other writers, increments the
 writer count (so new readers queue behind it) and then waits for the readers to
-drain.  As in COCONUT, a thread that re-takes a read lock while a writer waits
-deadlocks; the order checker does not model that case.
+drain.
+
+Reader threads are tracked, so the two self-deadlocks COCONUT would spin in
+forever are reported instead (:class:`SelfDeadlock`): a reader asking for the
+write lock (upgrade), and a reader re-taking the read lock while a writer waits.
+A recursive read with no writer waiting is allowed.  Read guards are released
+by the thread that took them.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ class RWLock(Generic[T]):
 
     __slots__ = (
         "_value", "name", "_checker", "_mutex", "_cond", "_state", "_waiters",
-        "_writer", "_reads", "_writes", "_contentions", "__weakref__",
+        "_writer", "_reads", "_writes", "_contentions", "_readers", "__weakref__",
     )
 
     def __init__(self, value: T = None, *, name: str | None = None,  # type: ignore[assignment]
@@ -66,6 +71,7 @@ class RWLock(Generic[T]):
         self._reads = 0
         self._writes = 0
         self._contentions = 0
+        self._readers: dict[int, int] = {}  # thread ident -> read locks it holds
         _registry.add(self)
 
     @property
@@ -76,42 +82,46 @@ class RWLock(Generic[T]):
     def read(self) -> ReadGuard[T]:
         """Take a shared lock, waiting while a writer holds or waits.
 
-        :raises SelfDeadlock: the calling thread holds the write lock.
+        :raises SelfDeadlock: the calling thread holds the write lock, or already holds a
+            read lock while a writer waits (both would never return).
         :raises LockOrderViolation: order inversion (checker on).
         """
-        if self._writer == _get_ident():
+        me = _get_ident()
+        if self._writer == me:
             raise SelfDeadlock(f"{self.name}: read lock while holding the write lock")
         checker = self._checker
         if checker.enabled:
             checker.before_acquire(self, self.name)
         mutex = self._mutex
         mutex.acquire()
-        if not self._state >> WRITER_SHIFT:  # uncontended: one short critical section
-            self._state += 1
-            self._reads += 1
-            mutex.release()
-        else:
-            try:
+        try:
+            if self._state >> WRITER_SHIFT:
+                if me in self._readers:
+                    raise SelfDeadlock(f"{self.name}: recursive read lock while a writer waits")
                 self._contentions += 1
                 self._waiters += 1
                 while self._state >> WRITER_SHIFT:
                     self._cond.wait()
                 self._waiters -= 1
-                self._state += 1
-                self._reads += 1
-            finally:
-                mutex.release()
+            self._state += 1
+            self._reads += 1
+            readers = self._readers
+            readers[me] = readers.get(me, 0) + 1
+        finally:
+            mutex.release()
         if checker.enabled:
             checker.acquired(self, self.name)
         return ReadGuard(self)
 
     def try_read(self) -> ReadGuard[T] | None:
         """Shared lock if no writer holds or waits, else ``None`` (never waits)."""
+        me = _get_ident()
         with self._mutex:
             if self._state >> WRITER_SHIFT:
                 return None
             self._state += 1
             self._reads += 1
+            self._readers[me] = self._readers.get(me, 0) + 1
         if self._checker.enabled:
             self._checker.acquired(self, self.name)
         return ReadGuard(self)
@@ -125,6 +135,8 @@ class RWLock(Generic[T]):
         me = _get_ident()
         if self._writer == me:
             raise SelfDeadlock(f"{self.name}: write lock taken twice")
+        if me in self._readers:
+            raise SelfDeadlock(f"{self.name}: write lock while holding a read lock (upgrade)")
         checker = self._checker
         if checker.enabled:
             checker.before_acquire(self, self.name)
@@ -145,7 +157,7 @@ class RWLock(Generic[T]):
         return WriteGuard(self)
 
     def try_write(self) -> WriteGuard[T] | None:
-        """Exclusive lock if the lock is entirely free, else ``None``."""
+        """Exclusive lock if the lock is entirely free, else ``None`` (never waits)."""
         with self._mutex:
             if self._state:
                 return None
@@ -157,18 +169,24 @@ class RWLock(Generic[T]):
         return WriteGuard(self)
 
     def _read_unlock(self) -> None:
-        if self._checker.enabled:
-            self._checker.released(self)
+        me = _get_ident()
         mutex = self._mutex
         mutex.acquire()
-        state = self._state
-        if not state & READERS_MASK:
+        n = self._readers.get(me, 0)
+        if not n:
             mutex.release()
-            raise LockNotHeld(f"{self.name}: read unlock without readers")
-        self._state = state - 1
-        if self._waiters and not (state - 1) & READERS_MASK:
+            raise LockNotHeld(f"{self.name}: read unlock by thread {me}, which holds no read lock")
+        if n == 1:
+            del self._readers[me]
+        else:
+            self._readers[me] = n - 1
+        state = self._state - 1
+        self._state = state
+        if self._waiters and not state & READERS_MASK:
             self._cond.notify_all()
         mutex.release()
+        if self._checker.enabled:
+            self._checker.released(self)
 
     def _write_unlock(self) -> None:
         if self._writer != _get_ident():
@@ -220,8 +238,8 @@ class _RWGuard(Generic[T]):
         """
         if not self._held:
             raise LockNotHeld(f"guard of {self._lock.name} released twice")
-        self._held = False
         self._unlock()
+        self._held = False
 
     def _unlock(self) -> None:
         raise LockNotHeld("abstract guard")  # pragma: no cover - subclasses override

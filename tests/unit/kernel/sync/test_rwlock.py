@@ -121,3 +121,40 @@ def test_guards_map_to_a_sub_field(checker: LockOrderChecker) -> None:
     with rw.read().map(lambda d: d["vmsas"]) as mg:
         assert mg.value == [1, 2] and rw.state == 1
     assert rw.state == 0
+
+
+def test_self_deadlocks_are_reported_not_hung(checker: LockOrderChecker) -> None:
+    rw = RWLock(name="sd", checker=checker)
+    r = rw.read()
+    r2 = rw.read()  # recursive read with no writer waiting is fine
+    with pytest.raises(SelfDeadlock):
+        rw.write()  # upgrade would wait for ourselves
+    assert rw.try_write() is None
+    t = threading.Thread(target=lambda: rw.write().release(), daemon=True)
+    t.start()
+    _wait_for(lambda: rw.state >> 32 == 1)  # a writer now waits for our readers
+    with pytest.raises(SelfDeadlock):
+        rw.read()  # would queue behind the writer that waits for us
+    r2.release()
+    r.release()
+    t.join(5)
+    assert rw.state == 0 and not t.is_alive()
+
+
+def test_read_guard_released_by_another_thread_is_refused(checker: LockOrderChecker) -> None:
+    rw = RWLock(name="xthread", checker=checker)
+    g = rw.read()
+    errs: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            g.release()
+        except LockNotHeld as e:
+            errs.append(e)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert len(errs) == 1 and rw.state == 1
+    g.release()  # the guard is still live for its owner
+    assert rw.state == 0
