@@ -11,7 +11,6 @@ Entry points for the rest of kernel/hw (also docs/dev/hw-api.md, section "PSP"):
   psp.launch(launch_plan(image, vcpus=..., vcpu_sig=...))`` places every page through
   ``platform.firmware`` and serves the hypervisor's ``psp.guest_request(page) -> page`` and
   ``psp.certificates()`` (HW's GuestRequestFirmware seam).
-
 * launch: ``fw = SnpFirmware(Chip.load_or_create(state_dir))``;
   ``result = launch(fw, launch_plan(FirmwareImage.parse(data), vcpus=..., vcpu_sig=...),
   write=writer)``.  ``writer(page_type, gpa, data, vcpu)`` places each page in guest memory
@@ -23,6 +22,15 @@ Entry points for the rest of kernel/hw (also docs/dev/hw-api.md, section "PSP"):
   :class:`PspError` (``fw_error`` -> SW_EXITINFO2[31:0]); for the extended request
   ``fw.ext_guest_request(ctx, page, cert_pages)`` returns ``(response, cert_table)`` or
   raises :class:`VmmError` (``vmm_error`` -> SW_EXITINFO2[63:32], ``pages_needed`` -> RBX).
+
+Also: ID blocks at LAUNCH_FINISH (:func:`build_id_block`), REPORTED_TCB / MASK_CHIP_ID /
+MASK_CHIP_KEY (``SnpFirmware`` arguments), EC2/GCE launch orders (:class:`VmmType`) and
+sev-snp-measure's SVSM mode (:func:`svsm_launch_plan`).
+
+Assumptions where spec/snp.md 7 has no confirmed text: malformed, unauthenticated, replayed or
+out-of-order guest messages get firmware error INVALID_PARAM (0x16) and advance nothing;
+every guest has a VMRK (no migration agents); REPORT_ID_MA is all 0xFF; the secrets page
+VERSION is 3.
 
 Report parsing and verification live in :mod:`svsm.sdk.attestation`.
 """
