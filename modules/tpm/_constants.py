@@ -50,6 +50,7 @@ class CC:
     Certify = 0x148
     CertifyCreation = 0x14A
     PolicyNV = 0x149
+    Duplicate = 0x14B
     GetTime = 0x14C
     NV_Read = 0x14E
     NV_ReadLock = 0x14F
@@ -58,6 +59,7 @@ class CC:
     Create = 0x153
     ECDH_ZGen = 0x154
     HMAC = 0x155
+    Import = 0x156
     Load = 0x157
     Quote = 0x158
     RSA_Decrypt = 0x159

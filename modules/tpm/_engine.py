@@ -469,5 +469,6 @@ class Tpm(EntityMixin):
 
 
 # register the commands
-from . import _cmd_attest, _cmd_context, _cmd_crypto, _cmd_hierarchy, _cmd_misc, _cmd_object, _cmd_policy  # noqa: E402,F401
+from . import _cmd_attest, _cmd_context, _cmd_crypto, _cmd_duplicate, _cmd_hierarchy, _cmd_misc, _cmd_object  # noqa: E402,F401,I001
+from . import _cmd_policy  # noqa: E402,F401
 from . import _nv as _nv_cmds, _pcr as _pcr_cmds  # noqa: E402,F401
