@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from svsm.kernel.sync import lock_order_checker
+
 from ._errors import Cancelled, SchedulerError, WaitTimeout
 
 if TYPE_CHECKING:
@@ -158,8 +160,16 @@ class WaitQueue:
         :param timeout: scheduler-clock seconds; None = no limit.
         :returns: True if the predicate held (or we were woken), False on timeout.
         :raises Cancelled: the scheduler is shutting down.
+        :raises SchedulerError: a task would block while holding kernel locks (checked when the
+            lock-order checker is on, like Linux's ``might_sleep``): the next task on its CPU
+            could spin on one of them forever.
         """
         sched = self.scheduler
+        checker = lock_order_checker()
+        if checker.enabled and current_task() is not None:
+            held = checker.held_classes()
+            if held:
+                raise SchedulerError(f"task blocks while holding locks {held}")
         timer = None
         expired = [False]
         if timeout is not None:

@@ -34,3 +34,29 @@ def test_scheduler_walks_only_table_transitions_and_rejects_others() -> None:
     with pytest.raises(SchedulerError):
         t._transition(TaskState.PENDING)  # nothing leaves TERMINATED
     s.shutdown()
+
+
+def test_blocking_while_holding_a_lock_is_reported_when_checking() -> None:
+    from svsm.kernel.sync import SpinLock, lock_order_checker
+
+    checker = lock_order_checker()
+    was = checker.enabled
+    checker.enable()
+    try:
+        s = Scheduler(1, clock=FakeClock())
+        wq = WaitQueue(s)
+        lock = SpinLock(name="sched.test.held")
+
+        def bad() -> None:
+            with lock:
+                wq.wait()
+
+        with pytest.raises(SchedulerError):
+            s.spawn(bad).result(5)
+        assert not lock.locked()
+        ok = s.spawn(lambda: wq.wait_until(lambda: True))  # no lock held: fine
+        assert ok.result(5) is True
+        s.shutdown()
+    finally:
+        checker.enabled = was
+        checker.reset()
