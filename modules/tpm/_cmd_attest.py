@@ -27,9 +27,17 @@ FIRMWARE_VERSION = FIRMWARE[0] << 32 | FIRMWARE[1]
 
 
 def _attest(tpm: "Tpm", type_: int, signer: TpmObject | None, extra: bytes, attested: bytes) -> bytes:
+    """TPMS_ATTEST; resetCount, restartCount and firmwareVersion are obfuscated unless the signer is in the
+    endorsement or platform hierarchy (privacy rule, tpm.md 6)."""
     qs = signer.qn if signer is not None else u32(RH.NULL)
-    return (u32(TPM_GENERATED_VALUE) + u16(type_) + tpm2b(qs) + tpm2b(extra) + clock_info(tpm)
-            + u64(FIRMWARE_VERSION) + attested)
+    reset, restart, fw = tpm.reset_count, tpm.restart_count, FIRMWARE_VERSION
+    if signer is None or signer.hierarchy not in (RH.ENDORSEMENT, RH.PLATFORM):
+        ob = kdfa(ALG.SHA384, tpm.proofs[RH.OWNER], b"OBFUSCATE", qs, b"", 128)
+        fw = (fw + int.from_bytes(ob[:8], "big")) & 0xFFFFFFFFFFFFFFFF
+        reset = (reset + int.from_bytes(ob[8:12], "big")) & 0xFFFFFFFF
+        restart = (restart + int.from_bytes(ob[12:], "big")) & 0xFFFFFFFF
+    clock = u64(tpm.now_ms()) + u32(reset) + u32(restart) + b"\x01"
+    return u32(TPM_GENERATED_VALUE) + u16(type_) + tpm2b(qs) + tpm2b(extra) + clock + u64(fw) + attested
 
 
 def _signer(ctx: Ctx, i: int) -> TpmObject | None:

@@ -93,3 +93,19 @@ def test_nv_certify(esys) -> None:
     attest = bytes(info.marshal())[2:]
     assert _parse_header(attest)[0] == 0x8014 and attest.endswith(struct.pack(">HH", 2, 4) + b"2345")
     _verify(pub, attest, sig)
+
+
+def test_clock_info_is_obfuscated_for_owner_keys_only(esys, tpm) -> None:
+    ak, pub, _ = _ak(esys)
+    quoted, _ = esys.quote(ak, TPML_PCR_SELECTION.parse("sha256:0"), b"", TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+    attest = bytes(quoted.marshal())[2:]
+    _, _, _, end = _parse_header(attest)
+    reset, restart = struct.unpack(">II", attest[end - 25 + 8:end - 25 + 16])
+    assert (reset, restart) != (tpm.reset_count, tpm.restart_count)
+    tpl = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=0x50072)
+    tpl.publicArea.parameters.eccDetail.symmetric.algorithm = TPM2_ALG.NULL
+    ek_ak = esys.create_primary(TPM2B_SENSITIVE_CREATE(), tpl, primary_handle=ESYS_TR.ENDORSEMENT)[0]
+    quoted, _ = esys.quote(ek_ak, TPML_PCR_SELECTION.parse("sha256:0"), b"", TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+    attest = bytes(quoted.marshal())[2:]
+    _, _, _, end = _parse_header(attest)
+    assert struct.unpack(">II", attest[end - 25 + 8:end - 25 + 16]) == (tpm.reset_count, tpm.restart_count)
