@@ -127,9 +127,10 @@ class Index:
             old = leaf.items[i]
             leaf.items[i] = entry
             self.freed.append(old.ref)
+            leaf.size += entry.wire_size - old.wire_size
         else:
             leaf.items.insert(i, entry)
-        leaf.resize()
+            leaf.size += entry.wire_size
         self._rebalance(path)
         return old
 
@@ -142,7 +143,7 @@ class Index:
         i = bisect.bisect_left(leaf.items, k, key=_ekey)
         old = leaf.items.pop(i)
         self.freed.append(old.ref)
-        leaf.resize()
+        leaf.size -= old.wire_size
         self._rebalance(path)
         return old
 
