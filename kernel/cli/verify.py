@@ -28,18 +28,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the parsed report as JSON")
     p.add_argument("--nonce", help="hex, up to 64 bytes (zero-padded): the nonce the report must be bound to")
     p.add_argument("--measurement", help="hex; the expected launch digest")
+    p.add_argument("--ark", type=pathlib.Path, action="append",
+                   help="trusted root (PEM; repeatable): DIR/ark.pem must be one of them")
     p.set_defaults(func=_run)  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
     from svsm.sdk.attestation import ReportFormatError, VerificationError, load_chain, report_table, report_to_dict, verify_report
 
     try:
         files = {n: (args.dir / n).read_bytes() for n in ("report.bin", "ark.pem", "ask.pem", "vcek.pem")}
+        for path in args.ark or ():
+            path.stat()
     except OSError as exc:
         raise UsageError(f"{exc.filename}: {exc.strerror}") from exc
     try:
-        report = verify_report(files["report.bin"], load_chain(files["ark.pem"], files["ask.pem"], files["vcek.pem"]))
+        trusted = None
+        if args.ark:
+            trusted = [x509.load_pem_x509_certificate(path.read_bytes()) for path in args.ark]
+        chain = load_chain(files["ark.pem"], files["ask.pem"], files["vcek.pem"])
+        report = verify_report(files["report.bin"], chain, trusted_arks=trusted)
         nonce = bytes.fromhex(args.nonce).ljust(64, b"\0") if args.nonce is not None else None
         manifest_path = args.dir / "manifest.bin"
         if manifest_path.exists():

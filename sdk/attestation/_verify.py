@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import enum
 import hmac
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from cryptography import x509
@@ -23,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from .._errors import InvalidParameter
 from ._report import (
@@ -123,14 +125,27 @@ def _check_validity(cert: x509.Certificate, now: datetime.datetime, what: str) -
         raise VerificationError(f"{what}: not valid at {now.isoformat()}")
 
 
-def verify_chain(chain: CertChain, *, now: datetime.datetime | None = None) -> None:
+def verify_chain(
+    chain: CertChain,
+    *,
+    now: datetime.datetime | None = None,
+    trusted_arks: Sequence[x509.Certificate] | None = None,
+) -> None:
     """Check ARK self-signature, ARK -> ASK, ASK -> VCEK, CA flags, key types and validity.
+
+    A self-signed ARK proves nothing by itself: pass ``trusted_arks`` (the roots you pin, e.g.
+    the simulated chip's ``ark.pem``) so a chain under any other root is refused.
 
     :param chain: the three certificates.
     :param now: time to check validity at (injected; default: the current UTC time).
+    :param trusted_arks: if given, the chain's ARK must be one of these (same DER).
     :raises VerificationError: any check fails.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
+    if trusted_arks is not None:
+        der = chain.ark.public_bytes(Encoding.DER)
+        if not any(hmac.compare_digest(der, t.public_bytes(Encoding.DER)) for t in trusted_arks):
+            raise VerificationError("ARK is not one of the trusted roots")
     _check_signed_by(chain.ark, chain.ark, "ARK")
     _check_signed_by(chain.ask, chain.ark, "ASK")
     _check_signed_by(chain.vcek, chain.ask, "VCEK")
@@ -229,19 +244,22 @@ def verify_report(
     chain: CertChain,
     *,
     now: datetime.datetime | None = None,
+    trusted_arks: Sequence[x509.Certificate] | None = None,
 ) -> AttestationReport:
     """Verify chain, signature and the VCEK's binding to the report's chip and TCB.
 
     :param report: raw bytes (parsed here) or an already parsed report.
     :param chain: ARK, ASK, VCEK (see :func:`load_chain`).
     :param now: validity time for the certificates (injected clock).
+    :param trusted_arks: pinned roots (see :func:`verify_chain`); without them the caller
+        must check ``chain.ark`` itself.
     :returns: the parsed, now trusted report.
     :raises ReportFormatError: malformed report bytes.
     :raises VerificationError: any check failed; discard the report.
     """
     if not isinstance(report, AttestationReport):
         report = AttestationReport.from_bytes(report)
-    verify_chain(chain, now=now)
+    verify_chain(chain, now=now, trusted_arks=trusted_arks)
     verify_report_signature(report, chain.vcek)
     ext = vcek_extensions(chain.vcek)
     reported = report.tcb("reported_tcb")

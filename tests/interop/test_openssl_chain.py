@@ -115,3 +115,10 @@ def test_attest_is_stable_across_runs(attested: pathlib.Path, direct: pathlib.Pa
     a = AttestationReport.from_bytes((direct / "report.bin").read_bytes())
     b = AttestationReport.from_bytes((tmp_path / "report.bin").read_bytes())
     assert a.chip_id == b.chip_id and a.measurement == b.measurement and b.version == 5
+
+
+def test_svsm_verify_pinned_root(direct: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["verify", str(direct), "--ark", str(direct / "ark.pem")]) == 0
+        assert main(["verify", str(direct), "--ark", str(direct / "ask.pem")]) == 1  # not the pinned root
+        assert main(["verify", str(direct), "--ark", str(tmp_path / "missing.pem")]) == 2

@@ -128,3 +128,15 @@ def test_concurrent_creation_yields_one_chip(tmp_path: pathlib.Path) -> None:
     assert outs[0][0] == outs[1][0]
     chain = load_chain(*Chip.load_or_create(tmp_path).chain_pem())
     verify_chain(chain)
+
+
+def test_trusted_arks_pin_the_root(chip: Chip, tmp_path_factory: pytest.TempPathFactory) -> None:
+    chain = load_chain(*chip.chain_pem())
+    verify_chain(chain, trusted_arks=[chain.ark])
+    report = _report(chip)
+    verify_report(report, chain, trusted_arks=[chain.ark])
+    other = Chip.load_or_create(tmp_path_factory.getbasetemp() / "psp-chip-turin", product="Turin",
+                                tcb=TcbVersion(boot_loader=1, tee=2, snp=3, microcode=4, fmc=5))  # fmt: skip
+    other_ark = load_chain(*other.chain_pem()).ark
+    with pytest.raises(VerificationError):
+        verify_report(report, chain, trusted_arks=[other_ark])
