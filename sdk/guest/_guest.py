@@ -243,6 +243,8 @@ class Guest:
         self._ghcb_gpa: int | None = None
         self.aps: dict[int, tuple[Guest, int, int]] = {}
         self.calls = 0
+        #: One instruction stream per vCPU: callers on several host threads take turns.
+        self._cpu_lock = threading.RLock()
 
     # -- the SVSM calling convention ----------------------------------------------------------------
     def svsm_call(self, protocol: int, call: int, rcx: int = 0, rdx: int = 0, r8: int = 0, r9: int = 0,
@@ -252,6 +254,10 @@ class Guest:
         :returns: the output registers (RAX is the result code; nothing is raised for it).
         :raises CallNotServiced: ``call_pending`` was still set afterwards.
         """
+        with self._cpu_lock:
+            return self._svsm_call(protocol, call, rcx, rdx, r8, r9, max_retries)
+
+    def _svsm_call(self, protocol: int, call: int, rcx: int, rdx: int, r8: int, r9: int, max_retries: int) -> SvsmCallResult:
         regs = self.regs
         for _ in range(max_retries + 1):
             regs.rax, regs.rcx, regs.rdx, regs.r8, regs.r9 = request_rax(protocol, call), rcx, rdx, r8, r9
@@ -292,27 +298,36 @@ class Guest:
     # -- GHCB -------------------------------------------------------------------------------------
     def _msr(self, value: int) -> Any:
         hw = _hw()
-        self.cpu.wrmsr(hw.MSR_GHCB, value)
-        self.cpu.vmgexit()
-        return hw.decode_msr(self.cpu.rdmsr(hw.MSR_GHCB))
+        with self._cpu_lock:
+            self.cpu.wrmsr(hw.MSR_GHCB, value)
+            self.cpu.vmgexit()
+            return hw.decode_msr(self.cpu.rdmsr(hw.MSR_GHCB))
 
     def _ghcb(self) -> int:
         """This vCPU's GHCB: a pool page made shared (rescind through the SVSM, PSC) and registered."""
-        if self._ghcb_gpa is None:
-            hw = _hw()
-            gpa = self.pool.take()
-            self.pvalidate([PvalidateEntry(gpa, validate=False)])
-            resp = self._msr(hw.PageStateChangeRequest(gpa >> 12, 2).encode())
-            if getattr(resp, "error", 1):
-                raise FatalError(f"making the GHCB shared failed: {resp!r}")
-            resp = self._msr(hw.RegisterGhcbRequest(gpa >> 12).encode())
-            if getattr(resp, "gfn", None) != gpa >> 12:
-                raise FatalError("GHCB registration refused")
-            self.cpu.wrmsr(hw.MSR_GHCB, gpa)
-            self._ghcb_gpa = gpa
-        return self._ghcb_gpa
+        with self._cpu_lock:
+            if self._ghcb_gpa is None:
+                self._setup_ghcb()
+            return self._ghcb_gpa  # type: ignore[return-value]
+
+    def _setup_ghcb(self) -> None:
+        hw = _hw()
+        gpa = self.pool.take()
+        self.pvalidate([PvalidateEntry(gpa, validate=False)])
+        resp = self._msr(hw.PageStateChangeRequest(gpa >> 12, 2).encode())
+        if getattr(resp, "error", 1):
+            raise FatalError(f"making the GHCB shared failed: {resp!r}")
+        resp = self._msr(hw.RegisterGhcbRequest(gpa >> 12).encode())
+        if getattr(resp, "gfn", None) != gpa >> 12:
+            raise FatalError("GHCB registration refused")
+        self.cpu.wrmsr(hw.MSR_GHCB, gpa)
+        self._ghcb_gpa = gpa
 
     def _nae(self, code: int, info1: int, info2: int, shared: bytes | None = None, **regs: int) -> Any:
+        with self._cpu_lock:
+            return self._nae_locked(code, info1, info2, shared, **regs)
+
+    def _nae_locked(self, code: int, info1: int, info2: int, shared: bytes | None, **regs: int) -> Any:
         hw = _hw()
         gpa = self._ghcb()
         g = hw.GhcbPage()
@@ -351,7 +366,10 @@ class Guest:
 
         :raises RequestError: any other failure, with the SVSM's code.
         """
-        todo = list(entries)
+        with self._cpu_lock:
+            self._pvalidate(list(entries))
+
+    def _pvalidate(self, todo: list[PvalidateEntry]) -> None:
         list_gpa = self.caa + 8
         cap = PageList.max_entries(list_gpa)
         while todo:

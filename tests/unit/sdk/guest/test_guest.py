@@ -120,3 +120,26 @@ def test_page_pool_contiguous() -> None:
     with pytest.raises(Exception):  # noqa: B017 -- FatalError: no run of 2 left
         pool.take_contiguous(2)
     assert pool.take_contiguous(1) == [0x1000]
+
+
+def test_one_guest_driven_from_several_threads(cvm: Any) -> None:
+    """Host threads sharing one guest vCPU take turns (a vCPU runs one instruction stream)."""
+    import threading
+
+    g = cvm.guest
+    out: list[Any] = []
+
+    from svsm.sdk.guest import PvalidateEntry
+
+    def work() -> None:
+        page = g.pool.take()
+        for _ in range(15):
+            out.append(g.query_protocol(0))
+            g.pvalidate([PvalidateEntry(page, ignore_cf=True)])  # the list lives in the shared CA buffer
+
+    ts = [threading.Thread(target=work) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert out == [(1, 1)] * 45
