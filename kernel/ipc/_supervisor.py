@@ -296,6 +296,9 @@ class ModuleSupervisor:
             self.lifecycle.fire(ModuleEvent.STOP_REQUESTED)
             if st is ModuleState.RESTARTING:
                 return
+            if self._link is None:  # never started
+                self.lifecycle.fire(ModuleEvent.EXITED)
+                return
             try:
                 self._exchange(m.Stop(id=self._next_id()), m.HookResult, self._ctx.clock() + self._ctx.limits.hook_timeout)
                 if self._link is not None:

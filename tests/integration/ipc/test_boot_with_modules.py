@@ -48,3 +48,17 @@ def test_guest_calls_vendor_protocol(svsm_vm: Any, echo: Any, mode: str) -> None
     entries = dict(cvm.module_host.service_manifests())
     (m,) = decode_measurements(entries[MODULE_MEASUREMENTS_GUID])
     assert m.name == "echo"
+
+
+@pytest.mark.slow
+def test_attested_services_manifest_names_the_measured_modules(svsm_vm: Any, echo: Any) -> None:
+    from svsm.kernel.ipc import measure_object
+
+    cvm = svsm_vm(echo.EchoModule, mode="inprocess", vcpus=1, memory="16M")
+    cvm.guest.accept_memory(0x100000, 0x100000)
+    att = cvm.guest.attest(b"\x42" * 64)
+    att.verify()  # REPORT_DATA binds the manifest, the VCEK chain signs the report
+    services = dict(att.manifest.services)
+    (entry,) = decode_measurements(services[MODULE_MEASUREMENTS_GUID])
+    assert (entry.name, entry.version) == ("echo", "1.0.0")
+    assert entry.measurement == measure_object(echo.EchoModule)
