@@ -265,3 +265,14 @@ def test_fuzz_decode_and_parse_request(data: bytes) -> None:
         parse_request(obj.get("request"))
     except ProtocolViolation:
         pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_fuzz_parse_reply(obj) -> None:
+    from svsm.modules.persist._anchor_proto import parse_reply
+
+    try:
+        parse_reply(obj)
+    except ProtocolViolation:
+        pass

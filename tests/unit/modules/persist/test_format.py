@@ -145,3 +145,18 @@ def test_store_open_on_random_device_contents(make_env) -> None:
         env.image.write_block(lba, r.randbytes(BLOCK_SIZE))
     with pytest.raises(IntegrityError):
         Store.open(env.device(), env.key, clock=env.clock, rng=env.rng)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=40))
+def test_fuzz_record_unseal(blob: bytes, aad: bytes) -> None:
+    from svsm.modules.persist._seal import Sealer
+
+    sealer = Sealer(bytes(32), b"s" * 16, random.Random(0).randbytes)
+    good = sealer.seal("record", b"value", b"aad")
+    assert sealer.unseal("record", good, b"aad") == b"value"
+    for candidate, a in ((blob, aad), (good[:-1] + bytes([good[-1] ^ 1]), b"aad"), (good, aad + b"x")):
+        with pytest.raises(IntegrityError):
+            sealer.unseal("record", candidate, a)
+    with pytest.raises(IntegrityError):
+        sealer.unseal("node", good, b"aad")  # a record can never be opened as another kind
