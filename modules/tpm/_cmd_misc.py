@@ -213,7 +213,7 @@ def _cap_list(items: list, start_key, count: int, limit: int, enc) -> tuple[bool
 @command(CC.GetCapability, params=(p_u32, p_u32, p_u32))
 def _get_capability(tpm: "Tpm", ctx: Ctx, cap: int, prop: int, count: int) -> bytes:
     if cap == CAP.ALGS:
-        more, body = _cap_list(ALGORITHMS, lambda a: a[0] >= prop, count, 127,
+        more, body = _cap_list(ALGORITHMS, lambda a: a[0] >= prop, count, 169,
                                lambda a: u16(a[0]) + u32(a[1]))
     elif cap == CAP.HANDLES:
         ht = prop >> 24
@@ -238,8 +238,11 @@ def _get_capability(tpm: "Tpm", ctx: Ctx, cap: int, prop: int, count: int) -> by
         props = fixed_properties(tpm) if group == 0x100 else variable_properties(tpm) if group == 0x200 else []
         more, body = _cap_list(props, lambda p: p[0] >= prop, count, 127, lambda p: u32(p[0]) + u32(p[1]))
     elif cap == CAP.PCR_PROPERTIES:
-        # TPM_PT_PCR_RESET_L0 (0x03) .. : report only the resettable-at-locality-0 set
-        props = [(0x00, 0xFFFFFF), (0x01, 0x810000), (0x03, 0x810000)]
+        # TPM_PT_PCR: SAVE 0x00, then EXTEND_Ln / RESET_Ln pairs for localities 0..4 (0x01..0x0A);
+        # any locality may extend every PCR; only 16 and 23 reset; Shutdown(STATE) saves all but those
+        resettable = (1 << 16) | (1 << 23)
+        props = [(0x00, 0xFFFFFF & ~resettable)] + [(0x01 + 2 * n + k, resettable if k else 0xFFFFFF)
+                                                     for n in range(5) for k in (0, 1)]
         more, body = _cap_list(props, lambda p: p[0] >= prop, count, 127,
                                lambda p: u32(p[0]) + b"\x03" + p[1].to_bytes(3, "little"))
     elif cap == CAP.ECC_CURVES:

@@ -66,6 +66,8 @@ class Ctx:
 
 
 COMMANDS: dict[int, CommandSpec] = {}
+#: Outside 0x11F..0x146 but TPMA_CC.nv = 1 in the reference: PCR_Extend, NV_ReadLock, EventSequenceComplete.
+_NV_EXTRA = (0x182, 0x14F, 0x185)
 
 
 def command(cc: int, handles: tuple[str, ...] = (), auth: tuple[int, ...] = (), *, rhandle: bool = False,
@@ -80,7 +82,8 @@ def command(cc: int, handles: tuple[str, ...] = (), auth: tuple[int, ...] = (), 
     def deco(fn: Callable[..., bytes]) -> Callable[..., bytes]:
         a = tuple(auth) + (NOAUTH,) * (len(handles) - len(auth))
         COMMANDS[cc] = CommandSpec(cc, handles, a, rhandle, decrypt, encrypt, params, fn, no_sessions,
-                                   nv or 0x11F <= cc <= 0x146 and cc not in (0x131, 0x13E), extensive, flushed)
+                                   nv or 0x11F <= cc <= 0x146 and cc not in (0x131, 0x13E) or cc in _NV_EXTRA,
+                                   extensive, flushed)
         return fn
     return deco
 

@@ -351,7 +351,9 @@ class Tpm(EntityMixin):
         return (attrs & ~TPMA_SESSION.auditExclusive) | (TPMA_SESSION.auditExclusive if exclusive else 0)
 
     def _n_ok_commands_tail(self, ctx: Ctx) -> None:
-        if ctx.spec.nv:
+        # commands in the NV-writing range always touch persistent state (resetCount, DA, seeds, NV ...);
+        # others (PCR_Extend, NV_ReadLock ...) set ``dirty`` themselves when they do
+        if 0x11F <= ctx.cc <= 0x146:
             self.dirty = True
 
     def _enc_key(self, ctx: Ctx, idx: int, s: Session, keys: list[bytes], n_auth: int) -> bytes:

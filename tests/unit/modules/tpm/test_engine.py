@@ -126,3 +126,20 @@ def test_statistics_count_commands(tpm: Tpm, run) -> None:
 def test_short_commands(tpm: Tpm, bad: bytes) -> None:
     rsp = tpm.execute(bad)
     assert len(rsp) == 10 and rc_of(rsp) in (0x01E, 0x142)
+
+
+def test_tpma_cc_values_match_the_reference(run) -> None:
+    rsp = run(0x17A, params=struct.pack(">III", 2, 0x11F, 254))
+    count = struct.unpack(">I", rsp[15:19])[0]
+    attrs = {v & 0xFFFF: v for v in struct.unpack(f">{count}I", rsp[19:19 + 4 * count])}
+    assert attrs[0x131] == 0x12000131 and attrs[0x157] == 0x12000157 and attrs[0x176] == 0x14000176
+    assert attrs[0x137] == 0x04400137 and attrs[0x182] == 0x02400182 and attrs[0x165] == 0x00000165
+    assert rsp[10] == 0  # moreData clear: all commands fit
+
+
+def test_capability_paging_and_groups(run) -> None:
+    rsp = run(0x17A, params=struct.pack(">III", 6, 0x100, 3))
+    assert rsp[10] == 1 and struct.unpack(">I", rsp[15:19])[0] == 3  # moreData set
+    rsp = run(0x17A, params=struct.pack(">III", 6, 0x12E, 127))
+    assert rsp[10] == 0 and struct.unpack(">II", rsp[19:27]) == (0x12E, 1024)  # stays inside the fixed group
+    assert rc_of(run(0x17A, params=struct.pack(">III", 0x77, 0, 1))) == 0x1C4
