@@ -160,11 +160,14 @@ class Attestation:
     manifest_bytes: bytes
     certificates: dict[uuid.UUID, bytes]
 
-    def verify(self, *, now: Any = None) -> Any:
+    def verify(self, *, trusted_arks: Sequence[Any] | None = None, now: Any = None) -> Any:
         """Check REPORT_DATA = SHA-512(nonce || manifest) and the report against the VCEK chain.
 
+        :param trusted_arks: pinned AMD root certificates (``cryptography`` x509).  The chain
+            comes from the untrusted host: without a pinned root only its internal consistency
+            is checked.
         :returns: the verified :class:`~svsm.sdk.attestation.AttestationReport`.
-        :raises VerificationError: a signature, chain or binding check failed.
+        :raises VerificationError: a signature, chain, root or binding check failed.
         """
         from cryptography import x509
         from cryptography.hazmat.primitives.serialization import Encoding
@@ -176,7 +179,7 @@ class Attestation:
                     for g in (ARK_GUID, ASK_GUID, VCEK_GUID)]  # fmt: skip
         except (KeyError, ValueError) as exc:
             raise VerificationError("certificate table lacks a usable ARK/ASK/VCEK") from exc
-        report = verify_report(self.report, load_chain(*pems), now=now)
+        report = verify_report(self.report, load_chain(*pems), now=now, trusted_arks=trusted_arks)
         want = hashlib.sha512(self.nonce + self.manifest_bytes).digest()
         if not hmac.compare_digest(report.report_data, want):
             raise VerificationError("REPORT_DATA is not SHA-512(nonce || manifest)")

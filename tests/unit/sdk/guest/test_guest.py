@@ -143,3 +143,24 @@ def test_one_guest_driven_from_several_threads(cvm: Any) -> None:
     for t in ts:
         t.join(60)
     assert out == [(1, 1)] * 45
+
+
+def test_attestation_pins_the_root(cvm: Any) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from svsm.sdk.attestation import VerificationError
+
+    att = cvm.guest.attest(bytes(64))
+    assert att.verify(trusted_arks=[cvm.psp.chip.ark_cert]).vmpl == 0
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "ARK-Other")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    other = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+             .sign(key, hashes.SHA384()))  # fmt: skip
+    with pytest.raises(VerificationError):
+        att.verify(trusted_arks=[other])
