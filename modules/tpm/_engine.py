@@ -7,6 +7,7 @@ of checks follows tpm.md 2 so error codes match the reference TPM.
 
 from __future__ import annotations
 
+import datetime
 import hmac as _hmac
 import logging
 import os
@@ -62,12 +63,15 @@ class Tpm(EntityMixin):
     :param clock: monotonic seconds (TPM clock, DA recovery, policy timeouts).
     :param state: bytes from :meth:`save_state`; None manufactures a fresh TPM.
     :param auto_start: power on at construction (the TPM still needs TPM2_Startup).
+    :param provision_ek_at: if given, make sure the EK certificates exist at the TCG NV indices
+        (manufacturing step; issued with this notBefore), see :func:`provision_ek`.
 
     .. versionadded:: 0.1
     """
 
     def __init__(self, *, rng: Callable[[int], bytes] = os.urandom, clock: Callable[[], float] = time.monotonic,
-                 state: bytes | None = None, auto_start: bool = True) -> None:
+                 state: bytes | None = None, auto_start: bool = True,
+                 provision_ek_at: "datetime.datetime | None" = None) -> None:
         self.rng = rng
         self.clock = clock
         self.powered = False
@@ -89,6 +93,9 @@ class Tpm(EntityMixin):
         else:
             from ._state import load_state
             load_state(self, state)
+        if provision_ek_at is not None:
+            from ._ek import provision_ek
+            provision_ek(self, provision_ek_at)
         if auto_start:
             self.power_on()
 

@@ -187,7 +187,7 @@ def _p_nv_buffer(r: Reader) -> bytes:
 def _nv_write(tpm: "Tpm", ctx: Ctx, data: bytes, offset: int) -> bytes:
     nv = ctx.ent[1]
     check_write(ctx, nv)
-    if nv.nt != NT.ORDINARY:
+    if nv.nt not in (NT.ORDINARY, NT.PIN_FAIL, NT.PIN_PASS):
         raise TpmError(rc_handle(RC.ATTRIBUTES, 2))
     if offset + len(data) > nv.size:
         raise TpmError(RC.NV_RANGE)

@@ -68,3 +68,11 @@ def test_provisioning_is_idempotent(tpm: Tpm) -> None:
     certs = bytes(tpm.nv[EK_CERT_RSA_INDEX].data)
     assert provision_ek(tpm, NOW + datetime.timedelta(days=1)) == first
     assert bytes(tpm.nv[EK_CERT_RSA_INDEX].data) == certs
+
+
+def test_constructor_can_provision_ek_certificates() -> None:
+    from tpm_test_helpers import seeded_rng
+    t = Tpm(rng=seeded_rng(), provision_ek_at=NOW)
+    assert EK_CERT_RSA_INDEX in t.nv and EK_CERT_ECC_INDEX in t.nv and t.dirty
+    again = Tpm(state=t.save_state(), provision_ek_at=NOW)  # idempotent on restored state
+    assert bytes(again.nv[EK_CERT_RSA_INDEX].data) == bytes(t.nv[EK_CERT_RSA_INDEX].data)

@@ -272,3 +272,21 @@ def test_audit_session_digest(esys) -> None:
     with pytest.raises(TSS2_Exception) as exc:  # GetSessionAuditDigest ran in between: not exclusive any more
         esys.get_random(8, session1=s)
     assert exc.value.rc == 0x121
+
+
+def test_nv_index_with_policy_read(esys) -> None:
+    import hashlib
+    import struct
+    policy = hashlib.sha256(bytes(32) + struct.pack(">II", 0x16C, 0x14E)).digest()  # PolicyCommandCode(NV_Read)
+    attrs = TPMA_NV.POLICYREAD | TPMA_NV.AUTHWRITE | TPMA_NV.NO_DA
+    pub = TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(nvIndex=0x01000020, nameAlg=TPM2_ALG.SHA256, attributes=attrs,
+                                                  authPolicy=policy, dataSize=4))
+    nv = esys.nv_define_space(b"w", pub)
+    esys.tr_set_auth(nv, b"w")
+    esys.nv_write(nv, b"abcd", 0, auth_handle=nv)
+    with pytest.raises(TSS2_Exception) as exc:
+        esys.nv_read(nv, 4, 0, auth_handle=nv)  # password session: the index wants POLICYREAD
+    assert exc.value.rc == 0x149
+    p = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, NULL_SYM, TPM2_ALG.SHA256)
+    esys.policy_command_code(p, 0x14E)
+    assert bytes(esys.nv_read(nv, 4, 0, auth_handle=nv, session1=p)) == b"abcd"
