@@ -90,8 +90,6 @@ class PersistModule(Module):
         except StoreUnavailable as exc:
             ctx.log.error("persist: refusing to serve: %s (%s)", exc, getattr(exc, "detail", ""))
             raise
-        if self.anchor is None:
-            ctx.log.warning("persist: no freshness anchor configured -- rollback protection is off")
         st = self.store.statistics()
         ctx.log.info("persist: serving generation %d, %d records in %d namespaces", st.generation,
                      st.records, st.namespaces)

@@ -95,3 +95,28 @@ def test_tampering_at_runtime_stops_serving() -> None:
         adv.flips = {}
         with pytest.raises(InvalidRequest):
             tpm.get("tpm", "nv")  # refuses from then on
+
+
+@pytest.mark.slow
+def test_vtpm_keeps_its_seeds_across_boots_in_sandboxed_processes(tmp_path) -> None:
+    """The installed tpm and persist modules, sandboxed: the EK (from the seeds) survives a reboot."""
+    from svsm.kernel.hw.blockdev import FileImage
+
+    def boot() -> tuple[list, list[str]]:
+        image = FileImage(tmp_path / "persist.img", 2048)
+        try:
+            with ModuleHost.from_installed(blocked=("migrate",), mode="process",
+                                           providers=Providers(disk=DiskAdapter(BlockDevice(image)),
+                                                               key_root=ROOT)) as host:
+                states = {m.name: m.state for m in host.modules()}
+                assert states.get("persist") == "serving" and states.get("tpm") == "serving", states
+                manifests = list(host.service_manifests())
+                keys = host.providers.storage.backend_for("tpm").list("tpm", "")
+            return manifests, keys
+        finally:
+            image.close()
+
+    first, keys = boot()
+    assert first and keys  # the vTPM saved its state through the persistence module
+    second, _ = boot()
+    assert second == first  # same EK: the seeds came back from the sealed store
