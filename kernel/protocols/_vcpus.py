@@ -5,19 +5,47 @@ A new VMSA (one page) or CAA (its first 8 bytes) that overlaps any registered VM
 refused, so the guest can never make the SVSM write a CAA header into a VMSA or point two vCPUs
 at one page.  The registry itself is a plain object guarded by its own lock; callers that must
 keep a check and an update atomic with PVALIDATE hold ``PVALIDATE_LOCK`` for write around them.
+
+A record's whole lifecycle is the table :data:`TRANSITIONS` (house rule 1): registered by
+CREATE_VCPU (or boot), in use once every check passed, gone after DELETE_VCPU or a rolled-back
+CREATE_VCPU.  Anything else is refused with INVALID_PARAMETER.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import NamedTuple
 
 from svsm.kernel.sync import SpinLock
-
 from svsm.sdk import InvalidAddress, InvalidParameter
 from svsm.sdk.guest._abi import CA_HEADER_SIZE, PAGE_SIZE
 
-__all__ = ["VcpuRegistry", "VmsaRecord", "RegistryStatistics"]
+__all__ = ["VcpuRegistry", "VmsaRecord", "RegistryStatistics", "VmsaState", "TRANSITIONS"]
+
+
+class VmsaState(enum.Enum):
+    """Where a registered VMSA is in its lifecycle (``None`` = not registered)."""
+
+    REGISTERED = "registered"
+    IN_USE = "in_use"
+
+
+#: (state, event) -> next state; ``None`` is "not registered".  The only legal moves.
+TRANSITIONS: dict[tuple[VmsaState | None, str], VmsaState | None] = {
+    (None, "register"): VmsaState.REGISTERED,
+    (VmsaState.REGISTERED, "activate"): VmsaState.IN_USE,
+    (VmsaState.REGISTERED, "roll_back"): None,
+    (VmsaState.IN_USE, "delete"): None,
+    (VmsaState.IN_USE, "remap_caa"): VmsaState.IN_USE,
+}
+
+
+def _step(state: VmsaState | None, event: str) -> VmsaState | None:
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise InvalidParameter(f"VMSA {event} not allowed when {state.value if state else 'unregistered'}") from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -26,14 +54,19 @@ class VmsaRecord:
 
     :param guest_owned: the guest supplied the VMSA page (CREATE_VCPU); False for the boot
         VMSA the SVSM allocated itself.
-    :param in_use: the vCPU may run (set once CREATE_VCPU finished all checks).
+    :param state: lifecycle state (:data:`TRANSITIONS`).
     """
 
     vmsa_gpa: int
     caa_gpa: int
     cpu: int
     guest_owned: bool
-    in_use: bool = False
+    state: VmsaState = VmsaState.REGISTERED
+
+    @property
+    def in_use(self) -> bool:
+        """The vCPU may run (CREATE_VCPU finished all checks)."""
+        return self.state is VmsaState.IN_USE
 
 
 class RegistryStatistics(NamedTuple):
@@ -86,7 +119,9 @@ class VcpuRegistry:
             ):
                 self._refused += 1
                 raise InvalidAddress("VMSA or CAA overlaps a registered VMSA/CAA")
-            rec = VmsaRecord(vmsa_gpa, caa_gpa, cpu, guest_owned)
+            if vmsa_gpa in self._by_vmsa:  # unreachable after the overlap check; the table says so too
+                _step(self._by_vmsa[vmsa_gpa].state, "register")
+            rec = VmsaRecord(vmsa_gpa, caa_gpa, cpu, guest_owned, _step(None, "register"))  # type: ignore[arg-type]
             self._by_vmsa[vmsa_gpa] = rec
             return rec
 
@@ -94,21 +129,23 @@ class VcpuRegistry:
         """Mark a registered VMSA runnable.  :raises InvalidParameter: not registered."""
         with self._lock:
             rec = self._by_vmsa.get(vmsa_gpa)
-            if rec is None:
-                raise InvalidParameter("VMSA not registered")
-            rec = self._by_vmsa[vmsa_gpa] = dataclasses.replace(rec, in_use=True)
+            state = _step(rec.state if rec else None, "activate")
+            assert rec is not None
+            rec = self._by_vmsa[vmsa_gpa] = dataclasses.replace(rec, state=state)  # type: ignore[arg-type]
             return rec
 
     def unregister(self, vmsa_gpa: int, *, require_in_use: bool) -> VmsaRecord:
-        """Remove and return a record.
+        """Remove and return a record: ``delete`` (in use, DELETE_VCPU) or ``roll_back``
+        (registered only, a failed CREATE_VCPU).
 
-        :raises InvalidParameter: not registered, or not in use when ``require_in_use``.
+        :param require_in_use: True for DELETE_VCPU.
+        :raises InvalidParameter: not registered, or the record is not in the state the event needs.
         """
         with self._lock:
             rec = self._by_vmsa.get(vmsa_gpa)
-            if rec is None or (require_in_use and not rec.in_use):
-                raise InvalidParameter("VMSA not registered or not in use")
+            _step(rec.state if rec else None, "delete" if require_in_use else "roll_back")
             del self._by_vmsa[vmsa_gpa]
+            assert rec is not None
             return rec
 
     def remap_caa(self, vmsa_gpa: int, new_caa: int) -> VmsaRecord:
@@ -119,8 +156,8 @@ class VcpuRegistry:
         """
         with self._lock:
             rec = self._by_vmsa.get(vmsa_gpa)
-            if rec is None:
-                raise InvalidParameter("calling vCPU has no registered VMSA")
+            _step(rec.state if rec else None, "remap_caa")
+            assert rec is not None
             if new_caa == rec.caa_gpa:
                 return rec
             if self._collides(new_caa, CA_HEADER_SIZE, skip_vmsa=vmsa_gpa) or _overlaps(

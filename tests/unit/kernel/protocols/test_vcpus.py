@@ -36,12 +36,39 @@ def test_in_use_and_unregister() -> None:
         r.unregister(0x10000, require_in_use=False)
     with pytest.raises(InvalidParameter):
         r.set_in_use(0x10000)
+    r.register(0x10000, 0x11000, 1, guest_owned=True)
+    r.set_in_use(0x10000)
+    with pytest.raises(InvalidParameter):  # an in-use VMSA cannot be rolled back, only deleted
+        r.unregister(0x10000, require_in_use=False)
+    with pytest.raises(InvalidParameter):
+        r.set_in_use(0x10000)
+
+
+def test_transition_table_is_closed() -> None:
+    from svsm.kernel.protocols._vcpus import TRANSITIONS, VmsaState
+
+    states = {None, *VmsaState}
+    assert {s for s, _ in TRANSITIONS} <= states and set(TRANSITIONS.values()) <= states
+    # every state can reach "unregistered" again
+    for start in VmsaState:
+        seen, todo = {start}, [start]
+        while todo:
+            cur = todo.pop()
+            for (s, _), nxt in TRANSITIONS.items():
+                if s is cur and nxt not in seen:
+                    seen.add(nxt)
+                    if nxt is not None:
+                        todo.append(nxt)
+        assert None in seen
 
 
 def test_remap() -> None:
     r = VcpuRegistry()
     r.register(0x10000, 0x11000, 0, guest_owned=False)
     r.register(0x20000, 0x21000, 1, guest_owned=True)
+    with pytest.raises(InvalidParameter):  # not in use yet
+        r.remap_caa(0x10000, 0x50000)
+    r.set_in_use(0x10000)
     assert r.remap_caa(0x10000, 0x11000).caa_gpa == 0x11000
     for bad in (0x21000, 0x20000, 0x10000):
         with pytest.raises(InvalidAddress):
