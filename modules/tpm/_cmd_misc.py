@@ -92,6 +92,13 @@ def _startup(tpm: "Tpm", ctx: Ctx, su: int) -> bytes:
             raise TpmError(rc_param(RC.VALUE, 1))
         resume_volatile(tpm, tpm.saved_state)
         tpm.restart_count += 1
+    elif tpm.saved_state is not None:
+        # TPM Restart (Startup(CLEAR) after Shutdown(STATE)): PCRs reset, seeds and resetCount kept
+        tpm.pcrs.reset_all()
+        tpm.restart_count += 1
+        tpm.sessions.clear()
+        tpm.enabled[RH.OWNER] = tpm.enabled[RH.ENDORSEMENT] = True
+        tpm.enabled[RH.PLATFORM] = tpm.enabled[RH.PLATFORM_NV] = True
     else:
         # TPM Reset
         tpm.pcrs.reset_all()

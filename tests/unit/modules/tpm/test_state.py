@@ -88,3 +88,16 @@ def test_clock_and_reset_count_persist(tpm: Tpm, clock: FakeClock) -> None:
     assert t2.now_ms() >= 5000 and t2.reset_count == 1
     t2.execute(STARTUP_CLEAR)
     assert t2.reset_count == 2
+
+
+def test_startup_clear_after_shutdown_state_is_a_restart() -> None:
+    t = Tpm(rng=seeded_rng())
+    t.execute(STARTUP_CLEAR)
+    reset = t.reset_count
+    assert rc_of(t.execute(SHUTDOWN_STATE)) == 0
+    t.reset()
+    assert rc_of(t.execute(STARTUP_CLEAR)) == 0
+    assert (t.reset_count, t.restart_count) == (reset, 1)
+    t.reset()
+    assert rc_of(t.execute(STARTUP_CLEAR)) == 0  # no orderly state saved: a TPM Reset
+    assert (t.reset_count, t.restart_count) == (reset + 1, 0)
