@@ -1,4 +1,4 @@
-"""Socket drivers for the mssim and swtpm protocols: one selector thread per server.
+"""Socket drivers for the mssim and swtpm protocols: one epoll thread per server.
 
 All protocol logic is in :mod:`._mssim` / :mod:`._swtpm`; this file only moves bytes.  One
 thread multiplexes every connection of both ports: the TPM runs one command at a time anyway,
@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-import selectors
+import select
 import pathlib
 import random
 import socket
@@ -102,7 +102,7 @@ Handler = Callable[[bytes], list[Output]]
 
 
 class TpmServer(abc.ABC):
-    """Two listening sockets (P and P+1) served by one selector thread, a shared :class:`TpmPlatform`.
+    """Two listening sockets (P and P+1) served by one epoll thread, a shared :class:`TpmPlatform`.
 
     :param target: the TPM (a :class:`TpmDevice`, wrapped in a powered-on platform) or a platform.
     :param host: address to bind; loopback by default.
@@ -121,11 +121,15 @@ class TpmServer(abc.ABC):
         self.platform = target if isinstance(target, TpmPlatform) else TpmPlatform(target)
         self.host = host
         self.low_latency = low_latency
+        #: Re-arm TCP_QUICKACK after each recv: only where clients split a request over writes.
+        self.quickack = low_latency and self.SPLIT_WRITES
         self._requested_port = port
         self.port = port
         self._listeners: list[socket.socket] = []
         self._thread: threading.Thread | None = None
-        self._sel = selectors.DefaultSelector()
+        self._epoll = select.epoll()
+        #: fd -> (socket, "listen" | "wake" | "conn", listener index or connection handler)
+        self._fds: dict[int, tuple[socket.socket, str, object]] = {}
         self._wake_r, self._wake_w = socket.socketpair()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -155,8 +159,8 @@ class TpmServer(abc.ABC):
                     raise
         self.port = port
         for index, sock in enumerate(self._listeners):
-            self._sel.register(sock, selectors.EVENT_READ, ("listen", index))
-        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+            self._watch(sock, "listen", index)
+        self._watch(self._wake_r, "wake", None)
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"tpm-server-{port}")
         self._thread.start()
         log.info("%s listening on %s:%d/%d", type(self).__name__, self.host, port, port + 1)
@@ -192,7 +196,7 @@ class TpmServer(abc.ABC):
         for s in [*self._listeners, *self._conns]:
             s.close()
         self._conns.clear()
-        self._sel.close()
+        self._epoll.close()
         self._wake_r.close()
         self._wake_w.close()
         self._stopped.set()
@@ -214,34 +218,48 @@ class TpmServer(abc.ABC):
 
     # -- plumbing ----------------------------------------------------------------------
 
+    #: Whether this protocol's clients split one request over several writes (see the module doc).
+    SPLIT_WRITES: bool = True
+
     @abc.abstractmethod
     def _handler(self, index: int) -> Handler:
         """A fresh handler for a connection on port P (``index`` 0) or P+1 (``index`` 1)."""
 
+    def _watch(self, sock: socket.socket, kind: str, arg: object) -> None:
+        self._fds[sock.fileno()] = (sock, kind, arg)
+        self._epoll.register(sock.fileno(), select.EPOLLIN)
+
     def _loop(self) -> None:
+        # epoll directly rather than `selectors`: tcti-swtpm makes a connection per command, so
+        # the per-event overhead is per TPM command.
+        fds = self._fds
         try:
             while not self._stopping.is_set():
-                for key, _ in self._sel.select():
-                    kind, arg = key.data
-                    if kind == "wake":
-                        return
-                    if kind == "listen":
-                        self._accept(key.fileobj, arg)  # type: ignore[arg-type]
+                for fd, _ in self._epoll.poll():
+                    entry = fds.get(fd)
+                    if entry is None:
+                        continue  # dropped earlier in this batch
+                    sock, kind, arg = entry
+                    if kind == "conn":
+                        self._readable(sock, arg)  # type: ignore[arg-type]
+                    elif kind == "listen":
+                        self._accept(sock, arg)  # type: ignore[arg-type]
                     else:
-                        self._readable(key.fileobj, arg)  # type: ignore[arg-type]
+                        return
         finally:
             self._close_all()
 
     def _accept(self, listener: socket.socket, index: int) -> None:
         try:
-            conn, _ = listener.accept()
+            fd, _ = listener._accept()  # type: ignore[attr-defined]  # no getsockname/ioctl of accept()
         except BlockingIOError:
-            return  # the client went away between select and accept
-        conn.setblocking(True)
+            return  # the client went away between poll and accept
+        # accept4 without SOCK_NONBLOCK: the new fd is blocking, as Python assumes by default.
+        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
         if self.low_latency:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         handler = self._handler(index)
-        self._sel.register(conn, selectors.EVENT_READ, ("conn", handler))
+        self._watch(conn, "conn", handler)
         with self._lock:
             self._conns.add(conn)
             self._n_conn += 1
@@ -256,7 +274,9 @@ class TpmServer(abc.ABC):
         self._readable(conn, handler, early)
 
     def _drop(self, conn: socket.socket) -> None:
-        self._sel.unregister(conn)
+        fd = conn.fileno()
+        self._fds.pop(fd, None)
+        self._epoll.unregister(fd)
         with self._lock:
             self._conns.discard(conn)
         conn.close()
@@ -265,7 +285,7 @@ class TpmServer(abc.ABC):
         try:
             if data is None:
                 data = conn.recv(_RECV)
-            if self.low_latency and data:
+            if self.quickack and data:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             outputs = handler(data)
             for out in outputs:
@@ -303,6 +323,9 @@ class TpmServer(abc.ABC):
 class MssimServer(TpmServer):
     """The TPM simulator protocol: command port P, platform port P+1 (tpm2-tss ``mssim:`` TCTI)."""
 
+    #: tcti-mssim writes the 9-byte prefix and the command separately.
+    SPLIT_WRITES = True
+
     def _handler(self, index: int) -> Handler:
         machine = MssimConnection(MssimPort.COMMAND if index == 0 else MssimPort.PLATFORM, self.platform)
 
@@ -314,6 +337,9 @@ class MssimServer(TpmServer):
 
 class SwtpmServer(TpmServer):
     """The swtpm socket protocol: data port P, control port P+1 (tpm2-tss ``swtpm:`` TCTI)."""
+
+    #: tcti-swtpm writes each command (and control request) in one write.
+    SPLIT_WRITES = False
 
     def __init__(self, target: TpmDevice | TpmPlatform, host: str = "127.0.0.1", port: int = 0, **kw: bool) -> None:
         super().__init__(target, host, port, **kw)
