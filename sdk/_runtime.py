@@ -61,12 +61,30 @@ class ModuleRuntime:
         self.pm.register(self.plugin, name=self.manifest.name)
         self.pm.check_pending()
         self.hook = self.pm.hook
+        self._handle = self._direct_handler()
         self._sock = sock
         self._chan = Channel("module", recorder=recorder)
         self._rbuf = bytearray(256 * 1024)
         self.syscalls = Syscalls(self._syscall)
         self.ctx: ModuleContext | None = None
         self._forward_root_log = forward_root_log
+
+    def _direct_handler(self) -> Any:
+        """The hot path: with exactly one ``svsm_handle_request`` impl and no wrappers, call it directly.
+
+        Same semantics as the pluggy call (keyword arguments, only those the impl accepts),
+        without pluggy's per-call machinery (measured: ~7 of ~24 us per call on the module side).
+        """
+        impls = self.pm.hook.svsm_handle_request.get_hookimpls()
+        if len(impls) != 1 or impls[0].hookwrapper or impls[0].wrapper:
+            return None
+        impl = impls[0]
+        fn, names = impl.function, tuple(impl.argnames)
+        if names == ("request", "ctx"):
+            return lambda request, ctx: fn(request, ctx)
+        if names == ("request",):
+            return lambda request, ctx: fn(request)
+        return lambda request, ctx: fn(**{n: v for n, v in (("request", request), ("ctx", ctx)) if n in names})
 
     # -- I/O -------------------------------------------------------------------
     def _send(self, msg: Any) -> None:
@@ -179,7 +197,10 @@ class ModuleRuntime:
             grant = Grant(g.id, g.gpa, g.size, g.writable, self.syscalls)
         req = Request(ev.protocol, ev.call, ev.rcx, ev.rdx, ev.r8, ev.r9, ev.buffer, grant)
         try:
-            reply = self.hook.svsm_handle_request(request=req, ctx=self.ctx)
+            if self._handle is not None:
+                reply = self._handle(req, self.ctx)
+            else:
+                reply = self.hook.svsm_handle_request(request=req, ctx=self.ctx)
         except RequestError as exc:
             return m.CallResult(id=ev.id, code=exc.code, reason=str(exc)[: m.MAX_TEXT])
         except Exception as exc:  # a module bug: the guest gets an error code, the kernel a strike

@@ -171,6 +171,7 @@ class ModuleHost:
             address_space=self.policy.address_space,
             cpu_seconds=self.policy.cpu_seconds,
             open_files=self.policy.open_files,
+            speculation_mitigations=self.policy.speculation_mitigations,
         )
         self._ctx.uid_switch = others_can_read([sys.base_prefix, sys.prefix, *self._ctx.read_only])
         self._sups: dict[str, ModuleSupervisor] = {}

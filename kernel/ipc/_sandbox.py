@@ -53,6 +53,8 @@ class SandboxConfig(msgspec.Struct, frozen=True):
     list_only: list[str] = []
     landlock: bool = True
     seccomp: bool = True
+    #: keep the kernel's speculation mitigations for the filtered module (see _seccomp.install_filter).
+    speculation_mitigations: bool = True
 
 
 def prctl(option: int, arg: int = 0) -> int:
@@ -190,8 +192,8 @@ def apply(cfg: SandboxConfig, keep_fd: int) -> list[str]:
     # 8. seccomp, last: it also forbids what the steps above used.
     if cfg.seccomp:
         try:
-            _seccomp.install_filter()
-            done.append("seccomp")
+            _seccomp.install_filter(speculation_mitigations=cfg.speculation_mitigations)
+            done.append("seccomp" if cfg.speculation_mitigations else "seccomp(spec-allow)")
         except _seccomp.SeccompUnavailable as exc:
             log.warning("seccomp not in force: %s", exc)
     return done

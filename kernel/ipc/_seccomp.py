@@ -82,6 +82,8 @@ def _lib() -> ctypes.CDLL:
     lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
     lib.seccomp_load.restype = ctypes.c_int
     lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_attr_set.restype = ctypes.c_int
+    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
     lib.seccomp_release.restype = None
     lib.seccomp_release.argtypes = [ctypes.c_void_p]
     return lib
@@ -96,12 +98,19 @@ def available() -> bool:
     return True
 
 
-def install_filter() -> list[str]:
+SCMP_FLTATR_CTL_SSB = 7
+
+
+def install_filter(*, speculation_mitigations: bool = True) -> list[str]:
     """Install the module filter on the calling process (all its threads: TSYNC not needed, call before threads).
 
     Denies :data:`DENIED_SYSCALLS` with EPERM, signals to any other process, ``clone`` without ``CLONE_THREAD`` (a new
     process) with EPERM, and ``clone3`` with ENOSYS so libc falls back to ``clone``.
 
+    :param speculation_mitigations: keep the kernel's default of turning on speculative-execution
+        mitigations (SSBD, conditional IBPB) for a filtered task.  ``False`` sets
+        ``SECCOMP_FILTER_FLAG_SPEC_ALLOW``: measured ~2x faster calls (context switches stop
+        paying IBPB), at the price of cross-process Spectre hardening for the module.
     :returns: the denied syscall names.
     :raises SeccompUnavailable: libseccomp missing or the kernel refused.
     """
@@ -110,6 +119,8 @@ def install_filter() -> list[str]:
     if not ctx:
         raise SeccompUnavailable("seccomp_init failed")
     try:
+        if not speculation_mitigations and lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_SSB, 1) < 0:
+            raise SeccompUnavailable("SCMP_FLTATR_CTL_SSB not supported")
         denied = []
         for name in DENIED_SYSCALLS:
             nr = lib.seccomp_syscall_resolve_name(name.encode())

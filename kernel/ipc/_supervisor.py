@@ -117,6 +117,7 @@ class HostContext:
     address_space: int = 1 << 30
     cpu_seconds: int = 600
     open_files: int = 64
+    speculation_mitigations: bool = True
     uid_base: int = 200_000
     #: False when the Python installation is not readable by other uids (then capabilities are dropped instead).
     uid_switch: bool = True
@@ -268,6 +269,7 @@ class ModuleSupervisor:
             address_space=self._ctx.address_space,
             cpu_seconds=self._ctx.cpu_seconds,
             open_files=self._ctx.open_files,
+            speculation_mitigations=self._ctx.speculation_mitigations,
             read_only=ro,
             list_only=[os.path.dirname(p) for p in self.spec.code_paths if p.endswith("__init__.py")],
         )
@@ -425,6 +427,8 @@ class ModuleSupervisor:
         self._send(msg)
         while True:
             ev = self._read(deadline)
+            if ev.__class__ is want and ev.id == msg.id:
+                return ev
             if type(ev) in self.syscalls._table:
                 reply, misbehaved = self.syscalls.handle(ev)
                 if misbehaved:
@@ -433,8 +437,6 @@ class ModuleSupervisor:
                     if self.strikes >= self._ctx.limits.max_strikes:
                         raise ModuleFailure(f"misbehaving ({self.strikes} strikes; syscall not granted)")
                 self._send(reply)
-            elif isinstance(ev, want) and ev.id == msg.id:
-                return ev
             else:
                 self._strike(f"unexpected {type(ev).__name__} (out of order)", ResultCode.INVALID_REQUEST)
 
