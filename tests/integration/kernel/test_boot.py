@@ -112,3 +112,15 @@ def test_guest_on() -> None:
             cvm.guest_on(1)
         ap = cvm.guest.start_ap(2)
         assert cvm.guest_on(2) is ap and ap.query_protocol(0) == (1, 1)
+
+
+@pytest.mark.slow
+def test_svsm_run_with_modules(capsys: pytest.CaptureFixture[str]) -> None:
+    """The installed modules serve their protocols behind the SVSM and enter the services manifest."""
+    from svsm.kernel.cli import main
+    from svsm.sdk.guest import VTPM_SERVICE_GUID
+
+    assert main(["run", "--modules", "inprocess", "--vcpus", "2", "--memory", "16M", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["protocols"]["vtpm"] == [1, 1]
+    assert str(VTPM_SERVICE_GUID) in rep["attestation"]["manifest_services"]
