@@ -34,6 +34,17 @@ MAX_RESPONSE_SIZE = 4096
 _HDR_ERR = b"\x80\x01\x00\x00\x00\x0a"
 
 
+class AuthEntry(NamedTuple):
+    """One parsed entry of the command's authorization area (frozen once checked)."""
+
+    handle: int
+    nonce: bytes
+    attrs: int
+    mac: bytes
+    #: the loaded session, or None for TPM_RS_PW
+    session: Session | None
+
+
 def error_response(rc: int) -> bytes:
     """The 10-byte error response for ``rc``."""
     return _HDR_ERR + u32(rc)
@@ -217,7 +228,7 @@ class Tpm(EntityMixin):
             ctx.handles.append(h)
             ctx.ent.append(self._resolve(kind, h, i))
         n_auth = spec.n_auth
-        sessions: list[tuple[int, bytes, int, bytes, Session | None]] = []
+        sessions: list[AuthEntry] = []
         if tag == ST.SESSIONS:
             if spec.no_sessions:
                 raise TpmError(RC.AUTH_CONTEXT)
@@ -237,7 +248,7 @@ class Tpm(EntityMixin):
                     mac = ar.tpm2b(64)
                 except TpmError as e:
                     raise TpmError(rc_session(e.rc, n)) from None
-                sessions.append((sh, nonce, attrs, mac, self._session_for(sh, nonce, attrs, n, sessions)))
+                sessions.append(AuthEntry(sh, nonce, attrs, mac, self._session_for(sh, nonce, attrs, n, sessions)))
         elif n_auth:
             raise TpmError(RC.AUTH_MISSING)
         if len(sessions) < n_auth:
@@ -249,7 +260,7 @@ class Tpm(EntityMixin):
                 if audit_idx >= 0:
                     raise TpmError(rc_session(RC.ATTRIBUTES, i + 1))
                 audit_idx = i
-                if attrs & TPMA_SESSION.auditExclusive and self.exclusive_audit != s.handle:  # type: ignore[union-attr]
+                if attrs & TPMA_SESSION.auditExclusive and s is not None and self.exclusive_audit != s.handle:
                     raise TpmError(RC.EXCLUSIVE)
             if attrs & TPMA_SESSION.decrypt:
                 if dec_idx >= 0 or not spec.decrypt or len(params) < 2:
@@ -275,19 +286,21 @@ class Tpm(EntityMixin):
             extra = b""
             if i == 0 and s is not None:
                 if dec_idx > 0:
-                    extra += sessions[dec_idx][4].nonce_tpm  # type: ignore[union-attr]
+                    extra += _nonce_tpm(sessions[dec_idx])
                 if enc_idx > 0 and enc_idx != dec_idx:
-                    extra += sessions[enc_idx][4].nonce_tpm  # type: ignore[union-attr]
+                    extra += _nonce_tpm(sessions[enc_idx])
             if i < n_auth:
                 keys.append(self._authorize(ctx, i, sh, nonce, attrs, mac, s, cp_hash, extra))
             else:
-                keys.append(self._check_hmac(s, s.session_key, cp_hash, nonce, attrs, mac, extra, i, False))  # type: ignore[union-attr,arg-type]
+                assert s is not None  # TPM_RS_PW cannot be an extra session (checked above)
+                keys.append(self._check_hmac(s, s.session_key, cp_hash, nonce, attrs, mac, extra, i, False))
         if dec_idx >= 0:
-            s = sessions[dec_idx][4]
+            dec = sessions[dec_idx]
+            assert dec.session is not None
             n = int.from_bytes(params[:2], "big")
             if n + 2 > len(params):
                 raise TpmError(rc_param(RC.SIZE, 1))
-            data = s.crypt(keys[dec_idx], params[2:2 + n], sessions[dec_idx][1], s.nonce_tpm, True)  # type: ignore[union-attr]
+            data = dec.session.crypt(keys[dec_idx], params[2:2 + n], dec.nonce, dec.session.nonce_tpm, True)
             params = params[:2] + data + params[2 + n:]
         pr = Reader(params)
         values = []
@@ -306,11 +319,11 @@ class Tpm(EntityMixin):
         if tag == ST.NO_SESSIONS:
             return u16(ST.NO_SESSIONS) + u32(10 + len(hbytes) + len(out)) + b"\x00\x00\x00\x00" + hbytes + out
         # roll nonces, encrypt, response HMACs
-        for (_sh, nonce, _a, _m, s) in sessions:
-            if s is not None:
-                s.nonce_tpm = self.rng(len(s.nonce_tpm))
-        if ctx.resp_auth is not None and sessions and sessions[0][4] is not None:
-            s0 = sessions[0][4]
+        for entry in sessions:
+            if entry.session is not None:
+                entry.session.nonce_tpm = self.rng(len(entry.session.nonce_tpm))
+        if ctx.resp_auth is not None and sessions and sessions[0].session is not None:
+            s0 = sessions[0].session
             e0 = ctx.ent[0]
             key0 = s0.session_key
             name0 = self.name_of(ctx.handles[0], e0)
@@ -318,10 +331,11 @@ class Tpm(EntityMixin):
                 key0 += ctx.resp_auth
             keys[0] = key0
         if enc_idx >= 0 and len(out) >= 2:
-            s = sessions[enc_idx][4]
+            enc = sessions[enc_idx]
+            assert enc.session is not None
             n = int.from_bytes(out[:2], "big")
-            out = out[:2] + s.crypt(self._enc_key(ctx, enc_idx, s, keys, n_auth), out[2:2 + n], s.nonce_tpm,  # type: ignore[union-attr]
-                                    sessions[enc_idx][1], False) + out[2 + n:]
+            key = self._enc_key(ctx, enc_idx, enc.session, keys, n_auth)
+            out = out[:2] + enc.session.crypt(key, out[2:2 + n], enc.session.nonce_tpm, enc.nonce, False) + out[2 + n:]
         rp: dict[int, bytes] = {}
         auth_area = []
         for i, (sh, nonce, attrs, mac, s) in enumerate(sessions):
@@ -372,10 +386,10 @@ class Tpm(EntityMixin):
 
     # -- sessions in the auth area ----------------------------------------------------------------
     def _session_for(self, sh: int, nonce: bytes, attrs: int, n: int,
-                     earlier: list[tuple[int, bytes, int, bytes, Session | None]]) -> Session | None:
+                     earlier: list[AuthEntry]) -> Session | None:
         if attrs & TPMA_SESSION.RESERVED:
             raise TpmError(rc_session(RC.RESERVED_BITS, n))
-        if sh != RH.PW and any(e[0] == sh for e in earlier):
+        if sh != RH.PW and any(e.handle == sh for e in earlier):
             raise TpmError(rc_session(RC.HANDLE, n))
         if sh == RH.PW:
             if nonce:
@@ -477,7 +491,12 @@ class Tpm(EntityMixin):
                 raise TpmError(rc_session(RC.POLICY_FAIL, i + 1))
 
 
+def _nonce_tpm(entry: AuthEntry) -> bytes:
+    """nonceTPM of a (non-PW) session entry, for nonceDecrypt/nonceEncrypt in session 0's HMAC."""
+    return entry.session.nonce_tpm if entry.session is not None else b""
+
+
 # register the commands
-from . import _cmd_attest, _cmd_context, _cmd_crypto, _cmd_duplicate, _cmd_hierarchy, _cmd_misc, _cmd_object  # noqa: E402,F401,I001
-from . import _cmd_policy  # noqa: E402,F401
+from . import _cmd_attest, _cmd_context, _cmd_crypto, _cmd_duplicate  # noqa: E402,F401
+from . import _cmd_hierarchy, _cmd_misc, _cmd_object, _cmd_policy  # noqa: E402,F401
 from . import _nv as _nv_cmds, _pcr as _pcr_cmds  # noqa: E402,F401
