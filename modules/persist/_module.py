@@ -22,6 +22,8 @@ __all__ = ["PersistModule", "SyscallBlockIO", "SEALING_KEY_CONTEXT"]
 
 #: Context of the derived-key syscall for the store's sealing key (changing it orphans stores).
 SEALING_KEY_CONTEXT = b"pysvsm persist sealing key v1"
+#: Renew the anchor lease when a storage call comes this long after the last contact (TTL is 30 s).
+HEARTBEAT_NS = 10 * 10**9
 #: Blocks moved per disk syscall (the ABI caps a blob at 768 KiB).
 _CHUNK = 64
 
@@ -111,6 +113,7 @@ class PersistModule(Module):
         if store is None:
             raise InvalidRequest("persistent store not open")
         try:
+            store.heartbeat_if_due(HEARTBEAT_NS)
             if op == "get":
                 return store.get(namespace, key)
             if op == "put":

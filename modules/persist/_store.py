@@ -168,6 +168,7 @@ class Store:
         self._failed: BaseException | None = None
         self._commits = 0
         self._bytes_written = 0
+        self._anchor_contact = clock()
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -298,7 +299,8 @@ class Store:
             raise AnchorRequired("the store is anchored to a different anchor")
         anchored = self._anchor.acquire(self.store_id)
         if anchored is None:
-            if any(pin) and not fresh:
+            # generation 1 is the empty store a crash left between formatting and the first acquire
+            if any(pin) and not fresh and self.generation > 1:
                 raise RollbackDetected("the anchor has no record of this anchored store")
             if not any(pin):
                 self._commit([], enroll=True)  # seal the pin into the store
@@ -466,6 +468,7 @@ class Store:
             self.generation = gen
             if self._anchor is not None and not enroll:
                 self._anchor.advance(self.store_id, gen)
+                self._anchor_contact = self._clock()
         except BaseException as exc:
             self._fail(exc)
             raise
@@ -546,6 +549,19 @@ class Store:
                 except StoreUnavailable as exc:
                     self._fail(exc)
                     raise
+                self._anchor_contact = self._clock()
+
+    def heartbeat_if_due(self, interval_ns: int) -> bool:
+        """Renew the lease if the anchor has not heard from this store for ``interval_ns``.
+
+        :returns: whether a heartbeat was sent.
+        :raises CloneDetected: the lease was lost (the store stops serving).
+        """
+        with self._lock:
+            if self._anchor is None or self._clock() - self._anchor_contact < interval_ns:
+                return False
+            self.heartbeat()
+            return True
 
     def close(self) -> None:
         """Stop serving and release the anchor lease."""

@@ -88,3 +88,44 @@ def test_acknowledged_commits_survive_losing_the_cache(workload) -> None:
     store = _open(image, random.Random(5).randbytes)
     assert store.generation == acked == COMMITS + 1
     assert workload.read(store) == workload.model(acked)
+
+
+@pytest.mark.parametrize("policy", [CrashPolicy.KEEP_ALL, CrashPolicy.RANDOM])
+def test_every_boundary_with_the_anchor_never_raises_a_false_alarm(workload, policy: str) -> None:
+    """A crash anywhere (including between the superblock and the anchor update) is not a rollback."""
+    from types import SimpleNamespace
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from svsm.modules.persist import AnchorClient, AnchorService
+
+    total = _boundaries(workload)
+    key = Ed25519PrivateKey.generate()
+    for crash_at in range(0, total, 1 if policy == CrashPolicy.KEEP_ALL else 3):
+        now = [0]
+        service = AnchorService(key, lambda r, v: SimpleNamespace(measurement=b"M" * 48, report_data=r, vmpl=0),
+                                clock=lambda: now[0], rng=random.Random(crash_at).randbytes)
+        rng = random.Random(crash_at).randbytes
+
+        def anchored(image, faults=None):
+            client = AnchorClient(service.handle, lambda rd: (rd, b""), rng=rng)
+            return Store.open(BlockDevice(image, volatile_cache=True, faults=faults), KEY,
+                              clock=itertools.count(1).__next__, rng=rng, anchor=client, default_quota=QUOTA)
+
+        image = MemoryImage(160)
+        faults = FaultInjector(crash_at=crash_at, policy=policy, rng=random.Random(crash_at))
+        acked, inflight = 0, 1
+        try:
+            store = anchored(image, faults)
+            acked = 1
+            for gen in range(2, COMMITS + 2):
+                inflight = gen
+                store.commit(workload.batch(gen))
+                acked = gen
+        except SimulatedCrash:
+            pass
+        now[0] += 31 * 10**9  # the crashed instance's lease expires
+        reopened = anchored(image)
+        assert reopened.generation in (max(acked, 1), inflight), (crash_at, acked, inflight)
+        assert workload.read(reopened) == workload.model(reopened.generation)
+        reopened.commit(workload.batch(reopened.generation + 1))

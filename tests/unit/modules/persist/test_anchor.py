@@ -113,6 +113,23 @@ def test_heartbeat_keeps_the_lease(env, world) -> None:
         env.open(anchor=world.client())
 
 
+def test_anchor_that_forgot_the_store_is_not_trusted(env, world) -> None:
+    s = env.open(anchor=world.client())
+    s.put("tpm", "nv", b"1")
+    s.close()
+    world.path = None
+    world.restart()  # same key, state lost
+    with pytest.raises(RollbackDetected):
+        env.open(anchor=world.client())
+
+
+def test_heartbeat_if_due_follows_the_store_clock(env, world) -> None:
+    s = env.open(anchor=world.client())
+    assert not s.heartbeat_if_due(10 * SEC)  # just opened
+    assert s.heartbeat_if_due(0)
+    assert world.service.statistics().live_leases == 1
+
+
 def test_crash_between_superblock_and_anchor_update_is_accepted(env, world) -> None:
     fail = {"advance": False}
 
