@@ -276,3 +276,30 @@ def test_statistics() -> None:
         st = h.statistics()
         assert (st.modules, st.serving, st.calls) == (1, 1, 1)
         assert h.module("calc").statistics().syscalls >= 2
+
+
+class Liar(Module):
+    MANIFEST = Manifest(
+        name="liar",
+        version="1",
+        protocols=[ProtocolSpec(number=P + 7, calls=[CallSpec(call=0), CallSpec(call=1), CallSpec(call=2)])],
+    )
+
+    @hookimpl
+    def svsm_handle_request(self, request: Any) -> Any:
+        from svsm.sdk import RequestError
+
+        if request.call == 0:
+            raise RequestError(code=5)  # not an SVSM result code
+        if request.call == 1:
+            return Reply(buffer=b"unasked")  # no writable buffer declared
+        return "not a Reply"
+
+
+def test_module_cannot_invent_result_codes_or_write_undeclared_buffers() -> None:
+    with host(Liar) as h:
+        assert h.call(P + 7, 0).rax == ResultCode.INVALID_REQUEST
+        assert h.call(P + 7, 1).rax == ResultCode.INVALID_REQUEST
+        assert h.call(P + 7, 2).rax == ResultCode.INVALID_REQUEST
+        sup = h.module("liar")
+        assert sup.strikes == 2 and sup.state is ModuleState.SERVING
