@@ -42,6 +42,8 @@ __all__ = [
     "MemoryImage",
     "SimulatedCrash",
     "TamperingAdversary",
+    "STATE_IMAGE",
+    "open_state_disk",
 ]
 
 log = logging.getLogger(__name__)
@@ -444,3 +446,24 @@ class DiskAdapter:
     def size(self) -> int:
         """Device size in bytes."""
         return self.device.num_blocks * self.device.block_size
+
+    def close(self) -> None:
+        """Close the image behind the device (a file)."""
+        close = getattr(self.device.image, "close", None)
+        if close is not None:
+            close()
+
+
+#: File name of the persistence image inside a CVM's state directory.
+STATE_IMAGE = "persist.img"
+
+
+def open_state_disk(state_dir: str | os.PathLike[str], size_mib: int = 64) -> DiskAdapter:
+    """The host disk of a CVM whose state lives in ``state_dir`` (``svsm run --state DIR``).
+
+    Creates ``state_dir/persist.img`` (sparse, ``size_mib``) on first use and reuses it after;
+    pass the result as ``Providers.disk`` and :meth:`DiskAdapter.close` it at exit.
+    """
+    os.makedirs(state_dir, exist_ok=True)
+    image = FileImage(os.path.join(state_dir, STATE_IMAGE), size_mib * (1 << 20) // BLOCK_SIZE)
+    return DiskAdapter(BlockDevice(image))

@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from svsm.sdk import InvalidParameter
-
 from svsm.kernel.hw.blockdev import (BLOCK_SIZE, Adversary, BlockDevice, BlockDeviceError, CrashPolicy, DiskAdapter,
+                                     open_state_disk,
                                      FaultInjector, FileImage, MemoryImage, SimulatedCrash,
                                      TamperingAdversary)
+from svsm.sdk import InvalidParameter
 
 
 def blk(byte: int) -> bytes:
@@ -176,3 +176,14 @@ def test_disk_adapter_speaks_byte_offsets_of_whole_blocks() -> None:
         disk.read(100, BLOCK_SIZE)
     with pytest.raises(InvalidParameter):
         disk.write(0, b"x")
+
+
+def test_state_disk_is_created_once_and_reused(tmp_path) -> None:
+    disk = open_state_disk(tmp_path / "cvm", size_mib=1)
+    assert disk.size() == 1 << 20
+    disk.write(0, blk(7))
+    disk.flush()
+    disk.close()
+    again = open_state_disk(tmp_path / "cvm", size_mib=8)  # the existing image keeps its size and data
+    assert again.size() == 1 << 20 and again.read(0, BLOCK_SIZE) == blk(7)
+    again.close()
