@@ -58,8 +58,11 @@ def _duplicate(tpm: "Tpm", ctx: Ctx, enc_key_in: bytes, sym: tuple[int, int, int
         raise TpmError(rc_handle(RC.ATTRIBUTES, 1))
     if a & TPMA_OBJECT.encryptedDuplication and (sym[0] == ALG.NULL or new_parent is None):
         raise TpmError(rc_param(RC.SYMMETRIC, 2) if sym[0] == ALG.NULL else rc_handle(RC.HIERARCHY, 2))
-    if new_parent is not None and not new_parent.is_storage_parent() and new_parent.public.type != ALG.SYMCIPHER:
-        raise TpmError(rc_handle(RC.TYPE, 2))
+    if new_parent is not None:  # a public-only (LoadExternal) parent is fine: only its public key is used
+        pa = new_parent.attrs
+        if new_parent.public.type not in (ALG.RSA, ALG.ECC) or not (pa & TPMA_OBJECT.restricted
+                                                                    and pa & TPMA_OBJECT.decrypt):
+            raise TpmError(rc_handle(RC.TYPE, 2))
     name = obj.name
     sens2b = tpm2b(marshal_sensitive(obj.public.type, obj.auth, obj.seed, obj.sens))
     enc_key_out = b""

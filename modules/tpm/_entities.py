@@ -17,7 +17,8 @@ from ._sessions import Session
 
 __all__ = ["EntityMixin", "MAX_OBJECTS", "MAX_LOADED_SESSIONS", "MAX_ACTIVE_SESSIONS"]
 
-MAX_OBJECTS = 32
+#: transient object slots: tpm2-tools never flushes what it loads, so be generous (tpm.md 9)
+MAX_OBJECTS = 128
 MAX_LOADED_SESSIONS = 32
 MAX_ACTIVE_SESSIONS = 64
 _HIERARCHIES = (RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM)

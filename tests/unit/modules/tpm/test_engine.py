@@ -109,7 +109,9 @@ def test_lockout_auth_failure_locks_lockout_hierarchy(run, clock) -> None:
 
 
 def test_object_slots_run_out_with_object_memory(run) -> None:
-    for _ in range(32):
+    from svsm.modules.tpm._entities import MAX_OBJECTS
+    assert MAX_OBJECTS >= 16
+    for _ in range(MAX_OBJECTS):
         assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw())) == 0
     assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw())) == 0x902
 
