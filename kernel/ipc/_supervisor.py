@@ -40,7 +40,7 @@ from ._discovery import ModuleSpec
 from ._grants import GrantTable, MemoryWindow
 from ._lifecycle import Lifecycle, ModuleEvent, ModuleState
 from ._process import Link, spawn_process, spawn_thread
-from ._sandbox import SandboxConfig
+from ._sandbox import SandboxConfig, others_can_read
 from ._syscalls import Providers, SyscallHandler
 
 __all__ = ["Limits", "ModuleFailure", "ModuleInfo", "ModuleSupervisor", "SupervisorStatistics"]
@@ -149,7 +149,10 @@ class ModuleSupervisor:
         self._chan: Channel | None = None
         self._rbuf = bytearray(256 * 1024)
         self._ids = itertools.count(1)
-        self._uid = ctx.uid_base + next(ctx._uids) if os.geteuid() == 0 and ctx.uid_switch else None
+        # An unprivileged uid only if it can read the interpreter and this module's code;
+        # otherwise the process keeps uid 0 with every capability dropped ("no-caps").
+        switch = os.geteuid() == 0 and ctx.uid_switch and others_can_read(list(spec.code_paths))
+        self._uid = ctx.uid_base + next(ctx._uids) if switch else None
         self.protections: tuple[str, ...] = ()
         self.strikes = 0
         self._failure_times: list[float] = []

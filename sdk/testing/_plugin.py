@@ -33,7 +33,7 @@ def svsm_strict(request: pytest.FixtureRequest) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "svsm_modules(*objs, mode=...): modules the svsm_vm fixture boots with")
+    config.addinivalue_line("markers", "svsm_modules(modules=[...], mode=...): modules the svsm_vm fixture boots with")
 
 
 @pytest.fixture
@@ -76,6 +76,10 @@ def svsm_module_host(abi_frames: FrameRecorder, fake_clock: FakeClock) -> Iterat
 def svsm_vm(request: pytest.FixtureRequest, abi_frames: FrameRecorder) -> Iterator[Callable[..., Any]]:
     """Factory: ``svsm_vm(*modules, mode="inprocess", **boot_kwargs)`` -> a booted CVM.
 
+    Without arguments, the modules (and ``mode=``) come from the test's
+    ``@pytest.mark.svsm_modules(modules=[ModuleClass], mode="process")`` marker (a lone class
+    as positional argument would be taken by pytest as the decorated object).
+
     The modules are served by a ``ModuleHost`` passed to ``svsm.kernel.boot()``; the
     CVM's guest driver is ``cvm.guest``.  Module attestation-report syscalls reach the
     booted PSP.  Everything is shut down at teardown.
@@ -87,7 +91,11 @@ def svsm_vm(request: pytest.FixtureRequest, abi_frames: FrameRecorder) -> Iterat
 
     stack = contextlib.ExitStack()
 
-    def make(*modules: Any, mode: str = "inprocess", **boot_kwargs: Any) -> Any:
+    def make(*modules: Any, mode: str | None = None, **boot_kwargs: Any) -> Any:
+        marker = request.node.get_closest_marker("svsm_modules")
+        if not modules and marker is not None:
+            modules = tuple(marker.kwargs.get("modules", ())) or marker.args
+        mode = mode or (marker.kwargs.get("mode") if marker is not None else None) or "inprocess"
         host = ModuleHost(modules, mode=mode, recorder=abi_frames)
         stack.callback(host.close)
         host.start()
