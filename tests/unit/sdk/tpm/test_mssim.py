@@ -146,3 +146,19 @@ def test_fuzz_reader_never_raises_other_errors(data: bytes, port: MssimPort, chu
     for event in a or []:
         if isinstance(event, SendCommand | HashData):
             assert len(getattr(event, "command", getattr(event, "data", b""))) <= 32
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=1, max_size=96), st.sampled_from(list(MssimPort)))
+def test_fuzz_connection_replies_are_well_formed(data: bytes, port: MssimPort) -> None:
+    conn = MssimConnection(port, TpmPlatform(Recorder(), powered=False))
+    try:
+        replies = conn.receive(data)
+    except TransportError:
+        return
+    for r in replies:
+        assert b"".join(r.parts) == r.data
+        # Every reply ends with a u32 status word, or is empty (session end / command-port drop).
+        assert r.data == b"" or len(r.data) >= 4
+        if r.close:
+            assert r is replies[-1]
