@@ -291,11 +291,29 @@ def _result(code: int, payload: bytes = b"") -> bytes:
     return _U32.pack(code) + payload
 
 
-class SwtpmControl:
-    """Server side of the control channel, shared by all control connections of one server."""
+#: TPM2_Shutdown(TPM_SU_CLEAR): what swtpm sends by itself before CMD_INIT / STOP / SHUTDOWN.
+TPM2_SHUTDOWN_CLEAR = struct.pack(">HIIH", 0x8001, 12, 0x145, 0)
+assert len(TPM2_SHUTDOWN_CLEAR) == 12
 
-    def __init__(self, platform: TpmPlatform) -> None:
+
+class SwtpmControl:
+    """Server side of the control channel, shared by all control connections of one server.
+
+    :param auto_shutdown: like swtpm without ``--flags disable-auto-shutdown``, send
+        TPM2_Shutdown(CLEAR) before CMD_INIT, CMD_STOP and CMD_SHUTDOWN act on a running TPM,
+        so the next Startup finds an orderly shutdown (tpm.md 1.2).
+    """
+
+    def __init__(self, platform: TpmPlatform, *, auto_shutdown: bool = True) -> None:
         self.platform = platform
+        self.auto_shutdown = auto_shutdown
+        self.auto_shutdowns = 0
+
+    def _shutdown_first(self) -> None:
+        if self.auto_shutdown and self.platform.powered:
+            # Its answer does not matter: TPM_RC_INITIALIZE if never started is fine.
+            self.platform.execute(TPM2_SHUTDOWN_CLEAR)
+            self.auto_shutdowns += 1
 
     def handle(self, req: SwtpmControlRequest) -> ControlReply:
         """Answer one control request (tpm.md 1.2 table)."""
@@ -305,6 +323,7 @@ class SwtpmControl:
             return ControlReply(_result(TPM_SUCCESS, _U32.pack(int(SUPPORTED_CAPS))))
         if code == SwtpmCmd.INIT:
             # Power-cycle semantics: _TPM_Init; the client then sends TPM2_Startup.
+            self._shutdown_first()
             if plat.powered:
                 plat.reset()
             else:
@@ -312,6 +331,7 @@ class SwtpmControl:
                 plat.nv_on()
             return ControlReply(_result(TPM_SUCCESS))
         if code in (SwtpmCmd.SHUTDOWN, SwtpmCmd.STOP):
+            self._shutdown_first()
             plat.power_off()
             return ControlReply(_result(TPM_SUCCESS), stop=code == SwtpmCmd.SHUTDOWN)
         if code == SwtpmCmd.GET_TPMESTABLISHED:

@@ -137,3 +137,22 @@ def test_fuzz_control_reader_and_handler(data: bytes, chunk: int) -> None:
                 assert len(reply.data) >= 4 and len(reply.data) <= 64  # tcti-swtpm reads <= 64 bytes
     except TransportError:
         pass  # an oversized length: the driver drops the connection
+
+
+def test_auto_shutdown_before_init_stop_and_shutdown() -> None:
+    seen: list[bytes] = []
+
+    class Rec(Echo):
+        def execute(self, command: bytes, locality: int = 0) -> bytes:
+            seen.append(command)
+            return super().execute(command, locality)
+
+    plat = TpmPlatform(Rec())
+    ctrl = SwtpmControl(plat)
+    ctrl.handle(SwtpmControlRequest(SwtpmCmd.INIT, u32(0)))
+    ctrl.handle(SwtpmControlRequest(SwtpmCmd.STOP, b""))
+    ctrl.handle(SwtpmControlRequest(SwtpmCmd.STOP, b""))  # already stopped: nothing to shut down
+    assert seen == [bytes.fromhex("80010000000c000001450000")] * 2 and ctrl.auto_shutdowns == 2
+    quiet = SwtpmControl(TpmPlatform(Rec()), auto_shutdown=False)
+    quiet.handle(SwtpmControlRequest(SwtpmCmd.INIT, u32(0)))
+    assert len(seen) == 2
