@@ -117,6 +117,8 @@ def _context_load(tpm: "Tpm", ctx: Ctx, context: tuple[int, int, int, bytes]) ->
     except TpmError:
         raise TpmError(rc_param(RC.INTEGRITY, 1)) from None
     ctx.out_handle = tpm.add_object(obj)
+    if obj.kind != KIND_OBJECT:  # a sequence is named by its handle
+        obj.name = obj.qn = u32(ctx.out_handle)
     return b""
 
 

@@ -290,3 +290,27 @@ def test_nv_index_with_policy_read(esys) -> None:
     p = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, NULL_SYM, TPM2_ALG.SHA256)
     esys.policy_command_code(p, 0x14E)
     assert bytes(esys.nv_read(nv, 4, 0, auth_handle=nv, session1=p)) == b"abcd"
+
+
+def test_salted_policy_session_with_auth_value_and_encryption(esys) -> None:
+    srk, _ = _primary(esys)
+    trial = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL, NULL_SYM, TPM2_ALG.SHA256)
+    esys.policy_auth_value(trial)
+    sealed = _seal(esys, srk, b"salted policy", auth=b"pa", policy=bytes(esys.policy_get_digest(trial)))
+    p = esys.start_auth_session(srk, ESYS_TR.NONE, TPM2_SE.POLICY, AES_CFB, TPM2_ALG.SHA256)
+    esys.trsess_set_attributes(p, ENC)
+    esys.policy_auth_value(p)
+    assert bytes(esys.unseal(sealed, session1=p)) == b"salted policy"
+
+
+def test_sequence_context_round_trip(esys) -> None:
+    import hashlib
+    seq = esys.hash_sequence_start(b"sq", TPM2_ALG.SHA256)
+    esys.tr_set_auth(seq, b"sq")
+    esys.sequence_update(seq, b"part one ")
+    blob = esys.context_save(seq)
+    esys.flush_context(seq)
+    seq = esys.context_load(blob)
+    esys.tr_set_auth(seq, b"sq")
+    digest, _ = esys.sequence_complete(seq, b"part two", ESYS_TR.OWNER)
+    assert bytes(digest) == hashlib.sha256(b"part one part two").digest()
