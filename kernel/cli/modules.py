@@ -46,8 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _host(args: argparse.Namespace) -> Any:
-    from svsm.kernel.ipc import ModuleHost, Providers, load_policy
-    from svsm.kernel.ipc._disk import BlockDisk, MemoryDisk
+    from svsm.kernel.ipc import BlockDisk, MemoryDisk, ModuleHost, Providers, load_policy
     from svsm.sdk import InvalidFormat
 
     try:

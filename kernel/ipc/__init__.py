@@ -11,6 +11,8 @@ from ._discovery import ModuleSpec as ModuleSpec
 from ._discovery import discover as discover
 from ._discovery import measure_object as measure_object
 from ._discovery import spec_for as spec_for
+from ._disk import BlockDisk as BlockDisk
+from ._disk import MemoryDisk as MemoryDisk
 from ._grants import GrantTable as GrantTable
 from ._host import CallOutcome as CallOutcome
 from ._host import HostStatistics as HostStatistics
@@ -37,6 +39,7 @@ from ._syscalls import SyscallHandler as SyscallHandler
 
 __all__ = [
     "BLOCK_ENV",
+    "BlockDisk",
     "CallOutcome",
     "ENTRY_POINT_GROUP",
     "GrantTable",
@@ -46,6 +49,7 @@ __all__ = [
     "Limits",
     "MODULE_MEASUREMENTS_GUID",
     "MeasurementEntry",
+    "MemoryDisk",
     "ModuleEvent",
     "ModuleHost",
     "ModuleInfo",
