@@ -358,3 +358,58 @@ def _policy_nv(tpm: "Tpm", ctx: Ctx, operand_b: bytes, offset: int, operation: i
     args = H(s.hash_alg, operand_b, u16(offset), u16(operation))
     s.extend_policy(u32(CC.PolicyNV), args, nv.name())
     return b""
+
+
+@command(CC.PolicyCounterTimer, ("policy",), decrypt=True, params=(lambda r: r.tpm2b(64), p_u16, _p_operation))
+def _policy_counter_timer(tpm: "Tpm", ctx: Ctx, operand_b: bytes, offset: int, operation: int) -> bytes:
+    from ._cmd_misc import clock_info
+    from ._crypto import H
+    from ._marshal import u64
+    s = _ps(ctx)
+    if s.type != SE.TRIAL:
+        info = u64(tpm.now_ms()) + clock_info(tpm)  # TPMS_TIME_INFO
+        if offset + len(operand_b) > len(info):
+            raise TpmError(rc_param(RC.RANGE, 2))
+        if not _NV_OPS[operation](info[offset:offset + len(operand_b)], operand_b):
+            raise TpmError(RC.POLICY)
+    s.extend_policy(u32(CC.PolicyCounterTimer), H(s.hash_alg, operand_b, u16(offset), u16(operation)))
+    return b""
+
+
+@command(CC.PolicyPhysicalPresence, ("policy",))
+def _policy_physical_presence(tpm: "Tpm", ctx: Ctx) -> bytes:
+    _ps(ctx).extend_policy(u32(CC.PolicyPhysicalPresence))
+    return b""
+
+
+@command(CC.PolicyDuplicationSelect, ("policy",), decrypt=True,
+         params=(lambda r: r.tpm2b(66), lambda r: r.tpm2b(66), p_u8))
+def _policy_duplication_select(tpm: "Tpm", ctx: Ctx, object_name: bytes, new_parent_name: bytes,
+                               include_object: int) -> bytes:
+    from ._crypto import H
+    s = _ps(ctx)
+    if include_object > 1:
+        raise TpmError(rc_param(RC.VALUE, 3))
+    if s.cp_hash or s.name_hash or s.cc and s.cc != CC.Duplicate:
+        raise TpmError(RC.CPHASH)
+    s.name_hash = H(s.hash_alg, object_name, new_parent_name)
+    s.cc = CC.Duplicate
+    s.extend_policy(u32(CC.PolicyDuplicationSelect), object_name if include_object else b"", new_parent_name,
+                    u8(include_object))
+    return b""
+
+
+@command(CC.PolicyAuthorizeNV, ("nvauth", "nv", "policy"), (USER,))
+def _policy_authorize_nv(tpm: "Tpm", ctx: Ctx) -> bytes:
+    from ._nv import check_read
+    nv = ctx.ent[1]
+    s = _ps(ctx, 2)
+    if s.type != SE.TRIAL:
+        check_read(tpm, ctx, nv)
+        data = bytes(nv.data)
+        alg = int.from_bytes(data[:2], "big")
+        if alg not in HASHES or len(data) < 2 + HASHES[alg][1] or data[2:2 + HASHES[alg][1]] != s.policy:
+            raise TpmError(RC.VALUE)
+    s.policy = bytes(HASHES[s.hash_alg][1])
+    s.extend_policy(u32(CC.PolicyAuthorizeNV), nv.name())
+    return b""

@@ -102,7 +102,11 @@ class CC:
     PolicyGetDigest = 0x189
     TestParms = 0x18A
     PolicyPassword = 0x18C
+    PolicyCounterTimer = 0x16D
+    PolicyPhysicalPresence = 0x187
+    PolicyDuplicationSelect = 0x188
     PolicyNvWritten = 0x18F
+    PolicyAuthorizeNV = 0x192
     CreateLoaded = 0x191
     EncryptDecrypt2 = 0x193
 

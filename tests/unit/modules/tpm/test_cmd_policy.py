@@ -121,3 +121,63 @@ def test_policy_locality_and_cp_hash(esys) -> None:
     assert e.value.rc == 0x151  # CPHASH
     d1 = hashlib.sha256(bytes(32) + struct.pack(">I", 0x16F) + b"\x01").digest()
     assert bytes(esys.policy_get_digest(p)) == hashlib.sha256(d1 + struct.pack(">I", 0x16E) + b"\x11" * 32).digest()
+
+
+def test_policy_counter_timer_and_physical_presence(esys, clock) -> None:
+    clock.now += 5  # TPM time is 5000 ms
+    p = _session(esys)
+    esys.policy_counter_timer(p, struct.pack(">Q", 0), 0x0003)  # time > 0 (unsigned greater than)
+    with pytest.raises(TSS2_Exception) as e:
+        esys.policy_counter_timer(p, struct.pack(">Q", 10**12), 0x0003)
+    assert e.value.rc == 0x126
+    esys.policy_physical_presence(p)
+    args = hashlib.sha256(struct.pack(">Q", 0) + struct.pack(">HH", 0, 3)).digest()
+    d1 = hashlib.sha256(bytes(32) + struct.pack(">I", 0x16D) + args).digest()
+    assert bytes(esys.policy_get_digest(p)) == hashlib.sha256(d1 + struct.pack(">I", 0x187)).digest()
+
+
+def test_policy_duplication_select_binds_the_new_parent(esys) -> None:
+    src = esys.create_primary(TPM2B_SENSITIVE_CREATE(), TPM2B_PUBLIC.parse("rsa2048:aes128cfb",
+                                                                             objectAttributes=0x30072))[0]
+    a = esys.create_primary(TPM2B_SENSITIVE_CREATE(), TPM2B_PUBLIC.parse("ecc256:aes128cfb",
+                                                                           objectAttributes=0x30072))[0]
+    b = esys.create_primary(TPM2B_SENSITIVE_CREATE(), TPM2B_PUBLIC.parse("ecc384:aes128cfb",
+                                                                           objectAttributes=0x30072))[0]
+    a_name, b_name = bytes(esys.read_public(a)[1]), bytes(esys.read_public(b)[1])
+    trial = _session(esys, TPM2_SE.TRIAL)
+    esys.policy_duplication_select(trial, b"", a_name, False)
+    policy = bytes(esys.policy_get_digest(trial))
+    tpl = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=TPMA_OBJECT.SIGN_ENCRYPT
+                             | TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.SENSITIVEDATAORIGIN)
+    tpl.publicArea.authPolicy = TPM2B_DIGEST(policy)
+    priv, pub, *_ = esys.create(src, TPM2B_SENSITIVE_CREATE(), tpl)
+    obj = esys.load(src, priv, pub)
+    obj_name = bytes(esys.read_public(obj)[1])
+    null = pytss.types.TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL)
+    p = _session(esys)
+    esys.policy_duplication_select(p, obj_name, a_name, False)
+    esys.duplicate(obj, a, b"", null, session1=p)
+    p = _session(esys)
+    esys.policy_duplication_select(p, obj_name, a_name, False)
+    with pytest.raises(TSS2_Exception) as e:
+        esys.duplicate(obj, b, b"", null, session1=p)
+    assert e.value.rc == 0x99D  # POLICY_FAIL: another new parent
+    assert b_name != a_name
+
+
+def test_policy_authorize_nv(esys) -> None:
+    approved = hashlib.sha256(bytes(32) + struct.pack(">I", 0x16B)).digest()  # PolicyAuthValue
+    attrs = TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE | TPMA_NV.NO_DA
+    nv = esys.nv_define_space(b"", TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
+        nvIndex=0x01000300, nameAlg=TPM2_ALG.SHA256, attributes=attrs, dataSize=34)))
+    esys.nv_write(nv, struct.pack(">H", 0x000B) + approved, 0)
+    p = _session(esys)
+    esys.policy_auth_value(p)
+    esys.policy_authorize_nv(nv, p)
+    _, nv_name = esys.nv_read_public(nv)
+    expect = hashlib.sha256(bytes(32) + struct.pack(">I", 0x192) + bytes(nv_name)).digest()
+    assert bytes(esys.policy_get_digest(p)) == expect
+    p = _session(esys)
+    with pytest.raises(TSS2_Exception) as e:
+        esys.policy_authorize_nv(nv, p)  # current digest (zeros) is not the approved one
+    assert e.value.rc == 0x084
