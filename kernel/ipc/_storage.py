@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from typing import NamedTuple, Protocol
 
+from svsm.sdk import InvalidRequest
+
 __all__ = ["StorageBackend", "VolatileStorage", "StorageRouter", "StorageStatistics"]
 
 
@@ -34,23 +36,42 @@ class StorageStatistics(NamedTuple):
 
 
 class VolatileStorage:
-    """A dict per namespace in kernel memory: survives module restarts, not reboots."""
+    """A dict per namespace in kernel memory: survives module restarts, not reboots.
 
-    def __init__(self) -> None:
+    Each namespace has a quota, so a module cannot exhaust the kernel's memory.
+
+    :param max_bytes: per-namespace bytes (keys + values).
+    :param max_keys: per-namespace keys.
+    """
+
+    def __init__(self, max_bytes: int = 32 << 20, max_keys: int = 4096) -> None:
         self._lock = threading.Lock()
         self._data: dict[str, dict[str, bytes]] = {}
+        self._used: dict[str, int] = {}
+        self.max_bytes, self.max_keys = max_bytes, max_keys
 
     def get(self, namespace: str, key: str) -> bytes | None:
         with self._lock:
             return self._data.get(namespace, {}).get(key)
 
     def put(self, namespace: str, key: str, value: bytes) -> None:
+        """Store ``value``.  :raises InvalidRequest: the namespace's quota would be exceeded."""
         with self._lock:
-            self._data.setdefault(namespace, {})[key] = bytes(value)
+            ns = self._data.setdefault(namespace, {})
+            old = ns.get(key)
+            used = self._used.get(namespace, 0) - (len(key) + len(old) if old is not None else 0)
+            if used + len(key) + len(value) > self.max_bytes or (old is None and len(ns) >= self.max_keys):
+                raise InvalidRequest(f"storage quota of {namespace} exceeded")
+            ns[key] = bytes(value)
+            self._used[namespace] = used + len(key) + len(value)
 
     def delete(self, namespace: str, key: str) -> bool:
         with self._lock:
-            return self._data.get(namespace, {}).pop(key, None) is not None
+            old = self._data.get(namespace, {}).pop(key, None)
+            if old is None:
+                return False
+            self._used[namespace] -= len(key) + len(old)
+            return True
 
     def list(self, namespace: str, prefix: str) -> list[str]:
         with self._lock:

@@ -163,6 +163,7 @@ class ModuleSupervisor:
         self._calls = self._errors = self._failures = self._restarts = self._strikes_total = 0
         self._timeout = min(self.manifest.request_timeout, ctx.limits.request_timeout_cap)
         self.ready = threading.Event()
+        self._deadline = 0.0  # of the exchange in progress
 
     # -- state -----------------------------------------------------------------------
     @property
@@ -220,6 +221,7 @@ class ModuleSupervisor:
 
     def _start_locked(self) -> None:
         deadline = self._ctx.clock() + self._ctx.limits.start_timeout
+        self._deadline = deadline
         self.strikes = 0
         self._chan = Channel("kernel", recorder=self._ctx.recorder)
         self._link = self._spawn()
@@ -384,9 +386,14 @@ class ModuleSupervisor:
         return next(self._ids) & 0xFFFF_FFFF
 
     def _send(self, msg: Any) -> None:
+        """Write one frame; a module that stops reading cannot stall us past the deadline."""
         assert self._chan is not None and self._link is not None
+        sock = self._link.sock
         try:
-            self._link.sock.sendall(self._chan.send(msg))
+            sock.settimeout(max(0.001, self._deadline - self._ctx.clock()))
+            sock.sendall(self._chan.send(msg))
+        except socket.timeout:
+            raise ModuleFailure("deadline missed (module not reading its channel)") from None
         except OSError as exc:
             raise ModuleFailure(f"channel write failed: {exc}") from None
 
@@ -400,6 +407,7 @@ class ModuleSupervisor:
 
     def _read(self, deadline: float) -> Any:
         """The next valid frame; rejects (and strikes) invalid ones."""
+        self._deadline = deadline
         assert self._chan is not None and self._link is not None
         chan, sock = self._chan, self._link.sock
         while True:
@@ -427,6 +435,7 @@ class ModuleSupervisor:
 
     def _exchange(self, msg: Any, want: type, deadline: float) -> Any:
         """Send ``msg``; serve syscalls until the ``want`` answer with the same id."""
+        self._deadline = deadline
         self._send(msg)
         while True:
             ev = self._read(deadline)

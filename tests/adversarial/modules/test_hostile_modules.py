@@ -179,6 +179,32 @@ class Framer(Module):
         return Reply(rcx=2)
 
 
+class Deaf(Module):
+    """Floods syscalls and never reads the replies: the kernel's writes must not block past the deadline."""
+
+    MANIFEST = Manifest(
+        name="deaf",
+        version="1",
+        protocols=[ProtocolSpec(number=BASE + 5, calls=[CallSpec(call=0)])],
+        capabilities=["time"],
+        request_timeout=1.0,
+    )
+
+    @hookimpl
+    def svsm_handle_request(self, request: Any) -> Reply:
+        sock = _channel_socket()
+        frame = msgspec.msgpack.encode({"t": "s.time", "id": 1})
+        burst = (struct.pack("<I", len(frame)) + frame) * 1000
+        sock.settimeout(5)
+        try:
+            for _ in range(200):
+                sock.sendall(burst)
+        except OSError:
+            pass
+        time.sleep(30)
+        return Reply()
+
+
 class Thief(Module):
     """Syscalls it was not granted, and guest memory outside its grant."""
 
@@ -300,4 +326,13 @@ def test_ungranted_syscalls_and_grant_abuse(svsm_module_host: Any) -> None:
     out = h.call(BASE + 4, 1, rcx=0x1000, memory=mem)  # the previous grant is revoked by now
     assert out.rcx == 5
     assert h.module("thief").statistics().denied == 4
+    _alive(h)
+
+
+def test_a_module_that_stops_reading_cannot_stall_the_kernel(svsm_module_host: Any) -> None:
+    h = svsm_module_host(Deaf, Echo, mode="process")
+    t = time.monotonic()
+    assert h.call(BASE + 5, 0).rax == ResultCode.BUSY
+    assert time.monotonic() - t < 10
+    assert "deadline" in h.module("deaf").last_failure
     _alive(h)

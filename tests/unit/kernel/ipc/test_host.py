@@ -303,3 +303,22 @@ def test_module_cannot_invent_result_codes_or_write_undeclared_buffers() -> None
         assert h.call(P + 7, 2).rax == ResultCode.INVALID_REQUEST
         sup = h.module("liar")
         assert sup.strikes == 2 and sup.state is ModuleState.SERVING
+
+
+class BadStart(Module):
+    MANIFEST = Manifest(name="badstart", version="1", protocols=[ProtocolSpec(number=P + 8, calls=[CallSpec(call=0)])])
+
+    @hookimpl
+    def svsm_module_start(self) -> None:
+        raise RuntimeError("cannot start")
+
+
+def test_failing_start_is_retried_then_disabled() -> None:
+    with host(BadStart, limits=Limits(backoff_base=0.001, crash_loop=3)) as h:
+        sup = h.module("badstart")
+        deadline = time.monotonic() + 10
+        while sup.state is not ModuleState.DEAD and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sup.state is ModuleState.DEAD and "svsm_module_start failed" in sup.last_failure
+        assert sup.statistics().failures == 3
+        assert not h.serves(P + 8)

@@ -156,3 +156,20 @@ def test_grant_table_statistics() -> None:
         t.unmap(g)
     assert getattr(ei.value, "code", None) == ResultCode.INVALID_REQUEST
     assert t.statistics() == (1, 0, 1, 1)
+
+
+def test_volatile_storage_quota() -> None:
+    from svsm.kernel.ipc import VolatileStorage
+
+    st = VolatileStorage(max_bytes=100, max_keys=3)
+    st.put("a", "k1", b"x" * 90)
+    with pytest.raises(Exception) as ei:
+        st.put("a", "k2", b"x" * 20)
+    assert getattr(ei.value, "code", None) == ResultCode.INVALID_REQUEST
+    st.put("a", "k1", b"y" * 98)  # replacing counts only the difference
+    st.put("b", "k", b"z" * 90)  # quotas are per namespace
+    assert st.delete("a", "k1") and not st.delete("a", "k1")
+    for i in range(3):
+        st.put("a", f"n{i}", b"")
+    with pytest.raises(Exception):
+        st.put("a", "n3", b"")

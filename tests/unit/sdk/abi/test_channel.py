@@ -148,3 +148,15 @@ def test_fuzz_framed_garbage(body: bytes) -> None:
     except MalformedFrame:
         return
     assert ev is not NEED_DATA  # a whole frame was there: it decoded to some valid message
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_module_side_decoder(body: bytes) -> None:
+    mod = Channel("module")
+    mod.receive_data(struct.pack("<I", len(body)) + body)
+    try:
+        ev = mod.next_event()
+    except MalformedFrame:
+        return
+    assert ev is not NEED_DATA
