@@ -44,6 +44,8 @@ from svsm.kernel.sync import RWLock, SpinLock
 from svsm.sdk import FatalError, InvalidRequest
 from svsm.sdk.attestation import (
     CERT_TABLE_ENTRY,
+    SNP_KEY_REQ,
+    SNP_KEY_RSP,
     SNP_REPORT_REQ,
     SNP_REPORT_RSP,
     SNP_SECRETS_PAGE,
@@ -78,6 +80,10 @@ FIRMWARE_SECTIONS = [
     (0x6000, 0x1000, int(SectionType.CPUID)),
     (0x7000, 0x1000, int(SectionType.SVSM_CAA)),
 ]
+#: MSG_KEY_REQ payload size before FW 1.58 (snp.md 2.3: 32 bytes; 40 with LAUNCH_MIT_VECTOR).
+KEY_REQ_SIZE = 32
+#: GUEST_FIELD_SELECT bits (snp.md 2.3): GUEST_POLICY and MEASUREMENT.
+KEY_FIELDS_POLICY, KEY_FIELDS_MEASUREMENT = 1 << 0, 1 << 3
 #: Heap reserved per vCPU: its per-CPU area (data, GHCB, 8-page stack), page tables, VMPL0 VMSA.
 HEAP_PER_VCPU = 0x2_0000
 #: The guest-request pages of the SVSM (request, response, 4 certificate pages) per boot.
@@ -286,6 +292,9 @@ class Svsm:
         self.loop = RequestLoop(self.percpu, self.dispatcher, self.guest_vmpl, self.panicker, self.ghcb, self._clock)
         for v in self.platform.vcpus:
             v.register_vmpl_entry(0, self.loop.entry)
+        #: Root of module keys (``Providers.key_root``): derived by the PSP from the VCEK, bound to
+        #: the guest policy and the launch measurement, so a changed kernel gets other keys.
+        self.module_key_root = self._derive_key(0, KEY_FIELDS_POLICY | KEY_FIELDS_MEASUREMENT)
 
     def _svsm_owned(self, gpa: int, length: int) -> bool:
         first = gpa - gpa % PAGE
@@ -386,43 +395,70 @@ class Svsm:
     def _services(self) -> Sequence[tuple[uuid.UUID, bytes]]:
         return list(self.module_host.service_manifests()) if self.module_host is not None else []
 
-    def _fetch_report(self, cpu: int, report_data: bytes, cert_capacity: int | None) -> tuple[bytes, bytes]:
-        """A VMPL0 report through the guest-request channel (VMPCK0), certificates if asked."""
+    def _guest_request(
+        self, cpu: int, msg_type: MsgType, payload: bytes, cert_capacity: int | None = None
+    ) -> tuple[bytes, bytes]:
+        """One guest-request message exchange with the PSP under VMPCK0 (greq lock held).
+
+        :returns: (decrypted response payload, certificate table or b"").
+        :raises CertificateBufferTooSmall: the host needs more certificate pages (the message
+            was still consumed, so no IV is reused).
+        :raises InvalidRequest: the host or PSP failed, or the response did not authenticate;
+            VMPCK0 is retired then.
+        """
         vcpu, pc, lay = self.platform.vcpus[cpu], self.percpu[cpu], self.layout
         req_gpa, resp_gpa, cert_gpa = lay.greq_gpa, lay.greq_gpa + PAGE, lay.greq_gpa + 2 * PAGE
         view = vcpu.view(0)
-        with self._greq_lock:
-            if self._msg is None or not self._msg.usable:
-                raise InvalidRequest("VMPCK0 is wiped; no more guest requests")
-            req = SNP_REPORT_REQ(vmpl=0, flags=0)
-            req.report_data[:] = report_data
-            view.write(req_gpa, self._msg.request(MsgType.REPORT_REQ, bytes(req)), c_bit=False)
-            too_small = 0
-            if cert_capacity is None:
+        if self._msg is None or not self._msg.usable:
+            raise InvalidRequest("VMPCK0 is wiped; no more guest requests")
+        view.write(req_gpa, self._msg.request(msg_type, payload), c_bit=False)
+        too_small = pages = 0
+        if cert_capacity is None:
+            g = self.ghcb.nae(vcpu, pc, SwExitCode.SNP_GUEST_REQUEST, req_gpa, resp_gpa)
+        else:
+            pages = min(cert_capacity // PAGE, _GREQ_PAGES - 2)
+            g = self.ghcb.nae(vcpu, pc, SwExitCode.SNP_EXT_GUEST_REQUEST, req_gpa, resp_gpa, rax=cert_gpa, rbx=pages)
+            if g.sw_exit_info_2 >> 32 == 1 and not g.sw_exit_info_1:
+                # As Linux: re-issue the same message without certificates so its sequence
+                # number is consumed and no IV is ever used for two plaintexts.
+                too_small = g.rbx
                 g = self.ghcb.nae(vcpu, pc, SwExitCode.SNP_GUEST_REQUEST, req_gpa, resp_gpa)
-            else:
-                pages = min(cert_capacity // PAGE, _GREQ_PAGES - 2)
-                g = self.ghcb.nae(vcpu, pc, SwExitCode.SNP_EXT_GUEST_REQUEST, req_gpa, resp_gpa, rax=cert_gpa, rbx=pages)
-                if g.sw_exit_info_2 >> 32 == 1 and not g.sw_exit_info_1:
-                    # As Linux: re-issue the same message without certificates so its sequence
-                    # number is consumed and no IV is ever used for two plaintexts.
-                    too_small = g.rbx
-                    g = self.ghcb.nae(vcpu, pc, SwExitCode.SNP_GUEST_REQUEST, req_gpa, resp_gpa)
-            if g.sw_exit_info_1 or g.sw_exit_info_2:
-                # The request may have been consumed: never reuse its IV.
-                self._msg = None
-                raise InvalidRequest(f"guest request failed: {g.sw_exit_info_1:#x}/{g.sw_exit_info_2:#x}")
-            try:
-                payload = self._msg.response(view.read(resp_gpa, PAGE, c_bit=False))
-            except GuestMessageError as exc:
-                raise InvalidRequest("guest request response rejected") from exc
-            if too_small:
-                raise CertificateBufferTooSmall(too_small)
-            rsp = SNP_REPORT_RSP.from_buffer_copy(payload[: ctypes.sizeof(SNP_REPORT_RSP)])
-            if rsp.status:
-                raise InvalidRequest(f"PSP report status {rsp.status:#x}")
-            certs = _cert_table(view.read(cert_gpa, pages * PAGE, c_bit=False)) if cert_capacity else b""
-            return bytes(rsp.report)[: rsp.report_size], certs
+        if g.sw_exit_info_1 or g.sw_exit_info_2:
+            # The request may have been consumed: never reuse its IV.
+            self._msg = None
+            raise InvalidRequest(f"guest request failed: {g.sw_exit_info_1:#x}/{g.sw_exit_info_2:#x}")
+        try:
+            rsp = self._msg.response(view.read(resp_gpa, PAGE, c_bit=False))
+        except GuestMessageError as exc:
+            raise InvalidRequest("guest request response rejected") from exc
+        if too_small:
+            raise CertificateBufferTooSmall(too_small)
+        certs = _cert_table(view.read(cert_gpa, pages * PAGE, c_bit=False)) if cert_capacity else b""
+        return rsp, certs
+
+    def _fetch_report(self, cpu: int, report_data: bytes, cert_capacity: int | None) -> tuple[bytes, bytes]:
+        """A VMPL0 report through the guest-request channel (VMPCK0), certificates if asked."""
+        req = SNP_REPORT_REQ(vmpl=0, flags=0)
+        req.report_data[:] = report_data
+        with self._greq_lock:
+            payload, certs = self._guest_request(cpu, MsgType.REPORT_REQ, bytes(req), cert_capacity)
+        rsp = SNP_REPORT_RSP.from_buffer_copy(payload[: ctypes.sizeof(SNP_REPORT_RSP)].ljust(ctypes.sizeof(SNP_REPORT_RSP), b"\0"))
+        if rsp.status or rsp.report_size > len(rsp.report):
+            raise InvalidRequest(f"PSP report status {rsp.status:#x}")
+        return bytes(rsp.report)[: rsp.report_size], certs
+
+    def _derive_key(self, cpu: int, field_select: int) -> bytes:
+        """MSG_KEY_REQ: a VCEK-rooted key for VMPL0 bound to the guest fields in ``field_select``.
+
+        :raises InvalidRequest: the PSP refused.
+        """
+        req = SNP_KEY_REQ(root_key_select=0, guest_field_select=field_select, vmpl=0)
+        with self._greq_lock:
+            payload, _ = self._guest_request(cpu, MsgType.KEY_REQ, bytes(req)[:KEY_REQ_SIZE])
+        rsp = SNP_KEY_RSP.from_buffer_copy(payload[: ctypes.sizeof(SNP_KEY_RSP)].ljust(ctypes.sizeof(SNP_KEY_RSP), b"\0"))
+        if rsp.status:
+            raise InvalidRequest(f"PSP key status {rsp.status:#x}")
+        return bytes(rsp.derived_key)
 
     def shutdown(self) -> None:
         """Give back what the kernel holds and check its allocators for leaks.
@@ -444,6 +480,15 @@ class Svsm:
         self.slab.trim()
         self.areas.shutdown()
         self.allocator.check_leaks()
+
+    def attach_module_host(self, host: ModuleHost | None) -> None:
+        """Route the protocols the kernel does not serve to ``host`` from now on (None: nobody).
+
+        Lets the module runtime start after boot, with keys only the booted SVSM can derive
+        (:attr:`module_key_root`) and PSP reports (:meth:`module_report`).
+        """
+        self.module_host = host
+        self.dispatcher.module_host = host
 
     def module_report(self, report_data: bytes) -> bytes:
         """A VMPL0 report with caller-chosen REPORT_DATA, for module syscalls (``Providers.report``).

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import os
+import pathlib
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +37,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="VMPL the guest OS runs at (default 2, as COCONUT)")  # fmt: skip
     p.add_argument("--modules", choices=("none", "inprocess", "process"), default="none",
                    help="run the installed service modules (vTPM, ...): in sandboxed processes, in threads, "
-                        "or not at all (default); persist and migrate need --state/--incoming (later)")  # fmt: skip
+                        "or not at all (default); persist needs --state, migrate --incoming (later)")  # fmt: skip
+    p.add_argument("--state", metavar="DIR", type=pathlib.Path,
+                   help="persistent state: DIR/persist.img (the persist module's disk) and DIR/psp (the chip); "
+                        "implies --modules process unless given")  # fmt: skip
     p.add_argument("--lockdep", action="store_true", help="run with the lock-order checker on (report inversions)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -81,6 +85,7 @@ class WorkloadReport:
     allocator: dict[str, Any]
     locks: dict[str, Any]
     hypervisor: dict[str, Any]
+    modules: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def _asdict(nt: Any) -> dict[str, Any]:
@@ -188,11 +193,36 @@ def _render(rep: WorkloadReport) -> None:
     res.add_row("PVALIDATE_LOCK", f"{lk['read_acquisitions']} read, {lk['write_acquisitions']} write, {lk['contentions']} contended")
     res.add_row("lock order", ", ".join(f"{k}={v}" for k, v in rep.locks["lock_order"].items()))
     res.add_row("hypervisor", ", ".join(f"{k}={v}" for k, v in rep.hypervisor.items()))
+    for m in rep.modules:
+        res.add_row(f"module {m['name']}", f"{m['state']} ({m['mode']}), protocols {m['protocols'] or '-'}")
     con.print(res)
 
 
-#: Modules ``--modules`` leaves out until their options exist (persist needs a disk: --state DIR).
+#: Modules left out without ``--state`` (persist needs a disk) and ``--incoming`` (migrate, later).
 NEEDS_STATE = ("persist", "migrate")
+#: Size of a new ``DIR/persist.img`` in 4 KiB blocks (64 MiB, sparse).
+PERSIST_IMAGE_BLOCKS = 16384
+
+
+def _start_modules(stack: Any, cvm: Any, args: argparse.Namespace, mode: str) -> Any:
+    """Start the installed modules against the booted SVSM (keys and reports come from it)."""
+    from svsm.kernel.ipc import ModuleHost, Providers
+
+    disk = None
+    if args.state is not None:
+        from svsm.kernel.hw.blockdev import BlockDevice, DiskAdapter, FileImage
+
+        image = FileImage(args.state / "persist.img", num_blocks=PERSIST_IMAGE_BLOCKS)
+        stack.callback(image.close)
+        disk = DiskAdapter(BlockDevice(image))
+    providers = Providers(report=cvm.svsm.module_report, key_root=cvm.svsm.module_key_root, disk=disk)
+    blocked = ("migrate",) if args.state is not None else NEEDS_STATE
+    host = stack.enter_context(ModuleHost.from_installed(mode=mode, blocked=blocked, providers=providers))
+    cvm.svsm.attach_module_host(host)
+    stack.callback(cvm.svsm.attach_module_host, None)
+    for info in host.modules():
+        host.wait_module_ready(info.name, 30.0)
+    return host
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -202,21 +232,25 @@ def _main(args: argparse.Namespace) -> int:
     from svsm.kernel.sync import lock_order_checker
 
     opts = boot_options(args)
+    mode = args.modules
+    if args.state is not None:
+        try:
+            args.state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--state {args.state}: {exc}") from None
+        opts["psp_state_dir"] = str(args.state / "psp")
+        if mode == "none":
+            mode = "process"
     if args.lockdep:
         lock_order_checker().enable(raise_on_violation=False)
     try:
         with contextlib.ExitStack() as stack:
-            host = None
-            if args.modules != "none":
-                from svsm.kernel.ipc import ModuleHost
-
-                host = stack.enter_context(ModuleHost.from_installed(mode=args.modules, blocked=NEEDS_STATE))
-            cvm = stack.enter_context(boot(module_host=host, **opts))
-            if host is not None:
-                host.providers.report = cvm.svsm.module_report  # PSP reports for the report syscall
-                for info in host.modules():
-                    host.wait_module_ready(info.name, 30.0)
+            cvm = stack.enter_context(boot(**opts))
+            host = _start_modules(stack, cvm, args, mode) if mode != "none" else None
             rep = run_workload(cvm)
+            if host is not None:
+                rep.modules = [{"name": m.name, "version": m.version, "state": m.state, "mode": m.mode,
+                                "protocols": list(m.protocols)} for m in host.modules()]  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:

@@ -124,3 +124,27 @@ def test_svsm_run_with_modules(capsys: pytest.CaptureFixture[str]) -> None:
     rep = json.loads(capsys.readouterr().out)
     assert rep["protocols"]["vtpm"] == [1, 1]
     assert str(VTPM_SERVICE_GUID) in rep["attestation"]["manifest_services"]
+
+
+def test_module_key_root_is_bound_to_the_measurement() -> None:
+    with boot(vcpus=1, memory="12M") as a:
+        k1 = a.svsm.module_key_root
+    with boot(vcpus=1, memory="12M", seed=3) as b:
+        assert b.svsm.module_key_root == k1 and len(k1) == 32
+    with boot(vcpus=1, memory="16M") as c:  # another measurement, another key
+        assert c.svsm.module_key_root != k1
+
+
+@pytest.mark.slow
+def test_svsm_run_state_dir_survives_a_restart(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """--state DIR: the persist module gets DIR/persist.img and unseals it again on the next run
+    (same kernel, same chip in DIR/psp, so the same measurement-bound key)."""
+    from svsm.kernel.cli import main
+
+    for _ in range(2):
+        assert main(["run", "--state", str(tmp_path), "--modules", "inprocess", "--vcpus", "1",
+                     "--memory", "12M", "--json"]) == 0  # fmt: skip
+        rep = json.loads(capsys.readouterr().out)
+        states = {m["name"]: m["state"] for m in rep["modules"]}
+        assert states.get("persist") == "serving" and states.get("tpm") == "serving", states
+    assert (tmp_path / "persist.img").exists() and (tmp_path / "psp").is_dir()
