@@ -3,10 +3,12 @@
 The workload is what a Linux guest does on an SVSM: accept its memory (page state change +
 PVALIDATE through the SVSM), bring up every AP (CREATE_VCPU + AP creation; each AP then makes a
 call from its own thread), query the protocols, fetch a services attestation and verify it
-against the VCEK chain.  ``--json`` prints the same figures for scripts.
+against the VCEK chain (root pinned).  ``--json`` prints the same figures for scripts.
 
-Options are added in :func:`add_options` so later issues (``--state DIR``, ``--incoming PORT``)
-only add lines there and read them in :func:`boot_options`.
+``--modules`` starts the installed service modules after boot (their keys and reports come from
+the booted SVSM); ``--state DIR`` gives the persist module its disk and keeps the chip in DIR.
+Options are added in :func:`add_options`, so later ones (``--incoming PORT``) only add lines
+there and in :func:`_main`.
 """
 
 from __future__ import annotations
