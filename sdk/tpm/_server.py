@@ -60,7 +60,7 @@ def free_port_pair(host: str = "127.0.0.1", attempts: int = 200, rng: random.Ran
     """
     rng = rng or random.Random()
     lo, hi = _ephemeral_range()
-    ranges = [(r0, r1) for r0, r1 in ((10000, lo - 2), (hi + 1, 65533)) if r1 > r0]
+    ranges = [(r0, r1) for r0, r1 in ((10000, lo - 2), (hi + 1, 65533)) if r1 > r0] or [(1024, 65533)]
     for _ in range(attempts):
         r0, r1 = rng.choice(ranges)
         port = rng.randint(r0, r1)

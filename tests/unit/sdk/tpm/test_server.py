@@ -79,3 +79,13 @@ def test_swtpm_many_short_connections_and_control() -> None:
         assert srv.wait_stopped(5)
     assert dev.seen[-1] == (GETRANDOM, 2)
     assert srv.statistics().connections >= 9
+
+
+def test_free_port_pair_avoids_the_ephemeral_range_and_is_injectable() -> None:
+    import random
+
+    from svsm.sdk.tpm._server import _ephemeral_range
+
+    lo, hi = _ephemeral_range()
+    a = free_port_pair(rng=random.Random(7))
+    assert not lo <= a <= hi and not lo <= a + 1 <= hi
