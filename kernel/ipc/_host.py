@@ -352,6 +352,30 @@ class ModuleHost:
         """Give module ``name`` a saved state (migration destination)."""
         self._sups[name].restore_state(state)
 
+    def save_states(self) -> dict[str, bytes]:
+        """Every serving module's state, by name (migration source; modules without state omitted).
+
+        :raises Busy: a module is restarting (retry: migration must not lose its state).
+        """
+        out: dict[str, bytes] = {}
+        for name in sorted(self._sups):
+            sup = self._sups[name]
+            if sup.state is ModuleState.RESTARTING:
+                raise Busy(f"module {name} is restarting")
+            if sup.state is ModuleState.SERVING:
+                state = sup.save_state()
+                if state is not None:
+                    out[name] = state
+        return out
+
+    def restore_states(self, states: dict[str, bytes]) -> None:
+        """Give each named module its state (migration destination).
+
+        :raises KeyError: a state for a module this host does not run.
+        """
+        for name, state in sorted(states.items()):
+            self._sups[name].restore_state(state)
+
     def statistics(self) -> HostStatistics:
         """Counters over all modules."""
         stats = [s.statistics() for s in self._sups.values()]

@@ -47,7 +47,7 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def grant(self, manifest: Manifest) -> frozenset[str]:
         """Capabilities granted to ``manifest``: requested minus denied."""
         denied = set(self.deny_capabilities.get("*", ())) | set(self.deny_capabilities.get(manifest.name, ()))
-        return frozenset(str(c.value) for c in manifest.capabilities) - denied
+        return frozenset(str(getattr(c, "value", c)) for c in manifest.capabilities) - denied
 
 
 def load_policy(path: str | os.PathLike[str] | None) -> Policy:

@@ -263,6 +263,18 @@ class Tame(Calc):
     )
 
 
+def test_save_and_restore_all_states() -> None:
+    with host(Calc, Sleepy) as h:
+        h.call(P, 0, rcx=11)
+        states = h.save_states()
+    assert states == {"calc": b"11"}
+    with host(Calc, Sleepy) as h2:
+        h2.restore_states(states)
+        assert h2.call(P, 0, rcx=1).rcx == 12
+        with pytest.raises(KeyError):
+            h2.restore_states({"nope": b""})
+
+
 def test_check_module_conformance_passes_a_good_module_and_catches_a_crash() -> None:
     report = check_module(Tame)
     assert (report.name, report.calls_checked, report.state_round_trip) == ("tame", 3, True)
