@@ -39,7 +39,7 @@ from svsm.kernel.protocols import (
     VcpuRegistry,
     VmsaSummary,
 )
-from svsm.kernel.protocols._core import EFER_SVME
+from svsm.kernel.protocols._core import EFER_SVME, PERMS_RWX
 from svsm.kernel.sync import RWLock, SpinLock
 from svsm.sdk import FatalError, InvalidRequest
 from svsm.sdk.attestation import (
@@ -288,7 +288,8 @@ class Svsm:
             deposit_pool=self.allocator, pvalidate_lock=self.pvalidate_lock,
         )  # fmt: skip
         self.attest = AttestProtocol(self.memory, self._fetch_report, self._services)
-        self.dispatcher._handlers.update({SVSM_CORE_PROTOCOL: self.core, SVSM_ATTEST_PROTOCOL: self.attest})
+        self.dispatcher.register(SVSM_CORE_PROTOCOL, self.core)
+        self.dispatcher.register(SVSM_ATTEST_PROTOCOL, self.attest)
         self.loop = RequestLoop(self.percpu, self.dispatcher, self.guest_vmpl, self.panicker, self.ghcb, self._clock)
         for v in self.platform.vcpus:
             v.register_vmpl_entry(0, self.loop.entry)
@@ -354,7 +355,8 @@ class Svsm:
         ranges = [(firmware.gpa, len(firmware.data))] + [(s.gpa, s.size) for s in firmware.sections]
         for gpa, size in ranges:
             for p in range(gpa, gpa + size, PAGE):
-                self.core._grant_guest(0, p, False)
+                if self.cpu_ops.rmpadjust(0, p, False, self.guest_vmpl, PERMS_RWX, False):
+                    raise FatalError(f"granting firmware page {p:#x} to the guest failed")
         copy = SNP_SECRETS_PAGE.from_buffer_copy(bytes(self.secrets))
         for i in range(self.guest_vmpl):
             getattr(copy, f"vmpck{i}")[:] = bytes(32)

@@ -152,6 +152,15 @@ class Dispatcher:
         self._ok = 0
         self._failed = 0
 
+    def register(self, protocol: int, handler: Handler) -> None:
+        """Serve ``protocol`` in the kernel with ``handler`` (boot wires core and attestation).
+
+        :raises ValueError: the protocol already has a kernel handler.
+        """
+        if protocol in self._handlers:
+            raise ValueError(f"protocol {protocol} already has a kernel handler")
+        self._handlers[protocol] = handler
+
     def protocol_versions(self, protocol: int) -> tuple[int, int] | None:
         """(min, max) version of a protocol this SVSM serves, or None (QUERY_PROTOCOL)."""
         if protocol in self._handlers:

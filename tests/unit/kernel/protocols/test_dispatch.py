@@ -77,3 +77,13 @@ def test_no_module_host() -> None:
     with pytest.raises(UnsupportedProtocol):
         d.dispatch(RequestParams(0, 2 << 32))
     assert d.protocol_versions(2) is None
+
+
+def test_register_handler() -> None:
+    d = Dispatcher({})
+    seen: list[int] = []
+    d.register(0, lambda p: seen.append(p.call))
+    d.dispatch(RequestParams(0, 3))
+    assert seen == [3]
+    with pytest.raises(ValueError):
+        d.register(0, lambda p: None)
