@@ -11,6 +11,7 @@ import datetime
 import hmac as _hmac
 import logging
 import os
+import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -85,6 +86,8 @@ class Tpm(EntityMixin):
                  provision_ek_at: "datetime.datetime | None" = None) -> None:
         self.rng = rng
         self.clock = clock
+        #: commands and platform signals are serialized (transports may call from several threads)
+        self.lock = threading.RLock()
         self.powered = False
         self.started = False
         self.objects: dict[int, TpmObject] = {}
@@ -137,6 +140,10 @@ class Tpm(EntityMixin):
 
     def power_on(self) -> None:
         """Power on (_TPM_Init): every command but Startup now fails with TPM_RC_INITIALIZE."""
+        with self.lock:
+            self._power_on()
+
+    def _power_on(self) -> None:
         if not self.powered:
             self.powered = True
             self._clock_origin = self.clock()
@@ -145,6 +152,10 @@ class Tpm(EntityMixin):
 
     def power_off(self) -> None:
         """Power off: volatile state is lost (sessions, transient objects)."""
+        with self.lock:
+            self._power_off()
+
+    def _power_off(self) -> None:
         if self.powered:
             self.clock_ms = self.now_ms()
         self.powered = False
@@ -154,9 +165,10 @@ class Tpm(EntityMixin):
 
     def reset(self) -> None:
         """_TPM_Init while powered (TPM_SIGNAL_RESET)."""
-        if self.powered:
-            self.power_off()
-            self.power_on()
+        with self.lock:
+            if self.powered:
+                self._power_off()
+                self._power_on()
 
     def now_ms(self) -> int:
         """TPM clock in milliseconds (persisted across power cycles)."""
@@ -175,7 +187,8 @@ class Tpm(EntityMixin):
         :param include_volatile: also PCRs, loaded objects and sessions (migration, checkpoints).
         """
         from ._state import save_state
-        return save_state(self, include_volatile)
+        with self.lock:
+            return save_state(self, include_volatile)
 
     def nv_on(self) -> None:
         """mssim NV_ON: NV is always available in this engine."""
@@ -191,6 +204,10 @@ class Tpm(EntityMixin):
         :param locality: 0..4.
         :returns: the response bytes; errors are 10-byte responses carrying the TPM_RC.
         """
+        with self.lock:
+            return self._execute_locked(command, locality)
+
+    def _execute_locked(self, command: bytes, locality: int) -> bytes:
         self._n_commands += 1
         try:
             return self._execute(bytes(command), locality)
