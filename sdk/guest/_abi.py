@@ -119,6 +119,9 @@ _check_offsets(
 )  # fmt: skip
 #: Bytes of the calling area the SVSM reads and writes (the rest is the guest's buffer).
 CA_HEADER_SIZE = SVSM_CA.svsm_buffer.offset
+_CA_CALL_PENDING = SVSM_CA.call_pending.offset
+_CA_MEM_AVAILABLE = SVSM_CA.mem_available.offset
+_CA_NO_EOI_REQUIRED = SVSM_CA.no_eoi_required.offset
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,8 +140,7 @@ class CallingAreaHeader:
         """
         if len(raw) < CA_HEADER_SIZE:
             raise InvalidFormat("calling area header is 8 bytes")
-        ca = SVSM_CA.from_buffer_copy(bytes(raw[:CA_HEADER_SIZE]).ljust(ctypes.sizeof(SVSM_CA), b"\0"))
-        return cls(ca.call_pending, ca.mem_available, ca.no_eoi_required)
+        return cls(raw[_CA_CALL_PENDING], raw[_CA_MEM_AVAILABLE], raw[_CA_NO_EOI_REQUIRED])
 
     @property
     def pending(self) -> bool:
