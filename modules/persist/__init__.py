@@ -5,6 +5,7 @@ sealing key, an injected clock and RNG, and an optional freshness anchor.  See d
 """
 
 from ._anchor import AnchorClient as AnchorClient
+from ._anchor import AnchorClientStatistics as AnchorClientStatistics
 from ._anchor import TcpTransport as TcpTransport
 from ._anchor_service import AnchorService as AnchorService
 from ._anchor_service import AnchorStatistics as AnchorStatistics
@@ -46,6 +47,7 @@ __all__ = [
     "svsm_module_stop",
     "svsm_storage_request",
     "AnchorClient",
+    "AnchorClientStatistics",
     "AnchorService",
     "AnchorStatistics",
     "TcpTransport",

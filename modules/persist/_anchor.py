@@ -14,7 +14,7 @@ import hmac
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -23,7 +23,7 @@ from ._anchor_proto import FRAME_HEADER, MAX_FRAME, ProtocolViolation, decode, e
 from ._anchor_service import REPLY_CONTEXT
 from ._errors import AnchorError, CloneDetected, RollbackDetected
 
-__all__ = ["AnchorClient", "TcpTransport", "Attester"]
+__all__ = ["AnchorClient", "AnchorClientStatistics", "TcpTransport", "Attester"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,14 @@ def _recv(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+class AnchorClientStatistics(NamedTuple):
+    """Counters of one anchor client."""
+
+    calls: int
+    failures: int
+    holds_lease: bool
+
+
 class AnchorClient:
     """Talks to one anchor on behalf of one store.
 
@@ -80,6 +88,7 @@ class AnchorClient:
         self._key = anchor_key
         self._lease = b""
         self.calls = 0
+        self.failures = 0
 
     @property
     def pin(self) -> bytes:
@@ -106,6 +115,17 @@ class AnchorClient:
 
     def _call(self, op: str, store_id: bytes, generation: int = 0) -> dict[str, Any]:
         self.calls += 1
+        try:
+            return self._call_once(op, store_id, generation)
+        except Exception:
+            self.failures += 1
+            raise
+
+    def statistics(self) -> AnchorClientStatistics:
+        """Counters."""
+        return AnchorClientStatistics(self.calls, self.failures, bool(self._lease))
+
+    def _call_once(self, op: str, store_id: bytes, generation: int) -> dict[str, Any]:
         challenge = self._challenge()
         nonce = self._rng(32)
         request = {"op": op, "store_id": store_id.hex(), "generation": generation, "lease": self._lease.hex(),

@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"svsm: error: {exc}", file=sys.stderr)
         return 2
-    service = AnchorService(key, verifier, clock=time.monotonic_ns, rng=os.urandom,
+    service = AnchorService(key, verifier, clock=time.time_ns, rng=os.urandom,
                             state_path=args.state / "anchor.json", lease_ttl_ns=int(args.lease_ttl * 1e9),
                             allowed_measurements=allowed, require_vmpl0=not args.any_vmpl)
     server = serve_tcp(service, host or "127.0.0.1", int(port))

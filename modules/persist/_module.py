@@ -16,7 +16,7 @@ from svsm.sdk import Capability as Cap
 
 from ._errors import StoreUnavailable
 from ._format import BLOCK_SIZE
-from ._store import DEFAULT_QUOTA, FreshnessAnchor, Quota, Store
+from ._store import DEFAULT_QUOTA, FreshnessAnchor, Quota, Store, StoreStatistics
 
 __all__ = ["PersistModule", "SyscallBlockIO", "SEALING_KEY_CONTEXT"]
 
@@ -95,6 +95,10 @@ class PersistModule(Module):
         st = self.store.statistics()
         ctx.log.info("persist: serving generation %d, %d records in %d namespaces", st.generation,
                      st.records, st.namespaces)
+
+    def statistics(self) -> StoreStatistics | None:
+        """The store's figures (None before it opened)."""
+        return self.store.statistics() if self.store is not None else None
 
     @hookimpl
     def svsm_module_stop(self, ctx: ModuleContext) -> None:

@@ -52,6 +52,11 @@ def test_anchored_store_round_trip(env, world) -> None:
     s2 = env.open(anchor=world.client())
     assert s2.generation == 2 and s2.get("tpm", "nv") == b"1"
     assert world.service.statistics().identities == 1
+    s2.close()
+    client = world.client()
+    env.open(anchor=client)
+    st = client.statistics()
+    assert st.holds_lease and st.failures == 0 and st.calls >= 1
 
 
 def test_replayed_older_image_is_detected(env, world) -> None:
