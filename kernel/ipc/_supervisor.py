@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import socket
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -164,6 +164,7 @@ class ModuleSupervisor:
         self._timeout = min(self.manifest.request_timeout, ctx.limits.request_timeout_cap)
         self.ready = threading.Event()
         self._deadline = 0.0  # of the exchange in progress
+        self._pollin: Any = None
 
     # -- state -----------------------------------------------------------------------
     @property
@@ -225,6 +226,9 @@ class ModuleSupervisor:
         self.strikes = 0
         self._chan = Channel("kernel", recorder=self._ctx.recorder)
         self._link = self._spawn()
+        self._link.sock.setblocking(False)
+        self._pollin = select.poll()
+        self._pollin.register(self._link.sock, select.POLLIN)
         if self._link.sandboxed:
             report = self._read(deadline)
             if not isinstance(report, m.SandboxReport) or report.error:
@@ -389,13 +393,28 @@ class ModuleSupervisor:
         """Write one frame; a module that stops reading cannot stall us past the deadline."""
         assert self._chan is not None and self._link is not None
         sock = self._link.sock
+        view = memoryview(self._chan.send(msg))
         try:
-            sock.settimeout(max(0.001, self._deadline - self._ctx.clock()))
-            sock.sendall(self._chan.send(msg))
-        except socket.timeout:
-            raise ModuleFailure("deadline missed (module not reading its channel)") from None
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                except BlockingIOError:  # the module's receive buffer is full
+                    if not self._wait(select.POLLOUT, self._deadline - self._ctx.clock()):
+                        raise ModuleFailure("deadline missed (module not reading its channel)") from None
         except OSError as exc:
             raise ModuleFailure(f"channel write failed: {exc}") from None
+
+    def _wait(self, events: int, timeout: float) -> bool:
+        """poll() the channel for ``events`` up to ``timeout`` seconds; False on timeout."""
+        if timeout <= 0:
+            return False
+        assert self._link is not None
+        if events == select.POLLIN and self._pollin is not None:
+            poller = self._pollin
+        else:
+            poller = select.poll()
+            poller.register(self._link.sock, events)
+        return bool(poller.poll(timeout * 1000))
 
     def _strike(self, reason: str, code: int = ResultCode.INVALID_FORMAT) -> None:
         self.strikes += 1
@@ -417,14 +436,13 @@ class ModuleSupervisor:
                 self._strike(f"{type(exc).__name__}: {exc}")
                 continue
             if ev is NEED_DATA:
-                remaining = deadline - self._ctx.clock()
-                if remaining <= 0:
+                # non-blocking socket: poll, then one recv (no per-read fcntl of a timeout socket)
+                if not self._wait(select.POLLIN, deadline - self._ctx.clock()):
                     raise ModuleFailure("deadline missed (hung)")
                 try:
-                    sock.settimeout(remaining)
                     n = sock.recv_into(self._rbuf)
-                except socket.timeout:
-                    raise ModuleFailure("deadline missed (hung)") from None
+                except BlockingIOError:
+                    continue
                 except OSError as exc:
                     raise ModuleFailure(f"channel read failed: {exc}") from None
                 chan.receive_data(memoryview(self._rbuf)[:n] if n else b"")
