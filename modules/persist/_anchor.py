@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 Attester = Callable[[bytes], tuple[bytes, bytes]]
 
 
+class _Refused(AnchorError):
+    """The anchor authentically refused the request (bad challenge, report or policy)."""
+
+
 class TcpTransport:
     """One request/reply exchange per TCP connection to ``host:port``.
 
@@ -87,6 +91,7 @@ class AnchorClient:
         self._exchange, self._attest, self._rng = exchange, attest, rng
         self._key = anchor_key
         self._lease = b""
+        self._next: bytes | None = None
         self.calls = 0
         self.failures = 0
 
@@ -126,7 +131,16 @@ class AnchorClient:
         return AnchorClientStatistics(self.calls, self.failures, bool(self._lease))
 
     def _call_once(self, op: str, store_id: bytes, generation: int) -> dict[str, Any]:
-        challenge = self._challenge()
+        cached, self._next = self._next, None
+        try:
+            return self._exchange_op(op, store_id, generation, cached or self._challenge())
+        except _Refused:
+            if cached is None:
+                raise
+            # an authentic refusal: the cached challenge may have expired; once more with a fresh one
+            return self._exchange_op(op, store_id, generation, self._challenge())
+
+    def _exchange_op(self, op: str, store_id: bytes, generation: int, challenge: bytes) -> dict[str, Any]:
         nonce = self._rng(32)
         request = {"op": op, "store_id": store_id.hex(), "generation": generation, "lease": self._lease.hex(),
                    "challenge": challenge.hex(), "client_nonce": nonce.hex()}
@@ -140,13 +154,19 @@ class AnchorClient:
             raise AnchorError(f"anchor answer to {op} is not authentic") from None
         if not hmac.compare_digest(reply["client_nonce"], nonce) or reply["op"] != op:
             raise AnchorError(f"anchor answer to {op} is not bound to this request")
+        nxt = answer.get("next_challenge")
+        if isinstance(nxt, str) and len(nxt) == 64:
+            try:
+                self._next = bytes.fromhex(nxt)
+            except ValueError:
+                self._next = None
         status = reply["status"]
         if status == "clone":
             raise CloneDetected(f"another instance holds the anchor lease of store {store_id.hex()}")
         if status == "rollback":
             raise RollbackDetected(f"anchor refused generation {generation} (anchored {reply['generation']})")
         if status != "ok":
-            raise AnchorError(f"anchor refused {op} ({status})")
+            raise _Refused(f"anchor refused {op} ({status})")
         return reply
 
     def acquire(self, store_id: bytes) -> int | None:

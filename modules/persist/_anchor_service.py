@@ -181,7 +181,10 @@ class AnchorService:
         elif status == "rollback":
             self._rollbacks += 1
         sig = self._key.sign(REPLY_CONTEXT + canonical(reply))
-        return {"type": "reply", "reply": reply, "signature": sig.hex()}
+        # The next single-use challenge rides along (unsigned: a forged one is merely refused),
+        # so a client needs one round trip per operation.
+        return {"type": "reply", "reply": reply, "signature": sig.hex(),
+                "next_challenge": self._challenge()["challenge"]}
 
     def _op(self, msg: dict[str, Any]) -> dict[str, Any]:
         raw_req = msg.get("request")

@@ -228,6 +228,23 @@ def test_host_in_the_middle_is_detected(env, world, attack: str) -> None:
         s.put("tpm", "nv", b"y")
 
 
+def test_one_round_trip_per_commit_and_expired_challenges_are_refetched(env, world) -> None:
+    sent: list[str] = []
+
+    def counting(msg):
+        sent.append(msg["type"])
+        return world.service.handle(msg)
+
+    s = env.open(anchor=world.client(exchange=counting))
+    sent.clear()
+    s.put("tpm", "nv", b"1")
+    assert sent == ["op"]  # the challenge came with the previous reply
+    world.now += 61 * SEC  # the cached challenge expired (the lease too, but nobody took it)
+    sent.clear()
+    s.put("tpm", "nv", b"2")
+    assert sent == ["op", "challenge", "op"]  # refused once, then a fresh challenge
+
+
 def test_generation_is_monotonic_at_the_anchor(env, world) -> None:
     c = world.client()
     c.acquire(b"s" * 16)
