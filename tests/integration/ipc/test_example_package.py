@@ -71,6 +71,15 @@ def test_example_package_installs_and_serves(venv: Any) -> None:
     call = _svsm(py, "modules", "call", "0x40000001", "0", "--rcx", "41", "--json", *OTHERS)
     assert call.returncode == 0, call.stderr
     assert json.loads(call.stdout)["rcx"] == 41
+    # the package's own tests, against the installed copy, through the SDK's pytest plugin
+    tests = subprocess.run(
+        [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(root), str(EXAMPLE / "tests")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
 
 
 def test_scaffolded_module_installs_lists_and_passes_its_tests(venv: Any) -> None:

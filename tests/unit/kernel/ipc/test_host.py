@@ -334,3 +334,53 @@ def test_failing_start_is_retried_then_disabled() -> None:
         assert sup.state is ModuleState.DEAD and "svsm_module_start failed" in sup.last_failure
         assert sup.statistics().failures == 3
         assert not h.serves(P + 8)
+
+
+def _fake_peer(reply: Any) -> Any:
+    """A ThreadLink whose 'module' speaks raw frames: ``reply(hello) -> frame to answer``."""
+    import socket
+    import threading
+
+    from svsm.kernel.ipc._process import ThreadLink
+    from svsm.sdk.abi import NEED_DATA, Channel
+
+    class Peer(ThreadLink):
+        def __init__(self, obj: Any, *, name: str, recorder: Any = None) -> None:
+            self.sock, end = socket.socketpair()
+            self._module_end, self._exit = end, None
+
+            def run() -> None:
+                ch = Channel("module")
+                while (ev := ch.next_event()) is NEED_DATA:
+                    ch.receive_data(end.recv(4096))
+                end.sendall(ch.send(reply(ev)))
+                end.recv(4096)  # wait until the kernel closes
+
+            self._thread = threading.Thread(target=run, daemon=True)
+            self._thread.start()
+
+    return Peer
+
+
+def test_abi_major_mismatch_disables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from svsm.kernel.ipc import _supervisor
+    from svsm.sdk.abi import HelloAck
+
+    monkeypatch.setattr(
+        _supervisor, "spawn_thread", _fake_peer(lambda hello: HelloAck(abi_major=hello.abi_major + 1, abi_minor=0, name="calc"))
+    )
+    with host() as h:
+        sup = h.module("calc")
+        assert sup.state is ModuleState.DEAD and "ABI major" in sup.last_failure
+        assert h.call(P, 0).rax == ResultCode.UNSUPPORTED_PROTOCOL
+
+
+def test_handshake_with_wrong_name_is_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from svsm.kernel.ipc import _supervisor
+    from svsm.sdk.abi import HelloAck
+
+    monkeypatch.setattr(_supervisor, "spawn_thread", _fake_peer(lambda hello: HelloAck(abi_major=1, abi_minor=0, name="evil")))
+    with host(limits=Limits(backoff_base=60)) as h:
+        sup = h.module("calc")
+        assert sup.state is ModuleState.RESTARTING and "handshake" in sup.last_failure
+        assert h.call(P, 0).rax == ResultCode.BUSY
