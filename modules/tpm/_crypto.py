@@ -44,6 +44,9 @@ CURVES: dict[int, tuple[type, int, int]] = {
 }
 
 
+_HASH_CTORS = {alg: getattr(hashlib, name) for alg, (name, _size) in HASHES.items()}
+
+
 def digest_size(alg: int) -> int:
     """Digest size of hash ``alg``.
 
@@ -76,18 +79,15 @@ def hash_new(alg: int) -> "hashlib._Hash":
 
 def H(alg: int, *parts: bytes) -> bytes:
     """H_alg(part1 || part2 || ...)."""
-    h = hash_new(alg)
-    for p in parts:
-        h.update(p)
-    return h.digest()
+    try:
+        return _HASH_CTORS[alg](b"".join(parts)).digest()
+    except KeyError:
+        raise TpmError(RC.HASH) from None
 
 
 def hmac_digest(alg: int, key: bytes, *parts: bytes) -> bytes:
     """HMAC_alg(key, part1 || part2 || ...)."""
-    m = hmac.new(key, digestmod=HASHES[alg][0])
-    for p in parts:
-        m.update(p)
-    return m.digest()
+    return hmac.digest(key, b"".join(parts), HASHES[alg][0])  # one-shot C path
 
 
 def _label(label: bytes) -> bytes:
@@ -110,7 +110,7 @@ def kdfa(alg: int, key: bytes, label: bytes, context_u: bytes, context_v: bytes,
     out = bytearray()
     i = 1
     while len(out) < need:
-        out += hmac.new(key, _BE32(i) + lab + tail, name).digest()
+        out += hmac.digest(key, _BE32(i) + lab + tail, name)
         i += 1
     return bytes(out[:need])
 
