@@ -142,19 +142,24 @@ def open_scaling(d: str, max_mib: int) -> None:
             have += n
         store.close()
         image.close()
-        t = time.perf_counter()
+        t_open = t_scrub = t_raw = float("inf")
+        for _ in range(3):  # best of three, interleaved: the disk and CPUs are shared
+            t = time.perf_counter()
+            s2, image = _open(path)
+            t_open = min(t_open, time.perf_counter() - t)
+            t = time.perf_counter()
+            assert s2.scrub() == have
+            t_scrub = min(t_scrub, time.perf_counter() - t)
+            hw = s2.statistics().blocks_used
+            t = time.perf_counter()
+            with open(path, "rb") as f:  # the blocks the store uses, read sequentially
+                left = hw * BLOCK_SIZE
+                while left > 0 and f.read(min(left, 1 << 20)):
+                    left -= 1 << 20
+            t_raw = min(t_raw, time.perf_counter() - t)
+            s2.close()
+            image.close()
         s2, image = _open(path)
-        t_open = time.perf_counter() - t
-        t = time.perf_counter()
-        assert s2.scrub() == have
-        t_scrub = time.perf_counter() - t
-        hw = s2.statistics().blocks_used
-        t = time.perf_counter()
-        with open(path, "rb") as f:  # the blocks the store uses, read sequentially
-            left = hw * BLOCK_SIZE
-            while left > 0 and f.read(min(left, 1 << 20)):
-                left -= 1 << 20
-        t_raw = time.perf_counter() - t
         print(f"store {mib:4d} MiB ({have} records, {hw} blocks, index depth {s2.statistics().index_depth}): "
               f"open {t_open * 1e3:8.1f} ms, scrub {t_scrub * 1e3:8.1f} ms | raw read of the used blocks "
               f"{t_raw * 1e3:7.1f} ms | open/raw {t_open / t_raw:.2f}x, scrub/raw {t_scrub / t_raw:.2f}x")
