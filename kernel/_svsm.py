@@ -285,7 +285,7 @@ class Svsm:
         self.core = CoreProtocol(
             self.memory, self.cpu_ops, self.registry, self.guest_vmpl,
             self._apic_to_cpu, self._attach, self._current, self.dispatcher.protocol_versions,
-            deposit_pool=self.allocator, pvalidate_lock=self.pvalidate_lock,
+            deposit_pool=self.allocator, pvalidate_lock=self.pvalidate_lock, free_svsm_vmsa=self._free_guest_vmsa,
         )  # fmt: skip
         self.attest = AttestProtocol(self.memory, self._fetch_report, self._services)
         self.dispatcher.register(SVSM_CORE_PROTOCOL, self.core)
@@ -296,6 +296,13 @@ class Svsm:
         #: Root of module keys (``Providers.key_root``): derived by the PSP from the VCEK, bound to
         #: the guest policy and the launch measurement, so a changed kernel gets other keys.
         self.module_key_root = self._derive_key(0, KEY_FIELDS_POLICY | KEY_FIELDS_MEASUREMENT)
+
+    def _free_guest_vmsa(self, gpa: int) -> None:
+        """DELETE_VCPU removed the boot VMSA the SVSM allocated: take the page back."""
+        if gpa != self.guest_vmsa_gpa:
+            raise FatalError(f"SVSM-owned VMSA {gpa:#x} is not the boot VMSA")
+        self.guest_vmsa_gpa = None
+        self.allocator.free_page(gpa)
 
     def _svsm_owned(self, gpa: int, length: int) -> bool:
         first = gpa - gpa % PAGE

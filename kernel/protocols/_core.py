@@ -136,6 +136,8 @@ class CoreProtocol:
     :param protocol_versions: protocol -> (min, max) or None, for QUERY_PROTOCOL.
     :param deposit_pool: where DEPOSIT_MEM puts pages (None: DEPOSIT/WITHDRAW unsupported).
     :param pvalidate_lock: ``PVALIDATE_LOCK``; created if not given.
+    :param free_svsm_vmsa: takes back a VMSA page the SVSM allocated itself (the boot VMSA)
+        when DELETE_VCPU removes it; such a page never goes to the guest.
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class CoreProtocol:
         protocol_versions: Callable[[int], tuple[int, int] | None],
         deposit_pool: DepositPool | None = None,
         pvalidate_lock: RWLock[None] | None = None,
+        free_svsm_vmsa: Callable[[int], None] | None = None,
     ) -> None:
         if not 1 <= guest_vmpl <= 3:
             raise ValueError("guest VMPL must be 1..3")
@@ -162,6 +165,7 @@ class CoreProtocol:
         self._current = current
         self._versions = protocol_versions
         self._pool = deposit_pool
+        self._free_svsm_vmsa = free_svsm_vmsa
         self.pvalidate_lock: RWLock[None] = pvalidate_lock or RWLock(None, name="PVALIDATE_LOCK")
         self._stats_lock = threading.Lock()
         self._counts = dict.fromkeys(CoreStatistics._fields, 0)
@@ -342,7 +346,10 @@ class CoreProtocol:
                 raise InvalidParameter("VMSA not registered or not in use")
             self._ops.clear_svme(cpu, vmsa_gpa)
             self._rmpadjust(cpu, vmsa_gpa, False, self.guest_vmpl, 0, vmsa=False)
-            self._grant_guest(cpu, vmsa_gpa, False)
+            if rec.guest_owned:
+                self._grant_guest(cpu, vmsa_gpa, False)
+            elif self._free_svsm_vmsa is not None:
+                self._free_svsm_vmsa(vmsa_gpa)  # an SVSM page: back to its allocator, never to the guest
             self._ops.flush_tlb()
             self.registry.unregister(vmsa_gpa, require_in_use=True)
             if self._current(rec.cpu) == (vmsa_gpa, rec.caa_gpa):

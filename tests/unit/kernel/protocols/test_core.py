@@ -246,3 +246,21 @@ def test_deposited_page_in_use_cannot_be_withdrawn(guest: Any, cvm: Any) -> None
     for p in held:
         alloc.free_page(p)
     assert page_list_call(guest, SVSM_REQ_CORE_WITHDRAW_MEM, [a])[0] == RC.SUCCESS
+
+
+def test_delete_the_boot_vmsa_returns_the_svsm_page(guest: Any, cvm: Any, invariants: Any) -> None:
+    """An AP deletes the BSP's boot VMSA (an SVSM page): it goes back to the SVSM allocator, never
+    to the guest, and the BSP can no longer run the guest."""
+    from svsm.kernel.hw import GuestTerminated, VmrunError
+    from svsm.sdk import FatalError
+
+    boot_vmsa = cvm.svsm.guest_vmsa_gpa
+    ap = guest.start_ap(1)
+    assert core(ap, SVSM_REQ_CORE_DELETE_VCPU, boot_vmsa).rax == RC.SUCCESS
+    entry = cvm.platform.rmp.read(boot_vmsa >> 12)
+    assert not entry.vmsa and not any(entry.perms[guest.vmpl:])
+    assert cvm.svsm.allocator.owns(boot_vmsa) and cvm.svsm.allocator.page_info(boot_vmsa).type == 0  # FREE
+    invariants(cvm)
+    assert ap.query_protocol(0) == (1, 1)
+    with pytest.raises((FatalError, VmrunError, GuestTerminated)):
+        guest.query_protocol(0)  # the BSP's guest has no runnable VMSA any more
