@@ -8,6 +8,7 @@ and a supervisor thread that restarts failed modules with backoff.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import shutil
@@ -173,6 +174,7 @@ class ModuleHost:
             open_files=self.policy.open_files,
             speculation_mitigations=self.policy.speculation_mitigations,
         )
+        self._ctx.spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="svsm-module-spawner")
         self._ctx.uid_switch = others_can_read([sys.base_prefix, sys.prefix, *self._ctx.read_only])
         self._sups: dict[str, ModuleSupervisor] = {}
         self._by_protocol: dict[int, ModuleSupervisor] = {}
@@ -251,6 +253,7 @@ class ModuleHost:
         order = sorted(self._sups.values(), key=lambda s: "serve_storage" in s.granted)
         for sup in order:
             sup.stop()
+        self._ctx.spawner.shutdown(wait=True)
         if self._own_dir:
             shutil.rmtree(self._ctx.runtime_dir, ignore_errors=True)
 

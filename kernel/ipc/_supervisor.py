@@ -118,6 +118,8 @@ class HostContext:
     cpu_seconds: int = 600
     open_files: int = 64
     speculation_mitigations: bool = True
+    #: the thread that forks module processes (lives as long as the host).
+    spawner: Any = None
     uid_base: int = 200_000
     #: False when the Python installation is not readable by other uids (then capabilities are dropped instead).
     uid_switch: bool = True
@@ -282,7 +284,11 @@ class ModuleSupervisor:
             read_only=ro,
             list_only=[os.path.dirname(p) for p in self.spec.code_paths if p.endswith("__init__.py")],
         )
-        return spawn_process(self.spec.ref, cfg, name=self.name)
+        # Spawned from the host's long-lived spawner thread: the child's PDEATHSIG fires when the
+        # *thread* that forked it exits, so a short-lived caller thread must not be its parent.
+        if self._ctx.spawner is None:
+            return spawn_process(self.spec.ref, cfg, name=self.name)
+        return self._ctx.spawner.submit(spawn_process, self.spec.ref, cfg, name=self.name).result()
 
     def _verified(self, claimed: list[str]) -> list[str]:
         """Keep only claims the kernel can confirm from /proc when it can check them."""

@@ -336,3 +336,16 @@ def test_a_module_that_stops_reading_cannot_stall_the_kernel(svsm_module_host: A
     assert time.monotonic() - t < 10
     assert "deadline" in h.module("deaf").last_failure
     _alive(h)
+
+
+def test_modules_outlive_the_thread_that_started_the_host(svsm_module_host: Any) -> None:
+    import threading
+
+    hosts: list[Any] = []
+    t = threading.Thread(target=lambda: hosts.append(svsm_module_host(Echo, mode="process")))
+    t.start()
+    t.join()
+    time.sleep(0.3)  # a PDEATHSIG tied to the starting thread would have fired by now
+    (h,) = hosts
+    _alive(h)
+    assert h.module("bystander").statistics().failures == 0
