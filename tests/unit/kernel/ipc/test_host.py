@@ -384,3 +384,25 @@ def test_handshake_with_wrong_name_is_a_failure(monkeypatch: pytest.MonkeyPatch)
         sup = h.module("calc")
         assert sup.state is ModuleState.RESTARTING and "handshake" in sup.last_failure
         assert h.call(P, 0).rax == ResultCode.BUSY
+
+
+def test_concurrent_vcpus_are_serialised_per_module() -> None:
+    import threading
+
+    with host(Calc, Sleepy) as h:
+        errors: list[int] = []
+
+        def vcpu() -> None:
+            for _ in range(25):
+                out = h.call(P, 0, rcx=1)
+                if out.rax:
+                    errors.append(out.rax)
+                h.call(P + 5, 0, rcx=0)
+
+        threads = [threading.Thread(target=vcpu) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert h.call(P, 0, rcx=0).rcx == 100  # every increment landed exactly once
