@@ -120,3 +120,34 @@ def test_vtpm_keeps_its_seeds_across_boots_in_sandboxed_processes(tmp_path) -> N
     assert first and keys  # the vTPM saved its state through the persistence module
     second, _ = boot()
     assert second == first  # same EK: the seeds came back from the sealed store
+
+
+def test_syscall_block_io_splits_large_transfers() -> None:
+    from svsm.modules.persist import SyscallBlockIO
+
+    disk = DiskAdapter(BlockDevice(MemoryImage(300)))
+    calls: list[tuple[str, int]] = []
+
+    class Sys:
+        def disk_size(self) -> int:
+            return disk.size()
+
+        def disk_read(self, offset: int, size: int) -> bytes:
+            calls.append(("r", size))
+            return disk.read(offset, size)
+
+        def disk_write(self, offset: int, data: bytes) -> None:
+            calls.append(("w", len(data)))
+            disk.write(offset, data)
+
+        def disk_flush(self) -> None:
+            calls.append(("f", 0))
+
+    io = SyscallBlockIO(Sys())
+    assert io.num_blocks == 300
+    data = bytes(range(256)) * 16 * 130  # 130 blocks
+    io.write(5, data)
+    io.flush()
+    assert io.read(5, 130) == data
+    assert [c for c in calls if c[0] == "w"] == [("w", 64 * 4096), ("w", 64 * 4096), ("w", 2 * 4096)]
+    assert max(size for kind, size in calls if kind == "r") == 64 * 4096
