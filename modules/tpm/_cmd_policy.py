@@ -124,9 +124,40 @@ def _policy_secret(tpm: "Tpm", ctx: Ctx, nonce_tpm: bytes, cp_hash_a: bytes, pol
         s.timeout = t if s.timeout is None else min(s.timeout, t)
     if cp_hash_a and s.type != SE.TRIAL:
         s.cp_hash = cp_hash_a
-    s.extend_policy(u32(CC.PolicySecret), tpm.name_of(ctx.handles[0], ctx.ent[0]))
+    name = tpm.name_of(ctx.handles[0], ctx.ent[0])
+    s.extend_policy(u32(CC.PolicySecret), name)
     s.policy = _h(s, s.policy, policy_ref)
-    return tpm2b(b"") + u16(ST.AUTH_SECRET) + u32(RH.NULL) + tpm2b(b"")
+    return _ticket_out(tpm, ST.AUTH_SECRET, _hierarchy_of(ctx.handles[0], ctx.ent[0]), expiration, nonce_tpm,
+                       cp_hash_a, policy_ref, name)
+
+
+def _hierarchy_of(h: int, ent: object) -> int:
+    """The hierarchy an entity belongs to (ref EntityGetHierarchy), for ticket proofs."""
+    from ._nv import NvIndex
+    from ._objects import TpmObject
+    from ._constants import TPMA_NV
+    if isinstance(ent, TpmObject):
+        return ent.hierarchy
+    if isinstance(ent, NvIndex):
+        return RH.PLATFORM if ent.attrs & TPMA_NV.PLATFORMCREATE else RH.OWNER
+    return h if h in (RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM) else RH.OWNER
+
+
+def _auth_ticket(tpm: "Tpm", tag: int, hier: int, timeout: bytes, cp_hash_a: bytes, policy_ref: bytes,
+                 name: bytes) -> bytes:
+    """TPMT_TK_AUTH: HMAC(proof(hierarchy), tag || timeout || cpHashA || policyRef || authName)."""
+    from ._cmd_object import make_ticket
+    return make_ticket(tpm, tag, hier, timeout, cp_hash_a, policy_ref, name)
+
+
+def _ticket_out(tpm: "Tpm", tag: int, hier: int, expiration: int, nonce_tpm: bytes, cp_hash_a: bytes,
+                policy_ref: bytes, name: bytes) -> bytes:
+    """timeout || policyTicket: a real ticket only for a negative expiration bound to a nonce (ref)."""
+    from ._marshal import u64
+    if expiration < 0 and nonce_tpm and hier != RH.NULL:
+        timeout = u64(tpm.now_ms() + 1000 * -expiration)
+        return tpm2b(timeout) + _auth_ticket(tpm, tag, hier, timeout, cp_hash_a, policy_ref, name)
+    return tpm2b(b"") + u16(tag) + u32(RH.NULL) + tpm2b(b"")
 
 
 def _h(s: Session, *parts: bytes) -> bytes:
@@ -289,12 +320,39 @@ def _policy_signed(tpm: "Tpm", ctx: Ctx, nonce_tpm: bytes, cp_hash_a: bytes, pol
                 raise TpmError(RC.CPHASH)
             s.cp_hash = cp_hash_a
     _policy_ref_update(s, CC.PolicySigned, key.name, policy_ref)
-    return tpm2b(b"") + u16(ST.AUTH_SIGNED) + u32(RH.NULL) + tpm2b(b"")
+    return _ticket_out(tpm, ST.AUTH_SIGNED, key.hierarchy, expiration, nonce_tpm, cp_hash_a, policy_ref, key.name)
 
 
 def _p_ticket(r: Reader) -> tuple[int, int, bytes]:
     from ._structs import read_ticket
     return read_ticket(r)
+
+
+def _p_timeout(r: Reader) -> bytes:
+    return r.tpm2b(8)
+
+
+@command(CC.PolicyTicket, ("policy",), decrypt=True,
+         params=(_p_timeout, p_digest, _p_nonce, lambda r: r.tpm2b(66), _p_ticket))
+def _policy_ticket(tpm: "Tpm", ctx: Ctx, timeout: bytes, cp_hash_a: bytes, policy_ref: bytes, auth_name: bytes,
+                   ticket: tuple[int, int, bytes]) -> bytes:
+    import hmac as _hmac
+    s = _ps(ctx)
+    tag, hier, digest = ticket
+    if tag not in (ST.AUTH_SECRET, ST.AUTH_SIGNED) or hier not in tpm.proofs or hier == RH.NULL:
+        raise TpmError(rc_param(RC.TICKET, 5))
+    if len(timeout) != 8 or int.from_bytes(timeout, "big") < tpm.now_ms():
+        raise TpmError(rc_param(RC.EXPIRED, 1))
+    expect = _auth_ticket(tpm, tag, hier, timeout, cp_hash_a, policy_ref, auth_name)
+    if not _hmac.compare_digest(expect, u16(tag) + u32(hier) + tpm2b(digest)):
+        raise TpmError(rc_param(RC.TICKET, 5))
+    if cp_hash_a:
+        if s.cp_hash and s.cp_hash != cp_hash_a:
+            raise TpmError(RC.CPHASH)
+        s.cp_hash = cp_hash_a
+    s.timeout = tpm.clock() + (int.from_bytes(timeout, "big") - tpm.now_ms()) / 1000
+    _policy_ref_update(s, CC.PolicySigned if tag == ST.AUTH_SIGNED else CC.PolicySecret, auth_name, policy_ref)
+    return b""
 
 
 @command(CC.PolicyAuthorize, ("policy",), decrypt=True,

@@ -83,6 +83,7 @@ class CC:
     PolicyLocality = 0x16F
     PolicyNameHash = 0x170
     PolicyOR = 0x171
+    PolicyTicket = 0x172
     ReadPublic = 0x173
     RSA_Encrypt = 0x174
     StartAuthSession = 0x176

@@ -181,3 +181,25 @@ def test_policy_authorize_nv(esys) -> None:
     with pytest.raises(TSS2_Exception) as e:
         esys.policy_authorize_nv(nv, p)  # current digest (zeros) is not the approved one
     assert e.value.rc == 0x084
+
+
+def test_policy_secret_ticket_replays_through_policy_ticket(esys, clock) -> None:
+    p = _session(esys)
+    nonce = bytes(esys.trsess_get_nonce_tpm(p))
+    timeout, ticket = esys.policy_secret(ESYS_TR.OWNER, p, nonce, b"", b"ref", -60)
+    assert int(ticket.tag) == 0x8023 and int(ticket.hierarchy) == 0x40000001 and len(timeout.marshal()) == 10
+    expect = bytes(esys.policy_get_digest(p))
+    owner_name = struct.pack(">I", 0x40000001)
+    p2 = _session(esys)
+    esys.policy_ticket(p2, timeout, owner_name, ticket, b"", b"ref")
+    assert bytes(esys.policy_get_digest(p2)) == expect
+    p3 = _session(esys)
+    with pytest.raises(TSS2_Exception) as e:  # a different policyRef does not match the ticket
+        esys.policy_ticket(p3, timeout, owner_name, ticket, b"", b"other")
+    assert e.value.rc == 0x5E0  # TICKET, parameter 5
+    clock.now += 61
+    with pytest.raises(TSS2_Exception) as e:
+        esys.policy_ticket(p3, timeout, owner_name, ticket, b"", b"ref")
+    assert e.value.rc == 0x1E3  # EXPIRED, parameter 1
+    _, null_ticket = esys.policy_secret(ESYS_TR.OWNER, _session(esys), b"", b"", b"", -60)
+    assert int(null_ticket.hierarchy) == 0x40000007  # no nonce: no ticket
