@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._constants import ALG, CC, HT, RC, RH, ST, TPMA_OBJECT, rc_handle, rc_param
+from ._constants import ALG, CC, HT, RC, RH, ST, TPMA_OBJECT, rc_handle, rc_param, rc_session
 from ._crypto import H, HASHES, hmac_digest, strip_zeros
 from ._dispatch import ADMIN, USER, Ctx, command, p_data, p_digest, p_u32
 from ._marshal import Reader, TpmError, tpm2b, u8, u16, u32
@@ -16,7 +16,7 @@ from ._structs import Public, marshal_pcr_selection, read_pcr_selection, read_pu
 if TYPE_CHECKING:
     from ._engine import Tpm
 
-__all__ = ["qualified_name", "creation_outputs", "make_ticket"]
+__all__ = ["qualified_name", "creation_outputs", "make_ticket", "check_template"]
 
 
 def qualified_name(parent_qn: bytes, name: bytes, name_alg: int) -> bytes:
@@ -54,6 +54,17 @@ def _check_sel(sel: list[tuple[int, int]]) -> None:
             raise TpmError(rc_param(RC.VALUE, 4))
 
 
+def check_template(ctx: Ctx, pub: Public) -> None:
+    """A PolicyTemplate session only authorizes creating objects from exactly that template.
+
+    :raises TpmError: POLICY_FAIL on the session.
+    """
+    if ctx.template is not None:
+        digest, alg, i = ctx.template
+        if H(alg, pub.marshal()) != digest:
+            raise TpmError(rc_session(RC.POLICY_FAIL, i + 1))
+
+
 def _new_primary(tpm: "Tpm", hier: int, sens: tuple[bytes, bytes], pub: Public) -> TpmObject:
     auth, data = sens
     validate_public(pub, data, auth, None)
@@ -68,6 +79,7 @@ def _new_primary(tpm: "Tpm", hier: int, sens: tuple[bytes, bytes], pub: Public) 
 def _create_primary(tpm: "Tpm", ctx: Ctx, sens: tuple[bytes, bytes], pub: Public, outside: bytes,
                     sel: list[tuple[int, int]]) -> bytes:
     _check_sel(sel)
+    check_template(ctx, pub)
     hier = ctx.handles[0]
     obj = _new_primary(tpm, hier, sens, pub)
     ctx.out_handle = tpm.add_object(obj)
@@ -99,6 +111,7 @@ def _new_child(tpm: "Tpm", parent: TpmObject, sens: tuple[bytes, bytes], pub: Pu
 def _create(tpm: "Tpm", ctx: Ctx, sens: tuple[bytes, bytes], pub: Public, outside: bytes,
             sel: list[tuple[int, int]]) -> bytes:
     _check_sel(sel)
+    check_template(ctx, pub)
     parent = _storage_parent(ctx)
     obj, private = _new_child(tpm, parent, sens, pub)
     return tpm2b(private) + tpm2b(obj.public.marshal()) + creation_outputs(tpm, ctx, obj, parent, outside, sel)
@@ -107,6 +120,7 @@ def _create(tpm: "Tpm", ctx: Ctx, sens: tuple[bytes, bytes], pub: Public, outsid
 @command(CC.CreateLoaded, ("parent",), (USER,), rhandle=True, decrypt=True, encrypt=True,
          params=(read_sensitive_create, read_public_2b))
 def _create_loaded(tpm: "Tpm", ctx: Ctx, sens: tuple[bytes, bytes], pub: Public) -> bytes:
+    check_template(ctx, pub)
     if isinstance(ctx.ent[0], int):
         obj = _new_primary(tpm, ctx.ent[0], sens, pub)
         private = b""

@@ -471,3 +471,15 @@ def _policy_authorize_nv(tpm: "Tpm", ctx: Ctx) -> bytes:
     s.policy = bytes(HASHES[s.hash_alg][1])
     s.extend_policy(u32(CC.PolicyAuthorizeNV), nv.name())
     return b""
+
+
+@command(CC.PolicyTemplate, ("policy",), decrypt=True, params=(p_digest,))
+def _policy_template(tpm: "Tpm", ctx: Ctx, template_hash: bytes) -> bytes:
+    s = _ps(ctx)
+    if len(template_hash) != HASHES[s.hash_alg][1]:
+        raise TpmError(rc_param(RC.SIZE, 1))
+    if s.cp_hash or s.name_hash or s.template_hash and s.template_hash != template_hash:
+        raise TpmError(RC.CPHASH)
+    s.template_hash = template_hash
+    s.extend_policy(u32(CC.PolicyTemplate), template_hash)
+    return b""

@@ -107,6 +107,7 @@ class CC:
     PolicyPhysicalPresence = 0x187
     PolicyDuplicationSelect = 0x188
     PolicyNvWritten = 0x18F
+    PolicyTemplate = 0x190
     PolicyAuthorizeNV = 0x192
     CreateLoaded = 0x191
     EncryptDecrypt2 = 0x193

@@ -49,7 +49,7 @@ class Ctx:
     """Per-command scratch: resolved handles, sessions, locality, the output handle."""
 
     __slots__ = ("cc", "handles", "ent", "locality", "sessions", "auth_kinds", "out_handle",
-                 "resp_auth", "spec")
+                 "resp_auth", "spec", "template")
 
     def __init__(self, spec: CommandSpec, locality: int) -> None:
         self.spec = spec
@@ -63,6 +63,8 @@ class Ctx:
         self.out_handle: int | None = None
         #: authValue to use for the response HMAC of handle 0 when the command changed it
         self.resp_auth: bytes | None = None
+        #: (template hash, hash alg, session index) from a PolicyTemplate session authorizing this command
+        self.template: tuple[bytes, int, int] | None = None
 
 
 COMMANDS: dict[int, CommandSpec] = {}

@@ -503,6 +503,8 @@ class Tpm(EntityMixin):
             nh = H(s.hash_alg, *(self.name_of(hh, e) for hh, e in zip(ctx.handles, ctx.ent)))
             if nh != s.name_hash:
                 raise TpmError(rc_session(RC.POLICY_FAIL, i + 1))
+        if s.template_hash:
+            ctx.template = (s.template_hash, s.hash_alg, i)
         if s.nv_written is not None:
             if not isinstance(ent, NvIndex) or bool(ent.attrs & TPMA_NV.WRITTEN) != s.nv_written:
                 raise TpmError(rc_session(RC.POLICY_FAIL, i + 1))

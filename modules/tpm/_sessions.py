@@ -27,7 +27,7 @@ class Session:
 
     __slots__ = ("handle", "type", "hash_alg", "nonce_tpm", "session_key", "bind", "sym", "policy",
                  "cc", "auth_value", "password", "pcr_counter", "cp_hash", "name_hash", "timeout",
-                 "locality", "nv_written", "state", "seq", "audit_digest")
+                 "locality", "nv_written", "state", "seq", "audit_digest", "template_hash")
 
     def __init__(self, handle: int, type: int, hash_alg: int, nonce_tpm: bytes, session_key: bytes,
                  bind: tuple[bytes, bytes] | None, sym: tuple[int, int, int]) -> None:
@@ -57,6 +57,8 @@ class Session:
         self.timeout: float | None = None
         self.locality = 0
         self.nv_written: bool | None = None
+        #: PolicyTemplate: H(TPMT_PUBLIC) the object-creating command must use
+        self.template_hash = b""
 
     def transition(self, event: str) -> None:
         """Apply a lifecycle event.
@@ -113,7 +115,8 @@ class Session:
             u8(self.auth_value | self.password << 1 | (self.nv_written is not None) << 2 | bool(self.nv_written) << 3
                | (self.pcr_counter is not None) << 4 | (self.timeout is not None) << 5),
             u32(self.pcr_counter or 0), tpm2b(self.cp_hash), tpm2b(self.name_hash),
-            u64(int((self.timeout or 0) * 1000)), u8(self.locality), u64(self.seq), tpm2b(self.audit_digest)))
+            u64(int((self.timeout or 0) * 1000)), u8(self.locality), u64(self.seq), tpm2b(self.audit_digest),
+            tpm2b(self.template_hash)))
 
     @classmethod
     def unmarshal(cls, data: bytes) -> "Session":
@@ -135,5 +138,6 @@ class Session:
         s.timeout = t / 1000 if flags & 32 else None
         s.locality, s.seq = r.u8(), r.u64()
         s.audit_digest = r.tpm2b(64)
+        s.template_hash = r.tpm2b(64)
         r.done()
         return s

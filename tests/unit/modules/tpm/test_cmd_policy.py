@@ -203,3 +203,20 @@ def test_policy_secret_ticket_replays_through_policy_ticket(esys, clock) -> None
     assert e.value.rc == 0x1E3  # EXPIRED, parameter 1
     _, null_ticket = esys.policy_secret(ESYS_TR.OWNER, _session(esys), b"", b"", b"", -60)
     assert int(null_ticket.hierarchy) == 0x40000007  # no nonce: no ticket
+
+
+def test_policy_template_restricts_create_primary(esys) -> None:
+    good = TPM2B_PUBLIC.parse("ecc256:aes128cfb", objectAttributes=0x30072)
+    other = TPM2B_PUBLIC.parse("ecc384:aes128cfb", objectAttributes=0x30072)
+    template_hash = hashlib.sha256(good.publicArea.marshal()).digest()
+    trial = _session(esys, TPM2_SE.TRIAL)
+    esys.policy_template(trial, template_hash)
+    esys.set_primary_policy(ESYS_TR.OWNER, esys.policy_get_digest(trial), TPM2_ALG.SHA256)
+    p = _session(esys)
+    esys.policy_template(p, template_hash)
+    esys.create_primary(TPM2B_SENSITIVE_CREATE(), good, session1=p)
+    p = _session(esys)
+    esys.policy_template(p, template_hash)
+    with pytest.raises(TSS2_Exception) as e:
+        esys.create_primary(TPM2B_SENSITIVE_CREATE(), other, session1=p)
+    assert e.value.rc == 0x99D  # POLICY_FAIL, session 1
