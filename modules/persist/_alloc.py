@@ -43,12 +43,18 @@ class Allocator:
 
         :raises IntegrityError: the extent is outside the device or already referenced.
         """
-        end = ref.lba + ref.nblocks
-        if ref.lba < SUPERBLOCK_SLOTS or end > len(self._map):
+        lba, n = ref.lba, ref.nblocks
+        end = lba + n
+        if lba < SUPERBLOCK_SLOTS or end > len(self._map):
             raise IntegrityError("extent outside device")
-        if any(self._map[ref.lba:end]):
-            raise IntegrityError("extent referenced twice")
-        self._map[ref.lba:end] = b"\1" * ref.nblocks
+        if n == 1:  # the common case, without slicing
+            if self._map[lba]:
+                raise IntegrityError("extent referenced twice")
+            self._map[lba] = 1
+        else:
+            if any(self._map[lba:end]):
+                raise IntegrityError("extent referenced twice")
+            self._map[lba:end] = b"\1" * n
         self.used += ref.nblocks
         self.high_water = max(self.high_water, end)
 

@@ -191,6 +191,9 @@ KIND_LEAF, KIND_INTERNAL = 1, 2
 #               0x0F BlockRef[48] | 0x3F ns[ns_len] | key[key_len]
 LEAF_ENTRY = struct.Struct("<BHQI48s")
 assert LEAF_ENTRY.size == 0x3F
+#: The same layout with the BlockRef's fields spelled out (one unpack per entry when parsing).
+_LEAF_ENTRY_FLAT = struct.Struct("<BHQIQII32s")
+assert _LEAF_ENTRY_FLAT.size == LEAF_ENTRY.size
 #: Largest node plaintext that still fits one block once sealed.
 NODE_CAPACITY = BLOCK_SIZE - SEAL_OVERHEAD
 
@@ -246,21 +249,23 @@ def parse_node(raw: bytes) -> tuple[int, list[LeafEntry] | list[BlockRef]]:
     if kind != KIND_LEAF or level != 0:
         raise IntegrityError("node kind")
     entries: list[LeafEntry] = []
+    end, unpack, esize = len(raw), _LEAF_ENTRY_FLAT.unpack_from, _LEAF_ENTRY_FLAT.size
+    last = (b"", b"")
     for _ in range(count):
-        if pos + LEAF_ENTRY.size > len(raw):
+        if pos + esize > end:
             raise IntegrityError("leaf entry truncated")
-        ns_len, key_len, gen, vlen, ref_raw = LEAF_ENTRY.unpack_from(raw, pos)
-        pos += LEAF_ENTRY.size
-        if not 0 < ns_len <= MAX_NAMESPACE or not 0 < key_len <= MAX_KEY or pos + ns_len + key_len > len(raw):
+        ns_len, key_len, gen, vlen, lba, nblocks, length, digest = unpack(raw, pos)
+        pos += esize
+        if not 0 < ns_len <= MAX_NAMESPACE or not 0 < key_len <= MAX_KEY or pos + ns_len + key_len > end:
             raise IntegrityError("leaf entry lengths")
         ns, key = raw[pos:pos + ns_len], raw[pos + ns_len:pos + ns_len + key_len]
         pos += ns_len + key_len
-        ref = BlockRef(*BLOCKREF.unpack(ref_raw))
-        if ref.lba < SUPERBLOCK_SLOTS or ref.nblocks != blocks_for(ref.length) or ref.length != vlen + SEAL_OVERHEAD:
+        if lba < SUPERBLOCK_SLOTS or length != vlen + SEAL_OVERHEAD or nblocks != max(1, -(-length // BLOCK_SIZE)):
             raise IntegrityError("leaf entry ref")
-        if entries and (entries[-1].ns, entries[-1].key) >= (ns, key):
+        if (ns, key) <= last:
             raise IntegrityError("leaf order")
-        entries.append(LeafEntry(ns, key, gen, vlen, ref))
+        last = (ns, key)
+        entries.append(LeafEntry(ns, key, gen, vlen, BlockRef(lba, nblocks, length, digest)))
     if pos != len(raw):
         raise IntegrityError("leaf trailing bytes")
     return 0, entries
