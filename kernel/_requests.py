@@ -231,7 +231,11 @@ class RequestLoop:
         try:
             if not pc.ghcb_registered:
                 self.ghcb.register(vcpu, pc)
-            self._serve(vcpu, pc)
+            if pc.area is not None:
+                with pc.area.activate():  # this thread now runs as that CPU (its tables, its window)
+                    self._serve(vcpu, pc)
+            else:
+                self._serve(vcpu, pc)
         except SvsmPanic:
             raise
         except Exception as exc:  # noqa: BLE001 -- a fault outside any fixup: the kernel is broken

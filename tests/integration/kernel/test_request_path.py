@@ -195,3 +195,23 @@ def test_guest_context_is_mapped_per_cpu(cvm: Any) -> None:
     g.caa = new
     assert g.query_protocol(0) == (1, 1)
     assert bsp.area.page_table.translate(SVSM_PERCPU_CAA_BASE).paddr == new
+
+
+def test_requests_run_as_their_cpu(cvm: Any) -> None:
+    """Inside a request the thread runs as that vCPU's per-CPU area (KINFRA's this_cpu())."""
+    from svsm.kernel.mm._percpu import this_cpu
+
+    host = cvm.svsm.module_host
+    seen: list[int] = []
+    orig = host.handle_request
+
+    def handle(params: RequestParams, memory: GuestMemoryWindow) -> None:
+        if params.call == 8:
+            seen.append(this_cpu().cpu_index)
+            return
+        orig(params, memory)
+
+    host.handle_request = handle
+    ap = cvm.guest.start_ap(2)
+    assert cvm.guest.svsm_call(MOD, 8).rax == 0 and ap.svsm_call(MOD, 8).rax == 0
+    assert seen == [0, 2]
