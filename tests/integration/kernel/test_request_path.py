@@ -181,7 +181,7 @@ def test_module_report_needs_a_vcpu_context(cvm: Any) -> None:
 def test_guest_context_is_mapped_per_cpu(cvm: Any) -> None:
     """The guest VMSA/CAA are mapped in the serving CPU's own window only, remapped after REMAP_CA."""
     from svsm.kernel.mm import PageFault
-    from svsm.kernel.mm._percpu import SVSM_PERCPU_CAA_BASE, SVSM_PERCPU_VMSA_BASE
+    from svsm.kernel.mm import SVSM_PERCPU_CAA_BASE, SVSM_PERCPU_VMSA_BASE
 
     g = cvm.guest
     assert g.query_protocol(0) == (1, 1)
@@ -199,7 +199,7 @@ def test_guest_context_is_mapped_per_cpu(cvm: Any) -> None:
 
 def test_requests_run_as_their_cpu(cvm: Any) -> None:
     """Inside a request the thread runs as that vCPU's per-CPU area (KINFRA's this_cpu())."""
-    from svsm.kernel.mm._percpu import this_cpu
+    from svsm.kernel.mm import this_cpu
 
     host = cvm.svsm.module_host
     seen: list[int] = []
