@@ -74,6 +74,8 @@ class GuestVcpu(Protocol):
 
     def vmrun(self, vmpl: int) -> None: ...
 
+    def halt(self) -> None: ...
+
 
 class CallNotServiced(SvsmError):
     """``call_pending`` was still 1 after RUN_VMPL(0): the SVSM never saw the call (Linux: -EINVAL)."""
@@ -471,7 +473,7 @@ class Guest:
         self.svsm_call(SVSM_CORE_PROTOCOL, SVSM_REQ_CORE_DELETE_VCPU, vmsa_gpa).raise_for_result()
         self._nae(hw.SwExitCode.SNP_AP_CREATION, 2 | self.vmpl << 16 | apic_id << 32, vmsa_gpa)
         if ap.cpu.vmpl is not None:
-            ap.cpu.halt()  # type: ignore[attr-defined]
+            ap.cpu.halt()
         self.pool.give(vmsa_gpa)
         self.pool.give(caa_gpa)
 
