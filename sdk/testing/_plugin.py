@@ -74,7 +74,9 @@ def svsm_module_host(abi_frames: FrameRecorder, fake_clock: FakeClock) -> Iterat
 
 @pytest.fixture
 def svsm_vm(request: pytest.FixtureRequest, abi_frames: FrameRecorder) -> Iterator[Callable[..., Any]]:
-    """Factory: ``svsm_vm(*modules, mode="inprocess", **boot_kwargs)`` -> a booted CVM.
+    """Factory: ``svsm_vm(*modules, mode="inprocess", host_kwargs=None, **boot_kwargs)`` -> a booted CVM.
+
+    ``host_kwargs`` go to the ``ModuleHost`` (``limits=``, ``policy=``, ``providers=`` ...).
 
     Without arguments, the modules (and ``mode=``) come from the test's
     ``@pytest.mark.svsm_modules(modules=[ModuleClass], mode="process")`` marker (a lone class
@@ -91,12 +93,12 @@ def svsm_vm(request: pytest.FixtureRequest, abi_frames: FrameRecorder) -> Iterat
 
     stack = contextlib.ExitStack()
 
-    def make(*modules: Any, mode: str | None = None, **boot_kwargs: Any) -> Any:
+    def make(*modules: Any, mode: str | None = None, host_kwargs: dict[str, Any] | None = None, **boot_kwargs: Any) -> Any:
         marker = request.node.get_closest_marker("svsm_modules")
         if not modules and marker is not None:
             modules = tuple(marker.kwargs.get("modules", ())) or marker.args
         mode = mode or (marker.kwargs.get("mode") if marker is not None else None) or "inprocess"
-        host = ModuleHost(modules, mode=mode, recorder=abi_frames)
+        host = ModuleHost(modules, mode=mode, **{"recorder": abi_frames, **(host_kwargs or {})})
         stack.callback(host.close)
         host.start()
         cvm = stack.enter_context(boot(module_host=host, **boot_kwargs))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from svsm.kernel.ipc import MODULE_MEASUREMENTS_GUID, decode_measurements
-from svsm.sdk import ResultCode
+from svsm.sdk import CallSpec, Manifest, Module, ProtocolSpec, Reply, ResultCode, hookimpl
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[3] / "examples" / "echo-module"
 
@@ -62,3 +62,32 @@ def test_attested_services_manifest_names_the_measured_modules(svsm_vm: Any, ech
     (entry,) = decode_measurements(services[MODULE_MEASUREMENTS_GUID])
     assert (entry.name, entry.version) == ("echo", "1.0.0")
     assert entry.measurement == measure_object(echo.EchoModule)
+
+
+class Crashy(Module):
+    """Call 0 works; call 1 kills the module (a module defined in the test file)."""
+
+    MANIFEST = Manifest(
+        name="crashy", version="1", protocols=[ProtocolSpec(number=0x4000_0300, calls=[CallSpec(call=0), CallSpec(call=1)])]
+    )
+
+    @hookimpl
+    def svsm_handle_request(self, request: Any) -> Reply:
+        if request.call == 1:
+            raise SystemExit
+        return Reply(rcx=1)
+
+
+@pytest.mark.slow
+def test_guest_sees_busy_then_the_protocol_disappears_after_a_crash_loop(svsm_vm: Any) -> None:
+    from svsm.kernel.ipc import Limits
+
+    cvm = svsm_vm(Crashy, host_kwargs={"limits": Limits(backoff_base=0.001, crash_loop=3)}, vcpus=1, memory="16M")
+    g, host = cvm.guest, cvm.module_host
+    assert g.query_protocol(0x4000_0300) == (1, 1)
+    for _ in range(3):
+        host.wait_module_ready("crashy", 10)
+        assert g.svsm_call(0x4000_0300, 1, max_retries=0).rax == ResultCode.BUSY
+    assert host.module("crashy").state.value == "dead"
+    assert g.query_protocol(0x4000_0300) is None  # QUERY_PROTOCOL no longer reports it
+    assert g.svsm_call(0x4000_0300, 0).rax == ResultCode.UNSUPPORTED_PROTOCOL

@@ -406,3 +406,24 @@ def test_concurrent_vcpus_are_serialised_per_module() -> None:
             t.join()
         assert errors == []
         assert h.call(P, 0, rcx=0).rcx == 100  # every increment landed exactly once
+
+
+def test_backoff_doubles_on_the_injected_clock() -> None:
+    from svsm.sdk.testing import FakeClock
+
+    clock = FakeClock()
+    h = ModuleHost([Calc], mode="inprocess", clock=clock, tick=3600, limits=Limits(backoff_base=1.0, crash_loop=10))
+    with h:
+        sup = h.module("calc")
+        delays = []
+        for _ in range(3):
+            assert h.call(P, 3).rax == ResultCode.BUSY  # crash
+            assert sup.state is ModuleState.RESTARTING
+            waited = 0.0
+            while sup.state is not ModuleState.SERVING:
+                sup.poll()
+                if sup.state is ModuleState.RESTARTING:
+                    clock.advance(0.25)
+                    waited += 0.25
+            delays.append(waited)
+        assert delays == [1.0, 2.0, 4.0]
