@@ -466,6 +466,8 @@ class ModuleSupervisor:
             if ev.__class__ is want and ev.id == msg.id:
                 return ev
             if type(ev) in self.syscalls._table:
+                if self._ctx.clock() > deadline:  # a stream of valid syscalls must not outlive the deadline
+                    raise ModuleFailure("deadline missed (still making syscalls)")
                 reply, misbehaved = self.syscalls.handle(ev)
                 if misbehaved:
                     self.strikes += 1

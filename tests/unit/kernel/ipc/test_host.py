@@ -427,3 +427,26 @@ def test_backoff_doubles_on_the_injected_clock() -> None:
                     waited += 0.25
             delays.append(waited)
         assert delays == [1.0, 2.0, 4.0]
+
+
+class Chatty(Module):
+    MANIFEST = Manifest(
+        name="chatty",
+        version="1",
+        protocols=[ProtocolSpec(number=P + 9, calls=[CallSpec(call=0)])],
+        capabilities=["time"],
+        request_timeout=0.3,
+    )
+
+    @hookimpl
+    def svsm_handle_request(self, ctx: Any) -> Reply:
+        while True:  # valid syscalls forever: the deadline still applies
+            ctx.syscalls.time_ns()
+
+
+def test_endless_valid_syscalls_hit_the_deadline() -> None:
+    with host(Chatty) as h:
+        t = time.monotonic()
+        assert h.call(P + 9, 0).rax == ResultCode.BUSY
+        assert time.monotonic() - t < 3
+        assert "syscalls" in h.module("chatty").last_failure
