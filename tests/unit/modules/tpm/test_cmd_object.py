@@ -143,3 +143,24 @@ def test_unseal_refuses_keys(esys) -> None:
     with pytest.raises(TSS2_Exception) as e:
         esys.unseal(p)
     assert rc(e) == 0x18A  # TYPE, handle 1
+
+
+def test_load_external_rsa_public_verifies_foreign_signatures(esys) -> None:
+    import hashlib
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from tpm2_pytss.types import TPMT_SIGNATURE
+    key = rsa.generate_private_key(65537, 2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pub = TPM2B_PUBLIC.from_pem(pem, objectAttributes=TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.USERWITHAUTH)
+    h = esys.load_external(pub, hierarchy=ESYS_TR.OWNER)
+    digest = hashlib.sha256(b"foreign").digest()
+    sig = TPMT_SIGNATURE(sigAlg=TPM2_ALG.RSASSA)
+    sig.signature.rsassa.hash = TPM2_ALG.SHA256
+    sig.signature.rsassa.sig = key.sign(b"foreign", padding.PKCS1v15(), hashes.SHA256())
+    ticket = esys.verify_signature(h, digest, sig)
+    assert int(ticket.tag) == 0x8022 and int(ticket.hierarchy) == 0x40000001
+    with pytest.raises(TSS2_Exception) as e:  # no private part: cannot sign
+        esys.sign(h, digest, pytss.types.TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
+                  pytss.types.TPMT_TK_HASHCHECK(tag=0x8024, hierarchy=0x40000007))
+    assert e.value.rc == 0x18B  # HANDLE, handle 1

@@ -94,3 +94,66 @@ def test_nv_buffer_max(run, size: int) -> None:
     idx = 0x01000007
     assert define(run, idx, RW_OWNER_AUTH, 2048) == 0
     assert write(run, idx, bytes(size)) == (0 if size <= 1024 else 0x1D5)
+
+
+def test_platform_index_and_undefine_rules(run) -> None:
+    idx = 0x01800001
+    attrs = 0x40000000 | 0x00010001 | 0x00040004  # PLATFORMCREATE|PPREAD|PPWRITE|AUTHREAD|AUTHWRITE
+    assert define(run, idx, attrs, 8, hier=PLATFORM) == 0
+    assert define(run, 0x01800002, attrs, 8, hier=OWNER) == 0x182  # PLATFORMCREATE needs the platform
+    assert write(run, idx, b"pp", auth_handle=PLATFORM) == 0
+    assert rc_of(read(run, idx, 2, auth_handle=PLATFORM)) == 0
+    assert rc_of(read(run, idx, 2, auth_handle=OWNER)) == 0x149
+    assert rc_of(run(UNDEFINE, (OWNER, idx), b"", pw())) == 0x149  # owner cannot delete a platform index
+    assert rc_of(run(UNDEFINE, (PLATFORM, idx), b"", pw())) == 0
+
+
+def test_write_stclear_lock_clears_at_startup_and_global_lock(tpm, run) -> None:
+    a, g = 0x01000008, 0x01000009
+    assert define(run, a, RW_OWNER_AUTH | 0x4000, 8) == 0  # WRITE_STCLEAR
+    assert define(run, g, RW_OWNER_AUTH | 0x8000, 8) == 0  # GLOBALLOCK
+    assert rc_of(run(WRITELOCK, (a, a), b"", pw())) == 0
+    assert rc_of(run(0x132, (OWNER,), b"", pw())) == 0  # NV_GlobalWriteLock
+    assert write(run, a, b"x") == 0x148 and write(run, g, b"x") == 0x148
+    tpm.reset()
+    assert rc_of(tpm.execute(bytes.fromhex("80010000000c000001440000"))) == 0
+    assert write(run, a, b"x") == 0 and write(run, g, b"x") == 0
+    assert rc_of(run(WRITELOCK, (0x01000008, 0x01000008), b"", pw())) == 0
+    plain = 0x0100000A
+    assert define(run, plain, RW_OWNER_AUTH, 8) == 0
+    assert rc_of(run(WRITELOCK, (plain, plain), b"", pw())) == 0x282  # no WRITEDEFINE/WRITE_STCLEAR
+
+
+def test_nv_change_auth_and_undefine_special_need_policy(esys) -> None:
+    pytss = pytest.importorskip("tpm2_pytss")
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_NV, TSS2_Exception
+    from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC, TPMT_SYM_DEF
+    null = TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL)
+
+    def policy_for(cc: int) -> bytes:
+        return hashlib.sha256(bytes(32) + struct.pack(">II", 0x16C, cc)).digest()
+
+    attrs = TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE | TPMA_NV.NO_DA
+    nv = esys.nv_define_space(b"old", TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
+        nvIndex=0x01000400, nameAlg=TPM2_ALG.SHA256, attributes=attrs, authPolicy=policy_for(0x13B), dataSize=4)))
+    with pytest.raises(TSS2_Exception) as e:
+        esys.nv_change_auth(nv, b"new", session1=ESYS_TR.PASSWORD)
+    assert e.value.rc == 0x124  # AUTH_TYPE: ADMIN role on an index needs a policy session
+    p = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, null, TPM2_ALG.SHA256)
+    esys.policy_command_code(p, 0x13B)
+    esys.nv_change_auth(nv, b"new", session1=p)
+    esys.tr_set_auth(nv, b"new")
+    esys.nv_write(nv, b"abcd", 0, auth_handle=nv)
+    special = TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE | TPMA_NV.PLATFORMCREATE | TPMA_NV.POLICY_DELETE
+    sp = esys.nv_define_space(b"", TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
+        nvIndex=0x01800400, nameAlg=TPM2_ALG.SHA256, attributes=special, authPolicy=policy_for(0x11F), dataSize=4)),
+        auth_handle=ESYS_TR.PLATFORM)
+    with pytest.raises(TSS2_Exception) as e:
+        esys.nv_undefine_space(sp, auth_handle=ESYS_TR.PLATFORM)
+    assert e.value.rc == 0x282  # POLICY_DELETE indices need NV_UndefineSpaceSpecial
+    p = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, null, TPM2_ALG.SHA256)
+    esys.policy_command_code(p, 0x11F)
+    esys.nv_undefine_space_special(sp, p)
+    with pytest.raises(TSS2_Exception):
+        esys.nv_read_public(sp)
+    assert pytss is not None
