@@ -147,6 +147,40 @@ class Cvm:
             raise ValueError(f"the guest has not started the AP with APIC ID {apic_id}")
         return g.aps[apic_id][0]
 
+    @contextlib.contextmanager
+    def run_modules(
+        self, mode: str = "process", *, state_dir: str | pathlib.Path | None = None, wait: float = 30.0
+    ) -> Iterator[Any]:
+        """Start the installed service modules behind this CVM's SVSM; stop them at the end.
+
+        Their keys come from the booted SVSM (:attr:`Svsm.module_key_root`, bound to the
+        measurement) and their reports from its PSP channel (:meth:`Svsm.module_report`), so
+        this runs after boot, before the guest needs them.
+
+        :param mode: ``"process"`` (sandboxed) or ``"inprocess"`` (threads; tests).
+        :param state_dir: the persist module's disk lives in ``state_dir/persist.img``; without
+            it the persist module is not started (storage stays volatile).
+        :param wait: seconds to wait for each module to serve.
+        :returns: the ``svsm.kernel.ipc.ModuleHost``.
+        """
+        from svsm.kernel.ipc import ModuleHost, Providers
+
+        with contextlib.ExitStack() as stack:
+            disk = None
+            if state_dir is not None:
+                from svsm.kernel.hw.blockdev import open_state_disk
+
+                disk = open_state_disk(state_dir)
+                stack.callback(disk.close)
+            providers = Providers(report=self.svsm.module_report, key_root=self.svsm.module_key_root, disk=disk)
+            blocked = ("migrate",) if state_dir is not None else ("persist", "migrate")
+            host = stack.enter_context(ModuleHost.from_installed(mode=mode, blocked=blocked, providers=providers))
+            self.svsm.attach_module_host(host)
+            stack.callback(self.svsm.attach_module_host, None)
+            for info in host.modules():
+                host.wait_module_ready(info.name, wait)
+            yield host
+
     def statistics(self) -> CvmStatistics:
         """Calls, allocator, lock and hypervisor counters."""
         s = self.svsm

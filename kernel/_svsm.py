@@ -245,6 +245,7 @@ class Svsm:
         self.pvalidate_lock: RWLock[None] = RWLock(None, name="PVALIDATE_LOCK")
         self.panicker = Panicker(self._wipe_vmpcks, self._terminate)
         self._greq_lock: SpinLock[None] = SpinLock(None, name="svsm.guest_request")
+        self._idle_cpu_lock = threading.Lock()
         self._msg: GuestMessageClient | None = None
         self.percpu: list[PerCpu] = []
         self.guest_vmsa_gpa: int | None = None
@@ -502,17 +503,26 @@ class Svsm:
     def module_report(self, report_data: bytes) -> bytes:
         """A VMPL0 report with caller-chosen REPORT_DATA, for module syscalls (``Providers.report``).
 
-        Served on the vCPU whose request is in flight on this thread (module syscalls arrive
-        while the module serves a guest call).
+        Served on the vCPU whose guest call is in flight on this thread (module syscalls arrive
+        while the module serves a guest call).  Outside a guest call (a module starting up) it is
+        sent from an idle vCPU -- one not running the guest -- as a kernel task would.
 
-        :raises InvalidRequest: no vCPU context on this thread, or the PSP refused.
+        :raises InvalidRequest: bad REPORT_DATA, no vCPU free, or the PSP refused.
         """
-        cpu = current_cpu()
-        if cpu is None:
-            raise InvalidRequest("attestation reports for modules need a vCPU context (a guest call in flight)")
         if len(report_data) != 64:
             raise InvalidRequest("REPORT_DATA must be 64 bytes")
-        return self._fetch_report(cpu, report_data, None)[0]
+        cpu = current_cpu()
+        if cpu is not None:
+            return self._fetch_report(cpu, report_data, None)[0]
+        with self._idle_cpu_lock:
+            for v in self.platform.vcpus:
+                if v.vmpl is None and v.has_entry(0):
+                    v.vmrun(0)
+                    try:
+                        return self._fetch_report(v.index, report_data, None)[0]
+                    finally:
+                        v.halt()
+        raise InvalidRequest("every vCPU runs the guest: no vCPU to send the guest request from")
 
     # -- panic ------------------------------------------------------------------------------------
     def _wipe_vmpcks(self) -> None:

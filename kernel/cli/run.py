@@ -200,33 +200,6 @@ def _render(rep: WorkloadReport) -> None:
     con.print(res)
 
 
-#: Modules left out without ``--state`` (persist needs a disk) and ``--incoming`` (migrate, later).
-NEEDS_STATE = ("persist", "migrate")
-#: Size of a new ``DIR/persist.img`` in 4 KiB blocks (64 MiB, sparse).
-PERSIST_IMAGE_BLOCKS = 16384
-
-
-def _start_modules(stack: Any, cvm: Any, args: argparse.Namespace, mode: str) -> Any:
-    """Start the installed modules against the booted SVSM (keys and reports come from it)."""
-    from svsm.kernel.ipc import ModuleHost, Providers
-
-    disk = None
-    if args.state is not None:
-        from svsm.kernel.hw.blockdev import BlockDevice, DiskAdapter, FileImage
-
-        image = FileImage(args.state / "persist.img", num_blocks=PERSIST_IMAGE_BLOCKS)
-        stack.callback(image.close)
-        disk = DiskAdapter(BlockDevice(image))
-    providers = Providers(report=cvm.svsm.module_report, key_root=cvm.svsm.module_key_root, disk=disk)
-    blocked = ("migrate",) if args.state is not None else NEEDS_STATE
-    host = stack.enter_context(ModuleHost.from_installed(mode=mode, blocked=blocked, providers=providers))
-    cvm.svsm.attach_module_host(host)
-    stack.callback(cvm.svsm.attach_module_host, None)
-    for info in host.modules():
-        host.wait_module_ready(info.name, 30.0)
-    return host
-
-
 def _main(args: argparse.Namespace) -> int:
     import contextlib
 
@@ -248,7 +221,7 @@ def _main(args: argparse.Namespace) -> int:
     try:
         with contextlib.ExitStack() as stack:
             cvm = stack.enter_context(boot(**opts))
-            host = _start_modules(stack, cvm, args, mode) if mode != "none" else None
+            host = stack.enter_context(cvm.run_modules(mode, state_dir=args.state)) if mode != "none" else None
             rep = run_workload(cvm)
             if host is not None:
                 rep.modules = [{"name": m.name, "version": m.version, "state": m.state, "mode": m.mode,

@@ -160,8 +160,10 @@ def test_module_report_needs_a_vcpu_context(cvm: Any) -> None:
     from svsm.sdk import InvalidRequest
     from svsm.sdk.attestation import AttestationReport
 
+    # outside a guest call: sent from an idle vCPU (the APs have not been started by the guest)
+    assert AttestationReport.from_bytes(cvm.svsm.module_report(bytes(64))).vmpl == 0
     with pytest.raises(InvalidRequest):
-        cvm.svsm.module_report(bytes(64))
+        cvm.svsm.module_report(bytes(32))
     host = cvm.svsm.module_host
     got: list[bytes] = []
     orig = host.handle_request
@@ -176,6 +178,10 @@ def test_module_report_needs_a_vcpu_context(cvm: Any) -> None:
     assert cvm.guest.svsm_call(MOD, 7).rax == 0
     rep = AttestationReport.from_bytes(got[0])
     assert rep.report_data == b"\x5a" * 64 and rep.vmpl == 0 and rep.measurement == cvm.measurement
+    cvm.guest.start_ap(1)
+    cvm.guest.start_ap(2)
+    with pytest.raises(InvalidRequest):  # every vCPU runs the guest now
+        cvm.svsm.module_report(bytes(64))
 
 
 def test_guest_context_is_mapped_per_cpu(cvm: Any) -> None:
