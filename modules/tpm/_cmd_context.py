@@ -55,6 +55,8 @@ def _context_save(tpm: "Tpm", ctx: Ctx) -> bytes:
     tpm.context_seq += 1
     seq = tpm.context_seq
     if isinstance(ent, TpmObject):
+        if ent.seq_data is None:  # deviation: the reference saves hash state; hashlib cannot export it
+            raise TpmError(RC.MEMORY)
         saved = 0x80000000 if ent.kind == KIND_OBJECT else 0x80000001
         if ent.attrs & TPMA_OBJECT.stClear:
             saved = 0x80000002

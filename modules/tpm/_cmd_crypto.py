@@ -200,7 +200,7 @@ def _sequence(ctx: Ctx) -> TpmObject:
 @command(CC.SequenceUpdate, ("obj",), (USER,), decrypt=True, params=(p_buffer,))
 def _sequence_update(tpm: "Tpm", ctx: Ctx, data: bytes) -> bytes:
     seq = _sequence(ctx)
-    seq.seq_data += data
+    seq.seq_update(data)
     return b""
 
 
@@ -212,12 +212,12 @@ def _sequence_complete(tpm: "Tpm", ctx: Ctx, data: bytes, hier: int) -> bytes:
         raise TpmError(rc_handle(RC.MODE, 1))
     if not tpm.hierarchy_enabled(hier):
         raise TpmError(rc_param(RC.HIERARCHY, 2))
-    seq.seq_data += data
+    seq.seq_update(data)
     del tpm.objects[ctx.handles[0]]
     if seq.kind == KIND_HMAC_SEQ:
-        return tpm2b(hmac_digest(seq.seq_alg, seq.sens, bytes(seq.seq_data))) + hashcheck_ticket(tpm, RH.NULL, b"")
-    d = H(seq.seq_alg, bytes(seq.seq_data))
-    no_ticket = seq.seq_data[:4] == TPM_GENERATED
+        return tpm2b(seq.seq_digest(seq.seq_alg)) + hashcheck_ticket(tpm, RH.NULL, b"")
+    d = seq.seq_digest(seq.seq_alg)
+    no_ticket = seq.seq_prefix == TPM_GENERATED
     return tpm2b(d) + hashcheck_ticket(tpm, RH.NULL if no_ticket else hier, d)
 
 
@@ -420,9 +420,9 @@ def _event_sequence_complete(tpm: "Tpm", ctx: Ctx, data: bytes) -> bytes:
     seq: TpmObject = ctx.ent[1]
     if seq.kind != KIND_EVENT_SEQ:
         raise TpmError(rc_handle(RC.MODE, 2))
-    seq.seq_data += data
+    seq.seq_update(data)
     del tpm.objects[ctx.handles[1]]
-    vals = [(alg, H(alg, bytes(seq.seq_data))) for alg in tpm.pcrs.allocated]
+    vals = [(alg, seq.seq_digest(alg)) for alg in tpm.pcrs.allocated]
     if ctx.ent[0] is not None:
         for alg, d in vals:
             tpm.pcrs.extend(ctx.ent[0], alg, d)

@@ -7,6 +7,8 @@ seedValue, "STORAGE", Name(child)) and outerHMAC = HMAC(KDFa(..., "INTEGRITY"), 
 
 from __future__ import annotations
 
+import hashlib
+import hmac as _hmac
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -21,6 +23,8 @@ __all__ = ["TpmObject", "compute_name", "wrap_sensitive", "unwrap_sensitive", "m
            "read_sensitive", "derive_primary", "generate_object", "validate_public", "key_from_public"]
 
 KIND_OBJECT, KIND_HASH_SEQ, KIND_HMAC_SEQ, KIND_EVENT_SEQ = 0, 1, 2, 3
+#: a sequence holding more data than this cannot be context-saved (its blob must stay < 2 KiB)
+SEQ_SAVE_LIMIT = 1536
 
 
 def compute_name(pub: Public) -> bytes:
@@ -34,7 +38,7 @@ class TpmObject:
     """A loaded (transient or persistent) object or a hash/HMAC/event sequence."""
 
     __slots__ = ("public", "name", "qn", "hierarchy", "auth", "seed", "sens", "_key", "kind", "seq_alg",
-                 "seq_data", "public_only", "evict_handle")
+                 "seq_data", "seq_prefix", "_seq_states", "public_only", "evict_handle")
 
     def __init__(self, public: Public, hierarchy: int, auth: bytes, seed: bytes, sens: bytes, qn: bytes,
                  key: Any = None, kind: int = KIND_OBJECT, public_only: bool = False) -> None:
@@ -48,9 +52,43 @@ class TpmObject:
         self._key = key
         self.kind = kind
         self.seq_alg = ALG.NULL
-        self.seq_data = bytearray()
+        #: data hashed so far, kept only while small enough for a context blob (None: too big to save)
+        self.seq_data: bytearray | None = bytearray()
+        #: the first 4 bytes of the sequence (TPM_GENERATED_VALUE check)
+        self.seq_prefix = b""
+        self._seq_states: dict[int, Any] | None = None
         self.public_only = public_only
         self.evict_handle = 0
+
+    def _states(self) -> dict[int, Any]:
+        if self._seq_states is None:
+            if self.kind == KIND_HMAC_SEQ:
+                states: dict[int, Any] = {self.seq_alg: _hmac.new(self.sens, digestmod=HASHES[self.seq_alg][0])}
+            elif self.kind == KIND_HASH_SEQ:
+                states = {self.seq_alg: hashlib.new(HASHES[self.seq_alg][0])}
+            else:  # event sequence: every hash a PCR bank may use
+                states = {alg: hashlib.new(HASHES[alg][0]) for alg in (ALG.SHA1, ALG.SHA256, ALG.SHA384)}
+            if self.seq_data:
+                for st in states.values():
+                    st.update(self.seq_data)
+            self._seq_states = states
+        return self._seq_states
+
+    def seq_update(self, data: bytes) -> None:
+        """Feed ``data`` to a hash/HMAC/event sequence (hashed as it arrives; memory stays bounded)."""
+        if len(self.seq_prefix) < 4:
+            self.seq_prefix += data[:4 - len(self.seq_prefix)]
+        for st in self._states().values():
+            st.update(data)
+        if self.seq_data is not None:
+            if len(self.seq_data) + len(data) <= SEQ_SAVE_LIMIT:
+                self.seq_data += data
+            else:
+                self.seq_data = None
+
+    def seq_digest(self, alg: int) -> bytes:
+        """The digest (or HMAC) of everything fed so far, for ``alg``."""
+        return self._states()[alg].digest()
 
     @property
     def attrs(self) -> int:
@@ -318,8 +356,8 @@ def marshal_object(o: TpmObject) -> bytes:
     """Serialize an object (context blobs, persistent state)."""
     from ._marshal import u8
     return b"".join((u32(o.hierarchy), u8(o.kind), u8(o.public_only), u16(o.seq_alg), tpm2b(o.public.marshal()),
-                     tpm2b(o.auth), tpm2b(o.seed), tpm2b(o.sens), tpm2b(o.qn), u32(len(o.seq_data)),
-                     bytes(o.seq_data)))
+                     tpm2b(o.auth), tpm2b(o.seed), tpm2b(o.sens), tpm2b(o.qn), u32(len(o.seq_data or b"")),
+                     bytes(o.seq_data or b"")))
 
 
 def unmarshal_object(r: Reader) -> TpmObject:
@@ -333,6 +371,7 @@ def unmarshal_object(r: Reader) -> TpmObject:
     o = TpmObject(pub, hier, auth, seed, sens, qn, kind=kind, public_only=bool(public_only))
     o.seq_alg = seq_alg
     o.seq_data = bytearray(data)
+    o.seq_prefix = data[:4]
     return o
 
 
