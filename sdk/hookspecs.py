@@ -54,7 +54,7 @@ def svsm_module_start(ctx: ModuleContext) -> None:
 
 @hookspec
 def svsm_module_stop(ctx: ModuleContext) -> None:
-    """Called once when the kernel stops the module (shutdown, disable, migration end).
+    """Called once, in the module process, when the kernel stops the module (shutdown, migration end).
 
     No request runs during or after it; the process exits after the reply.
 
@@ -74,7 +74,7 @@ def svsm_module_stop(ctx: ModuleContext) -> None:
 
 @hookspec(firstresult=True)
 def svsm_handle_request(request: Request, ctx: ModuleContext) -> Reply | None:
-    """Serve one guest SVSM call routed to this module.
+    """Serve one guest SVSM call routed to this module; runs in the module process.
 
     Called only for a protocol and call the manifest declares (the kernel answers
     UNSUPPORTED_CALL for others), one at a time, under a deadline
@@ -100,7 +100,7 @@ def svsm_handle_request(request: Request, ctx: ModuleContext) -> Reply | None:
 
 @hookspec(firstresult=True)
 def svsm_save_state(ctx: ModuleContext) -> bytes | None:
-    """Return the module's state as bytes (<= 768 KiB), for migration or a crash checkpoint.
+    """Return the module's state as bytes (<= 768 KiB), for migration or a crash checkpoint (module process).
 
     Called between requests: by migration, and every ``Manifest.checkpoint_every``
     successful calls.  Stops at the first non-None result.
@@ -116,7 +116,7 @@ def svsm_save_state(ctx: ModuleContext) -> bytes | None:
 
 @hookspec
 def svsm_restore_state(state: bytes, ctx: ModuleContext) -> None:
-    """Replace the module's state with ``state`` from an earlier ``svsm_save_state``.
+    """Replace the module's state with ``state`` from an earlier ``svsm_save_state`` (module process).
 
     Called after ``svsm_module_start`` of a restarted module (last checkpoint) or
     on the migration destination.
@@ -138,7 +138,7 @@ def svsm_restore_state(state: bytes, ctx: ModuleContext) -> None:
 
 @hookspec(firstresult=True)
 def svsm_service_manifest(ctx: ModuleContext) -> bytes | None:
-    """Return this module's service manifest for the attestation services manifest.
+    """Return this module's service manifest for the attestation services manifest (module process).
 
     Called when the guest asks for an attestation that covers the module's
     ``Manifest.service_guid`` (e.g. the vTPM returns its EK TPMT_PUBLIC).
@@ -161,7 +161,7 @@ def svsm_service_manifest(ctx: ModuleContext) -> bytes | None:
 def svsm_storage_request(
     op: str, namespace: str, key: str, value: bytes, ctx: ModuleContext
 ) -> bytes | list[str] | bool | None:
-    """Serve another module's storage syscall (only in a module granted ``serve_storage``).
+    """Serve another module's storage syscall, in the process of a module granted ``serve_storage``.
 
     The kernel routes every other module's storage syscalls here once this module
     is serving; namespaces keep modules apart and are chosen by the kernel.
