@@ -518,7 +518,8 @@ class ModuleSupervisor:
             if b.mode == "copy":
                 buf = memory.read(gpa, size)
             else:
-                memory.read(gpa, 1)  # the start must be a valid guest address
+                memory.read(gpa, 1)  # both ends of the window must be valid guest memory
+                memory.read(gpa + size - 1, 1)
                 gid = self.grants.create(memory, gpa, size, b.writable)
                 grant = m.GrantInfo(id=gid, gpa=gpa, size=size, writable=b.writable)
         req = m.CallRequest(

@@ -160,6 +160,10 @@ class SyscallHandler:
         except RequestError as exc:
             self._failed += 1
             return m.SyscallReply(id=msg.id, code=exc.code), False
+        except OSError as exc:  # the host's disk or another provider failed: the module's problem to handle
+            self._failed += 1
+            self._log.error("%s failed in the host: %s", type(msg).__name__, exc)
+            return m.SyscallReply(id=msg.id, code=ResultCode.INVALID_REQUEST), False
 
     def statistics(self) -> SyscallStatistics:
         """Counters."""

@@ -173,3 +173,35 @@ def test_volatile_storage_quota() -> None:
         st.put("a", f"n{i}", b"")
     with pytest.raises(Exception):
         st.put("a", "n3", b"")
+
+
+def test_host_io_errors_become_error_replies() -> None:
+    class BrokenDisk:
+        def read(self, offset: int, size: int) -> bytes:
+            raise OSError(5, "EIO")
+
+        def write(self, offset: int, data: bytes) -> None:
+            raise OSError(28, "ENOSPC")
+
+        def flush(self) -> None:
+            return None
+
+        def size(self) -> int:
+            return 4096
+
+    h = handler(disk=BrokenDisk())
+    assert h.handle(m.SysDiskRead(id=1, offset=0, size=8))[0].code == ResultCode.INVALID_REQUEST
+    assert h.handle(m.SysDiskSize(id=2))[0].number == 4096
+
+
+def test_block_disk_byte_ranges() -> None:
+    from svsm.kernel.ipc import MemoryDisk
+
+    d = MemoryDisk(3 * 4096)
+    d.write(4090, b"abcdefghij")  # spans two blocks
+    assert d.read(4088, 14) == b"\0\0abcdefghij\0\0"
+    d.write(4096, b"\1" * 4096)  # a whole block
+    assert d.read(4096, 4) == b"\1\1\1\1" and d.read(4090, 6) == b"abcdef"
+    with pytest.raises(Exception) as ei:
+        d.read(3 * 4096 - 1, 2)
+    assert getattr(ei.value, "code", None) == ResultCode.INVALID_PARAMETER
