@@ -118,6 +118,7 @@ def test_grant_is_exactly_the_window_and_revoked_after() -> None:
         assert (out.rax, out.r8) == (0, 8)
         assert mem.read(0x1000, 8) == b"ABCDefgh"
         assert h.call(P, 2, rcx=0x1000, rdx=9000, memory=mem).rax == ResultCode.INVALID_PARAMETER
+        assert h.call(P, 2, rcx=0x3F00, rdx=0x200, memory=mem).rax == ResultCode.INVALID_ADDRESS  # window past the end
         sup = h.module("calc")
         assert sup.grants.statistics().live == 0 and sup.grants.statistics().created == 1
 
