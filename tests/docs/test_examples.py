@@ -79,6 +79,10 @@ def extract(page: pathlib.Path) -> list[Block]:
     while i < len(lines):
         m = MARKER.match(lines[i].strip())
         if not m:
+            if f := FENCE.match(lines[i]):  # skip a block that is not marked (markers inside it are text)
+                i += 1
+                while i < len(lines) and not lines[i].startswith(f["fence"]):
+                    i += 1
             i += 1
             continue
         opts = dict(o.split("=", 1) for o in m["opts"].split())
@@ -174,6 +178,8 @@ def test_extract_rejects_broken_markers(tmp_path: pathlib.Path) -> None:
     good = tmp_path / "good.md"
     good.write_text("x\n<!-- run rc=1 -->\n```sh\nfalse\n```\n```python\nnot run\n```\n"
                     "<!-- run output=exact -->\n```sh\necho hi\n```\n```text\nhi\n```\n")
+    (tmp_path / "quoted.md").write_text("````markdown\n<!-- run -->\n```sh\nfalse\n```\n````\n")
+    assert extract(tmp_path / "quoted.md") == []
     b, c = extract(good)
     assert (b.lang, b.rc, b.line, b.code, b.expected) == ("sh", 1, 3, "false\n", None)
     assert (c.code, c.expected) == ("echo hi\n", "hi\n")
