@@ -145,3 +145,11 @@ def test_capability_paging_and_groups(run) -> None:
     rsp = run(0x17A, params=struct.pack(">III", 6, 0x12E, 127))
     assert rsp[10] == 0 and struct.unpack(">II", rsp[19:27]) == (0x12E, 1024)  # stays inside the fixed group
     assert rc_of(run(0x17A, params=struct.pack(">III", 0x77, 0, 1))) == 0x1C4
+
+
+def test_session_nonce_size_is_checked(run) -> None:
+    params = b"\x00\x10" + bytes(16) + b"\x00\x00" + b"\x00" + b"\x00\x10" + b"\x00\x0b"
+    rsp = run(0x176, (0x40000007, 0x40000007), params)
+    handle = struct.unpack(">I", rsp[10:14])[0]
+    short = struct.pack(">IH", handle, 8) + bytes(8) + b"\x01\x00\x00"
+    assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), short)) == 0x995  # SIZE, session 1
