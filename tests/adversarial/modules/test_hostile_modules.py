@@ -98,6 +98,8 @@ ATTACKS = [
     _fork,
     _kill_kernel,
     lambda: _read("/etc/shadow"),
+    lambda: os.listdir(".."),  # the other modules' private directories
+    lambda: _read("/proc/self/environ"),  # the spawn environment (empty anyway): /proc is out of reach
 ]
 
 
