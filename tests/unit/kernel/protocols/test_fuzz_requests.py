@@ -93,3 +93,54 @@ def test_fuzz_calling_area(guest: Any, cvm: Any, invariants: Any, header: bytes)
     else:
         assert guest.mem.read(guest.caa, 8) == header and regs.rax == request_rax(0, 6)
     invariants(cvm)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_walk_of_core_calls_keeps_invariants(seed: int, invariants: Any) -> None:
+    """Sequences, not single calls: two vCPUs issue random core calls over a small set of pages
+    (VMSAs appear and vanish, CAAs move, pages are lent and taken back); the invariants hold
+    after every step and every call answers with a result code."""
+    import random
+
+    from svsm.kernel import boot
+
+    with boot(vcpus=4, memory="12M") as cvm:
+        guest = cvm.guest
+        guest.accept_memory(0x10_0000, 0x30_0000)
+        walk(random.Random(seed), cvm, guest, invariants)
+        s = cvm.svsm.core.statistics()
+        assert s.vcpus_created and s.pvalidated_pages and s.cas_remapped
+
+
+def walk(rng: Any, cvm: Any, guest: Any, invariants: Any) -> None:
+    from svsm.kernel.hw import VMSA
+    from svsm.sdk.guest import PageList
+
+    ap = guest.start_ap(1)
+    boot_vmsa = cvm.svsm.guest_vmsa_gpa
+    pages = [guest.pool.take() for _ in range(8)]
+    lay = cvm.layout
+    gpas = pages + [0x60_0000, lay.svsm_base, lay.heap_start, boot_vmsa, guest.caa, ap.caa, guest.aps[1][1], 0x20_0000]
+    v = VMSA()
+    v.vmpl, v.efer, v.sev_features = guest.vmpl, (1 << 12) | (1 << 10) | (1 << 8), guest.sev_features()
+    for _ in range(250):
+        who = rng.choice([guest, ap])
+        call = rng.choice([0, 1, 1, 2, 3, 4, 5, 6, 7])
+        if rng.random() < 0.3:
+            try:
+                who.mem.write(rng.choice(pages), bytes(v))
+            except Exception:  # noqa: BLE001 -- the page may be a VMSA, lent, or rescinded by now
+                pass
+        rcx = rng.choice(gpas) + rng.choice([0, 0, 8])
+        if call in (1, 4, 5):
+            entries = [rng.choice(gpas) | rng.choice([0, 4, 8, 12, 1, 0x10]) for _ in range(rng.randint(0, 3))]
+            who.mem.write(who.caa + 8, PageList.build(entries))
+            rcx = who.caa + 8
+        r8 = rng.choice([2, 3, 7, 99])  # APIC IDs: 2 and 3 are vCPUs no guest runs on, 7 and 99 unknown
+        if call == 3 and rcx in (boot_vmsa, guest.aps[1][1]):
+            continue  # would stop a vCPU this test drives
+        r = who.svsm_call(SVSM_CORE_PROTOCOL, call, rcx, rng.choice(gpas), r8)
+        assert r.rax in CODES
+        if call == 0 and r.rax == 0:
+            who.caa = rcx
+        invariants(cvm)
