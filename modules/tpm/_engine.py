@@ -420,7 +420,8 @@ class Tpm(EntityMixin):
         s = self.sessions.get(sh)
         if s is None or s.state != "loaded":
             raise TpmError(RC.REFERENCE_S0 + n - 1)
-        if not 16 <= len(nonce) <= len(s.policy):  # nonceCaller: 16 .. digest size of the session hash
+        # nonceCaller: 16 .. digest size of the session hash; ESAPI sends none after PolicyPassword
+        if nonce and not 16 <= len(nonce) <= len(s.policy):
             raise TpmError(rc_session(RC.SIZE, n))
         if attrs & TPMA_SESSION.audit and s.is_policy:
             raise TpmError(rc_session(RC.ATTRIBUTES, n))
