@@ -164,6 +164,7 @@ class ModuleSupervisor:
         self.last_failure = ""
         self._calls = self._errors = self._failures = self._restarts = self._strikes_total = 0
         self._timeout = min(self.manifest.request_timeout, ctx.limits.request_timeout_cap)
+        self._call_specs = {(p.number, c.call): c for p in self.manifest.protocols for c in p.calls}
         self.ready = threading.Event()
         self._deadline = 0.0  # of the exchange in progress
         self._pollin: Any = None
@@ -488,11 +489,10 @@ class ModuleSupervisor:
         :raises Busy: the module is restarting, or failed during this call.
         :raises RequestError: the module's own error code.
         """
-        proto = self.manifest.protocol(params.protocol)
-        if proto is None:
-            raise UnsupportedProtocol(f"{self.name} does not serve protocol {params.protocol:#x}")
-        cs = proto.call_spec(params.call)
+        cs = self._call_specs.get((params.protocol, params.call))
         if cs is None:
+            if self.manifest.protocol(params.protocol) is None:
+                raise UnsupportedProtocol(f"{self.name} does not serve protocol {params.protocol:#x}")
             raise UnsupportedCall(f"{self.name}: protocol {params.protocol:#x} has no call {params.call}")
         with self._lock:
             st = self.state
