@@ -221,6 +221,8 @@ class Tpm(EntityMixin):
             return _HDR_ERR + u32(RC.FAILURE)
 
     def _execute(self, cmd: bytes, locality: int) -> bytes:
+        if not self.powered:  # a real TPM does not answer; transports check power first (mssim: size 0)
+            raise TpmError(RC.FAILURE)
         if len(cmd) < 10:
             raise TpmError(RC.BAD_TAG if len(cmd) < 2 else RC.COMMAND_SIZE)
         r = Reader(cmd)

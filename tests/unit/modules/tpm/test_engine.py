@@ -153,3 +153,12 @@ def test_session_nonce_size_is_checked(run) -> None:
     handle = struct.unpack(">I", rsp[10:14])[0]
     short = struct.pack(">IH", handle, 8) + bytes(8) + b"\x01\x00\x00"
     assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), short)) == 0x995  # SIZE, session 1
+
+
+def test_powered_off_tpm_fails_every_command() -> None:
+    t = Tpm(auto_start=False)
+    assert rc_of(t.execute(bytes.fromhex("80010000000c000001440000"))) == 0x101
+    t.power_on()
+    assert rc_of(t.execute(bytes.fromhex("80010000000c000001440000"))) == 0
+    t.power_off()
+    assert rc_of(t.execute(cmd(CC_GETRANDOM, params=b"\x00\x08"))) == 0x101
