@@ -3,39 +3,49 @@
 :class:`ModuleHost` implements the ``ModuleHost`` interface request dispatch uses
 (``svsm.kernel.protocols``): discovery (pluggy entry points ``svsm.modules``),
 sandboxed module processes, the ABI channel, syscalls, grants and supervision.
+
+Names load on first use (PEP 562): a module process imports ``svsm.kernel.ipc._child``
+and must not pay for the host, the supervisor or the kernel's crypto.
 """
 
-from ._discovery import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
-from ._discovery import ModuleRef as ModuleRef
-from ._discovery import ModuleSpec as ModuleSpec
-from ._discovery import discover as discover
-from ._discovery import measure_object as measure_object
-from ._discovery import spec_for as spec_for
-from ._disk import BlockDisk as BlockDisk
-from ._disk import MemoryDisk as MemoryDisk
-from ._grants import GrantTable as GrantTable
-from ._host import CallOutcome as CallOutcome
-from ._host import HostStatistics as HostStatistics
-from ._host import ModuleHost as ModuleHost
-from ._lifecycle import TRANSITIONS as TRANSITIONS
-from ._lifecycle import IllegalTransition as IllegalTransition
-from ._lifecycle import Lifecycle as Lifecycle
-from ._lifecycle import ModuleEvent as ModuleEvent
-from ._lifecycle import ModuleState as ModuleState
-from ._measurements import MODULE_MEASUREMENTS_GUID as MODULE_MEASUREMENTS_GUID
-from ._measurements import MeasurementEntry as MeasurementEntry
-from ._measurements import decode_measurements as decode_measurements
-from ._measurements import encode_measurements as encode_measurements
-from ._policy import BLOCK_ENV as BLOCK_ENV
-from ._policy import Policy as Policy
-from ._policy import load_policy as load_policy
-from ._storage import StorageRouter as StorageRouter
-from ._storage import VolatileStorage as VolatileStorage
-from ._supervisor import Limits as Limits
-from ._supervisor import ModuleInfo as ModuleInfo
-from ._supervisor import ModuleSupervisor as ModuleSupervisor
-from ._syscalls import Providers as Providers
-from ._syscalls import SyscallHandler as SyscallHandler
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ENTRY_POINT_GROUP": "_discovery",
+    "ModuleRef": "_discovery",
+    "ModuleSpec": "_discovery",
+    "discover": "_discovery",
+    "measure_object": "_discovery",
+    "spec_for": "_discovery",
+    "BlockDisk": "_disk",
+    "MemoryDisk": "_disk",
+    "GrantTable": "_grants",
+    "CallOutcome": "_host",
+    "HostStatistics": "_host",
+    "ModuleHost": "_host",
+    "TRANSITIONS": "_lifecycle",
+    "IllegalTransition": "_lifecycle",
+    "Lifecycle": "_lifecycle",
+    "ModuleEvent": "_lifecycle",
+    "ModuleState": "_lifecycle",
+    "MODULE_MEASUREMENTS_GUID": "_measurements",
+    "MeasurementEntry": "_measurements",
+    "decode_measurements": "_measurements",
+    "encode_measurements": "_measurements",
+    "BLOCK_ENV": "_policy",
+    "Policy": "_policy",
+    "load_policy": "_policy",
+    "StorageRouter": "_storage",
+    "VolatileStorage": "_storage",
+    "Limits": "_supervisor",
+    "ModuleInfo": "_supervisor",
+    "ModuleSupervisor": "_supervisor",
+    "Providers": "_syscalls",
+    "SyscallHandler": "_syscalls",
+}
 
 __all__ = [
     "BLOCK_ENV",
@@ -70,3 +80,15 @@ __all__ = [
     "measure_object",
     "spec_for",
 ]
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'svsm.kernel.ipc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
