@@ -1,0 +1,424 @@
+"""The kernel's ``vm`` service for live migration: what the migration engine may do to the VM.
+
+The migration engine (``svsm.modules.migrate``) never touches the machine; it calls these
+operations (the ``VmPort`` it is written against).  They run with the SVSM's privileges:
+
+* pages are read in plaintext through the SVSM's own VMPL0 view (and shared pages through
+  C=0), together with their RMP state -- the hypervisor sees only ciphertext;
+* the hypervisor's dirty log is passed through as it is: untrusted, a hint for pre-copy only;
+  :meth:`MigratableVm.digests` is what the final check trusts;
+* on the destination, pages and their RMP state are imported the way the AMD-SP imports a
+  guest for a migration agent (firmware access: no guest PVALIDATE needed), the guest's keys go
+  into the destination PSP's guest context, and module states through their restore hooks.
+
+Every input from the peer is checked here (frame range, state bits, sizes) even though it
+arrived over the attested channel: the kernel does not trust a module's arguments.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import msgspec
+
+from svsm.kernel.hw import HardwareFault
+from svsm.sdk import FatalError, InvalidParameter, InvalidRequest
+
+from ._gate import RunGate
+from ._state import (
+    PAGE_ASSIGNED,
+    PAGE_PERMS_SHIFT,
+    PAGE_STATE_MASK,
+    PAGE_VALIDATED,
+    PAGE_VMSA,
+    STATE_VERSION,
+    GuestKeys,
+    MachineState,
+    ModuleState,
+    VcpuState,
+    decode_state,
+    encode_state,
+)
+
+__all__ = ["MigratableVm", "VmStatistics", "Page", "CHUNK_PAGES"]
+
+log = logging.getLogger("svsm.kernel.migration")
+
+PAGE = 4096
+_ZERO = bytes(PAGE)
+_VMPL_PERMS_ALL = 0x1F
+#: Pages per digest chunk of the final check (1 MiB).
+CHUNK_PAGES = 256
+_HDR = struct.Struct("<IB")
+
+#: ``(gfn, state word, plaintext or None for an all-zero page)``.
+Page = tuple[int, int, bytes | None]
+
+
+class VmStatistics(NamedTuple):
+    """Counters of one :class:`MigratableVm`."""
+
+    pages_read: int
+    pages_written: int
+    zero_pages: int
+    digests: int
+    dirty_reported: int
+    dirty_ignored: int
+
+
+class MigratableVm:
+    """One booted CVM (``svsm.kernel.Cvm``) as the migration engine sees it.
+
+    :param cvm: the running (source) or freshly booted, not yet started (destination) CVM.
+    :param gate: the run gate of its guest vCPUs (a destination's starts paused).
+    :param module_host: where module states are saved/restored (default: the SVSM's).
+    :param skip_modules: module names whose state does not move (the migration engine's own).
+    :param threads: hashing threads for :meth:`digests`.
+    :param clock: monotonic seconds (injected).
+    """
+
+    def __init__(
+        self,
+        cvm: Any,
+        *,
+        gate: RunGate | None = None,
+        module_host: Any = None,
+        skip_modules: Iterable[str] = ("migrate",),
+        threads: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cvm = cvm
+        self.platform = cvm.platform
+        self.gate = gate if gate is not None else RunGate(clock=clock)
+        self.module_host = module_host if module_host is not None else cvm.svsm.module_host
+        self._skip = frozenset(skip_modules)
+        self._threads = max(1, threads)
+        self._clock = clock
+        lay = cvm.layout
+        self._frames = range(0, lay.svsm_base // PAGE)
+        self._view0 = self.platform.vcpus[0].view(0)
+        self.fenced = False
+        self.pages_read = self.pages_written = self.zero_pages = self.n_digests = 0
+        self.dirty_reported = self.dirty_ignored = 0
+
+    # -- identity ----------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """Shape of the VM: a destination must match it exactly."""
+        return {
+            "memory_size": self.platform.memory_size,
+            "guest_frames": len(self._frames),
+            "vcpus": len(self.platform.vcpus),
+            "guest_vmpl": self.cvm.svsm.guest_vmpl,
+            "modules": sorted(self._module_names()),
+            "measurement": self.cvm.measurement.hex(),
+        }
+
+    def attest(self, report_data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+        """A VMPL0 report of this SVSM binding ``report_data``, with the ARK/ASK/VCEK PEMs.
+
+        :raises InvalidParameter: ``report_data`` is not 64 bytes.
+        """
+        if len(report_data) != 64:
+            raise InvalidParameter("REPORT_DATA must be 64 bytes")
+        # The SVSM's own MSG_REPORT_REQ at VMPL0 (VMPCK0); built by the PSP directly so that no
+        # guest vCPU's GHCB is borrowed while the guest keeps running on it.
+        report = self.cvm.psp.build_report(self.cvm.psp_context, report_data, 0)
+        ark, ask, vcek = self.cvm.psp.chip.chain_pem()
+        return report, ark, ask, vcek
+
+    def frames(self) -> range:
+        """Every guest frame (GFN) that migrates: guest RAM below the SVSM."""
+        return self._frames
+
+    # -- dirty logging (the hypervisor's, untrusted) -----------------------------------------------
+    def start_dirty_log(self) -> None:
+        """Ask the hypervisor to log guest writes from now on."""
+        self.platform.hypervisor.enable_dirty_logging(True)
+
+    def dirty_frames(self) -> set[int]:
+        """The hypervisor's dirty GFNs since the last call, limited to guest frames (a hint)."""
+        got = self.platform.hypervisor.get_dirty_log(clear=True)
+        self.dirty_reported += len(got)
+        lo, hi = self._frames.start, self._frames.stop
+        out = {g for g in got if isinstance(g, int) and lo <= g < hi}
+        self.dirty_ignored += len(got) - len(out)
+        return out
+
+    def stop_dirty_log(self) -> None:
+        """Stop logging (best effort: the hypervisor may ignore it)."""
+        try:
+            self.platform.hypervisor.enable_dirty_logging(False)
+        except (ValueError, AttributeError):
+            log.warning("hypervisor refused to stop dirty logging")
+
+    # -- pages ---------------------------------------------------------------------------------------
+    def _page(self, gfn: int) -> Page:
+        plat, gpa = self.platform, gfn * PAGE
+        sfn = plat.npt.get(gfn, gfn) if plat.npt else gfn
+        if sfn is None:
+            raise InvalidRequest(f"guest frame {gfn:#x} is unmapped by the hypervisor")
+        e = plat.rmp.read(sfn)
+        if e.assigned:
+            if e.asid != plat.asid or e.immutable or e.gpa != gpa:
+                raise InvalidRequest(f"guest frame {gfn:#x} is not the guest's page")
+            state = PAGE_ASSIGNED | (PAGE_VALIDATED if e.validated else 0) | (PAGE_VMSA if e.vmsa else 0)
+            for v in (1, 2, 3):
+                state |= (e.perms[v] & 0xFF) << (PAGE_PERMS_SHIFT + 8 * (v - 1))
+            data = self._view0.read(gpa, PAGE) if e.validated else None
+        else:
+            state = 0
+            data = self._view0.read(gpa, PAGE, c_bit=False)
+        if data is not None and data == _ZERO:
+            data = None
+        return gfn, state, data
+
+    def read_pages(self, gfns: Sequence[int]) -> list[Page]:
+        """Plaintext and RMP state of ``gfns`` (through the SVSM's mappings).
+
+        :raises InvalidParameter: a frame outside guest memory.
+        :raises InvalidRequest: the hypervisor took a frame away from the guest.
+        """
+        out = []
+        frames = self._frames
+        try:
+            for g in gfns:
+                if g not in frames:
+                    raise InvalidParameter(f"frame {g:#x} is not guest memory")
+                p = self._page(g)
+                if p[2] is None:
+                    self.zero_pages += 1
+                out.append(p)
+        except HardwareFault as exc:
+            raise InvalidRequest(f"guest memory became unreadable: {exc}") from exc
+        self.pages_read += len(out)
+        return out
+
+    def write_pages(self, pages: Iterable[Page]) -> None:
+        """Import pages and their RMP state (destination, guest not running).
+
+        :raises InvalidParameter: a frame outside guest memory, unknown state bits, bad size.
+        """
+        plat = self.platform
+        fa, mem, frames = plat.firmware, plat.memory, self._frames
+        n = 0
+        for gfn, state, data in pages:
+            if gfn not in frames or state & ~PAGE_STATE_MASK or (data is not None and len(data) != PAGE):
+                raise InvalidParameter("malformed page record")
+            gpa = gfn * PAGE
+            sfn = plat.host.translate(gpa) >> 12
+            if state & PAGE_ASSIGNED:
+                perms = (_VMPL_PERMS_ALL, *((state >> (PAGE_PERMS_SHIFT + 8 * i)) & 0xFF for i in range(3)))
+                fa.set_rmp(sfn * PAGE, assigned=True, gpa=gpa, validated=bool(state & PAGE_VALIDATED),
+                           vmsa=bool(state & PAGE_VMSA), perms=perms)  # fmt: skip
+                if data is None:
+                    mem.zero_plain(sfn)
+                else:
+                    mem.write_plain(sfn, 0, data)
+            else:
+                if state:
+                    raise InvalidParameter("malformed page record")
+                fa.set_rmp(sfn * PAGE, assigned=False)
+                if data is None:
+                    mem.discard(sfn)
+                else:
+                    mem.write_raw(sfn, 0, data)
+            n += 1
+        self.pages_written += n
+
+    # -- the final check -----------------------------------------------------------------------------
+    def _chunk_digest(self, chunk: int) -> bytes:
+        h = hashlib.sha256(chunk.to_bytes(8, "little"))
+        start = self._frames.start + chunk * CHUNK_PAGES
+        stop = min(start + CHUNK_PAGES, self._frames.stop)
+        parts = []
+        for _, state, data in self.read_pages(range(start, stop)):
+            parts.append(_HDR.pack(state, data is not None))
+            if data is not None:
+                parts.append(data)
+        h.update(b"".join(parts))  # one large update: hashlib releases the GIL
+        return h.digest()
+
+    def chunk_count(self) -> int:
+        """Number of digest chunks over guest memory."""
+        return -(-len(self._frames) // CHUNK_PAGES)
+
+    def chunk_frames(self, chunk: int) -> range:
+        """The guest frames of digest chunk ``chunk``.  :raises InvalidParameter: no such chunk."""
+        if not 0 <= chunk < self.chunk_count():
+            raise InvalidParameter("no such chunk")
+        start = self._frames.start + chunk * CHUNK_PAGES
+        return range(start, min(start + CHUNK_PAGES, self._frames.stop))
+
+    def digests(self, chunks: Sequence[int] | None = None) -> list[bytes]:
+        """SHA-256 per chunk of guest memory (state words + plaintext), computed in-kernel.
+
+        :param chunks: which chunks (default: all, in order).
+        """
+        todo = list(range(self.chunk_count())) if chunks is None else list(chunks)
+        for c in todo:
+            self.chunk_frames(c)
+        self.n_digests += len(todo)
+        if self._threads == 1 or len(todo) < 8:
+            return [self._chunk_digest(c) for c in todo]
+        with concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="migrate-digest") as ex:
+            return list(ex.map(self._chunk_digest, todo))
+
+    # -- vCPUs ---------------------------------------------------------------------------------------
+    def pause(self) -> float:
+        """Stop the guest's vCPUs (stop-and-copy).  :returns: seconds waited for them."""
+        return self.gate.pause()
+
+    def resume(self) -> None:
+        """Run the guest (source after a failed migration, destination at commit).
+
+        :raises GuestFenced: this machine committed the guest away.
+        """
+        self.gate.resume()
+
+    def fence(self) -> None:
+        """Never run this guest again: refuse the gate, drop its VMSAs, retire its keys."""
+        self.gate.fence()
+        self.fenced = True
+        gv = self.cvm.svsm.guest_vmpl
+        for v in self.platform.vcpus:
+            if v.vmpl == gv:
+                v.halt()
+            v.set_vmsa(gv, None)
+        ctx = self.cvm.psp_context
+        for i in range(gv, 4):
+            ctx.vmpcks[i] = bytes(32)
+        log.warning("guest fenced: it now runs on the migration destination")
+
+    # -- machine state -------------------------------------------------------------------------------
+    def _module_names(self) -> list[str]:
+        host = self.module_host
+        if host is None:
+            return []
+        return [m.name for m in host.modules() if m.name not in self._skip and m.state == "serving"]
+
+    def export_state(self) -> bytes:
+        """VMSAs, GHCB MSRs, guest keys and module states (guest paused).
+
+        :raises InvalidRequest: the guest is running (pause first).
+        """
+        from svsm.kernel.migration._gate import GateState
+
+        if self.gate.state is GateState.RUNNING:
+            raise InvalidRequest("pause the guest before exporting its state")
+        svsm, gv = self.cvm.svsm, self.cvm.svsm.guest_vmpl
+        vcpus = []
+        for v in self.platform.vcpus:
+            cur = svsm.percpu[v.index].current() if v.index < len(svsm.percpu) else None
+            if cur is None:
+                vcpus.append(VcpuState(v.index, v.apic_id, 0, 0, False, None, v.ghcb_msr[gv]))
+                continue
+            vmsa_gpa, caa = cur
+            rec = svsm.registry.get(vmsa_gpa)
+            owned = bool(rec and rec.guest_owned)
+            data = None if owned else v.vmsa(gv).to_bytes()
+            vcpus.append(VcpuState(v.index, v.apic_id, vmsa_gpa, caa, owned, data, v.ghcb_msr[gv]))
+        ctx = self.cvm.psp_context
+        keys = GuestKeys(gv, [bytes(k) for k in ctx.vmpcks[gv:]], list(ctx.seqnos[gv:]), bytes(ctx.vmrk))
+        modules = []
+        for name in self._module_names():
+            blob = self.module_host.save_state(name)
+            if blob is not None:
+                modules.append(ModuleState(name, bytes(blob)))
+        st = MachineState(STATE_VERSION, self.platform.memory_size, gv, vcpus, keys, modules)
+        return encode_state(st)
+
+    def import_state(self, blob: bytes) -> None:
+        """Install a source's machine state (destination, guest not running).
+
+        :raises InvalidParameter: malformed, or a different machine shape or module set.
+        """
+        try:
+            st = decode_state(blob)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise InvalidParameter("malformed machine state") from exc
+        svsm, gv = self.cvm.svsm, self.cvm.svsm.guest_vmpl
+        if (st.version != STATE_VERSION or st.memory_size != self.platform.memory_size or st.guest_vmpl != gv
+                or len(st.vcpus) != len(self.platform.vcpus) or st.keys.first != gv
+                or len(st.keys.vmpcks) != 4 - gv or len(st.keys.seqnos) != 4 - gv):  # fmt: skip
+            raise InvalidParameter("machine state does not fit this VM")
+        missing = {m.name for m in st.modules} - set(self._module_names())
+        if missing:
+            raise InvalidParameter(f"modules missing on the destination: {sorted(missing)}")
+        for vs in st.vcpus:
+            self._import_vcpu(vs, svsm, gv)
+        ctx = self.cvm.psp_context
+        for i, (k, s) in enumerate(zip(st.keys.vmpcks, st.keys.seqnos), start=gv):
+            ctx.vmpcks[i], ctx.seqnos[i] = bytes(k), int(s)
+        ctx.vmrk = bytes(st.keys.vmrk)
+        for m in st.modules:
+            self.module_host.restore_state(m.name, m.state)
+
+    def _import_vcpu(self, vs: VcpuState, svsm: Any, gv: int) -> None:
+        v = self.platform.vcpus[vs.index]
+        if v.apic_id != vs.apic_id:
+            raise InvalidParameter("vCPU topology differs")
+        v.ghcb_msr[gv] = vs.ghcb_msr
+        pc = svsm.percpu[vs.index]
+        cur = pc.current()
+        if not vs.vmsa_gpa:
+            if cur is not None:
+                raise InvalidParameter("the destination runs a guest vCPU the source does not")
+            return
+        if vs.guest_owned:
+            if vs.vmsa_gpa // PAGE not in self._frames or vs.vmsa is not None:
+                raise InvalidParameter("guest VMSA outside guest memory")
+            svsm.registry.register(vs.vmsa_gpa, vs.caa_gpa, vs.index, guest_owned=True)
+            svsm.registry.set_in_use(vs.vmsa_gpa)
+            v.set_vmsa(gv, vs.vmsa_gpa // PAGE)
+            pc.attach(vs.vmsa_gpa, vs.caa_gpa)
+            return
+        if cur is None or vs.vmsa is None:
+            raise InvalidParameter("SVSM-owned guest VMSA without a destination VMSA")
+        own_vmsa, own_caa = cur
+        self.platform.firmware.write_private(own_vmsa, vs.vmsa)
+        if vs.caa_gpa != own_caa:
+            if vs.caa_gpa // PAGE not in self._frames:
+                raise InvalidParameter("calling area outside guest memory")
+            svsm.registry.remap_caa(own_vmsa, vs.caa_gpa)
+            pc.attach(own_vmsa, vs.caa_gpa)
+
+    # -- proof ---------------------------------------------------------------------------------------
+    def fingerprint(self, digests: Sequence[bytes] | None = None) -> dict[str, str]:
+        """Hashes of everything that must be identical on both ends (guest paused or not started).
+
+        Memory (all chunk digests), the guest VMSAs, the guest keys, and each module's state.
+
+        :param digests: this VM's :meth:`digests` if already computed.
+        """
+        st = decode_state(self.export_state())
+        vmsas = hashlib.sha256()
+        for vs in st.vcpus:
+            v = self.platform.vcpus[vs.index]
+            if vs.vmsa_gpa:
+                vmsas.update(v.vmsa(st.guest_vmpl).to_bytes())
+        keys = hashlib.sha256(msgspec.msgpack.encode(st.keys)).hexdigest()
+        out = {
+            "memory": hashlib.sha256(b"".join(self.digests() if digests is None else digests)).hexdigest(),
+            "vmsas": vmsas.hexdigest(),
+            "keys": keys,
+        }
+        for m in st.modules:
+            out[f"module:{m.name}"] = hashlib.sha256(m.state).hexdigest()
+        return out
+
+    def statistics(self) -> VmStatistics:
+        """A snapshot of the counters."""
+        return VmStatistics(self.pages_read, self.pages_written, self.zero_pages, self.n_digests,
+                            self.dirty_reported, self.dirty_ignored)  # fmt: skip
+
+
+def default_threads() -> int:
+    """Hashing threads: the CPUs this process may use, at most 4."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
