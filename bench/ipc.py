@@ -80,6 +80,29 @@ def _mem(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+def codec_cost(n: int = 50_000) -> tuple[float, float]:
+    """(declared, array_like twin) seconds to encode + decode one CallRequest and one CallResult."""
+    import msgspec
+
+    from svsm.sdk.abi import CallRequest, CallResult
+
+    def twin(cls: type) -> type:
+        fields = [(f.name, f.type, f.default) for f in msgspec.structs.fields(cls)]
+        return msgspec.defstruct(cls.__name__, fields, tag=cls.__struct_config__.tag, tag_field="t", array_like=True, frozen=True)
+
+    out = []
+    for req_t, res_t in ((CallRequest, CallResult), (twin(CallRequest), twin(CallResult))):
+        enc = msgspec.msgpack.Encoder()
+        dreq, dres = msgspec.msgpack.Decoder(req_t), msgspec.msgpack.Decoder(res_t)
+        req, res = req_t(id=1, protocol=PROTOCOL, call=0, rcx=5), res_t(id=1, rcx=5)
+        t = time.perf_counter()
+        for _ in range(n):
+            dreq.decode(enc.encode(req))
+            dres.decode(enc.encode(res))
+        out.append((time.perf_counter() - t) / n)
+    return out[0], out[1]
+
+
 def main() -> None:
     from svsm.kernel.ipc import ModuleHost, Policy
     from svsm.sdk.abi import CallRequest, CallResult, Channel
@@ -123,6 +146,9 @@ def main() -> None:
     print(f"  same, seccomp spec-allow:      {fast * 1e6:8.1f} us/call")
     print(f"raw socketpair round trip:       {base * 1e6:8.1f} us/call  ({size} bytes each way)")
     print(f"ratio:                           {ours / base:8.2f}  (spec-allow {fast / base:.2f}; goal <= 1.3)")
+    dict_codec, array_codec = codec_cost()
+    print(f"codec per call (dict / array_like): {dict_codec * 1e6:6.2f} / {array_codec * 1e6:.2f} us"
+          f"  ({(dict_codec - array_codec) / ours:.1%} of a call: array_like not adopted)")
     print(f"module start (spawn -> serving): {statistics.median(starts) * 1e3:8.1f} ms median of {len(starts)}")
     print(f"module process memory:           RSS {rss / 1024:.1f} MiB, PSS {pss / 1024:.1f} MiB")
     print(f"protections in force:            {', '.join(protections)}")
