@@ -62,8 +62,8 @@ class Limits:
     #: restart backoff: base * 2**(failures-1), capped.
     backoff_base: float = 0.05
     backoff_max: float = 5.0
-    #: seconds for spawn + handshake + start.
-    start_timeout: float = 60.0
+    #: seconds for spawn + handshake + start (a module stuck in start blocks its own restart loop only).
+    start_timeout: float = 20.0
     #: seconds for a stop / save / restore / manifest / storage exchange.
     hook_timeout: float = 10.0
     #: cap on any manifest's request_timeout.

@@ -348,3 +348,29 @@ def test_modules_outlive_the_thread_that_started_the_host(svsm_module_host: Any)
     (h,) = hosts
     _alive(h)
     assert h.module("bystander").statistics().failures == 0
+
+
+class StuckAtStart(Module):
+    MANIFEST = Manifest(name="stuck", version="1", protocols=[ProtocolSpec(number=BASE + 6, calls=[CallSpec(call=0)])])
+
+    @hookimpl
+    def svsm_module_start(self) -> None:
+        while True:
+            pass
+
+
+def test_a_module_stuck_in_start_is_disabled_and_others_serve(svsm_module_host: Any) -> None:
+    from svsm.kernel.ipc import Limits
+
+    h = svsm_module_host(
+        StuckAtStart, Echo, mode="process", limits=Limits(start_timeout=1.0, crash_loop=2, backoff_base=0.01)
+    )
+    _alive(h)
+    sup = h.module("stuck")
+    for _ in range(200):
+        if sup.state.value == "dead":
+            break
+        time.sleep(0.05)
+    assert sup.state.value == "dead" and "deadline" in sup.last_failure
+    assert h.call(BASE + 6, 0).rax == ResultCode.UNSUPPORTED_PROTOCOL
+    _alive(h)
