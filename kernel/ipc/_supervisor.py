@@ -62,7 +62,7 @@ class Limits:
     #: restart backoff: base * 2**(failures-1), capped.
     backoff_base: float = 0.05
     backoff_max: float = 5.0
-    #: seconds for spawn + handshake + start (a module stuck in start blocks its own restart loop only).
+    #: seconds for spawn + handshake + start (restarts run one at a time on the supervisor thread).
     start_timeout: float = 20.0
     #: seconds for a stop / save / restore / manifest / storage exchange.
     hook_timeout: float = 10.0
