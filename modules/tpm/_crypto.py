@@ -165,13 +165,12 @@ class DRBG:
         return kdfa(self._alg, self._seed, self._label, self._ctx, _BE32(self._n), n * 8)
 
 
-_SMALL_PRIMES = [p for p in range(3, 2000) if all(p % d for d in range(2, int(p ** 0.5) + 1))]
+_SMALL_PRIMES = [p for p in range(3, 4000) if all(p % d for d in range(2, int(p ** 0.5) + 1))]
+_SIEVE_WIDTH = 2048  # odd candidates examined per DRBG draw
 
 
 def _is_probable_prime(n: int, drbg: DRBG, rounds: int) -> bool:
-    for p in _SMALL_PRIMES:
-        if n % p == 0:
-            return n == p
+    """Miller-Rabin with DRBG-chosen bases (deterministic for a given DRBG)."""
     d, s = n - 1, 0
     while not d & 1:
         d >>= 1
@@ -192,19 +191,28 @@ def _is_probable_prime(n: int, drbg: DRBG, rounds: int) -> bool:
 
 
 def _prime(drbg: DRBG, bits: int, e: int) -> int:
+    """The first probable prime p >= a DRBG-drawn start with gcd(p - 1, e) = 1.
+
+    Candidates c + 2j are sieved by the small primes with bytearray slice assignment (C speed), so
+    only survivors pay for a modular exponentiation.
+    """
     nbytes = bits // 8
     while True:
         c = int.from_bytes(drbg.read(nbytes), "big") | (3 << (bits - 2)) | 1
-        # sieve forwards from c in steps of 2 to save DRBG output
-        for k in range(0, 2000, 2):
-            cand = c + k
+        sieve = bytearray(b"\x01") * _SIEVE_WIDTH
+        for p in _SMALL_PRIMES:
+            # c + 2j = 0 (mod p)  <=>  j = -c * 2^-1 (mod p)
+            start = (-c * ((p + 1) // 2)) % p
+            sieve[start::p] = bytes(len(range(start, _SIEVE_WIDTH, p)))
+        for j in range(_SIEVE_WIDTH):
+            if not sieve[j]:
+                continue
+            cand = c + 2 * j
             if cand.bit_length() != bits:
                 break
-            if any(cand % p == 0 for p in _SMALL_PRIMES[:200]):
-                continue
             if (cand - 1) % e == 0:
                 continue
-            if _is_probable_prime(cand, drbg, 5):
+            if _is_probable_prime(cand, drbg, 1) and _is_probable_prime(cand, drbg, 4):
                 return cand
 
 
