@@ -236,8 +236,14 @@ class ModuleHost:
         return self
 
     def _start_one(self, sup: ModuleSupervisor) -> None:
-        sup.start()
-        if "serve_storage" in sup.granted and self.providers.storage.provider_namespace is None:
+        started = sup.start()
+        if "serve_storage" not in sup.granted:
+            return
+        if not started:
+            # No split brain: storage stays volatile for this boot rather than switching later.
+            log.error("storage provider %s did not start: storage is volatile", sup.name)
+            return
+        if self.providers.storage.provider_namespace is None:
             self.providers.storage.set_provider(ModuleStorageBackend(sup, self.providers.storage.fallback), sup.name)
 
     def _supervise(self) -> None:

@@ -448,3 +448,18 @@ def test_endless_valid_syscalls_hit_the_deadline() -> None:
     with host(Chatty) as h:
         assert h.call(P + 9, 0).rax == ResultCode.BUSY
         assert "deadline" in h.module("chatty").last_failure
+
+
+class BrokenStore(Store):
+    MANIFEST = Manifest(name="brokenstore", version="1", capabilities=["serve_storage"])
+
+    @hookimpl
+    def svsm_module_start(self) -> None:
+        raise RuntimeError("no disk")
+
+
+def test_storage_stays_volatile_when_the_provider_cannot_start() -> None:
+    with host(BrokenStore, Calc) as h:
+        assert h.providers.storage.provider_namespace is None
+        assert h.call(P, 0, rcx=4).rax == 0  # calc's storage_put works (volatile)
+        assert h.providers.storage.fallback.get("calc", "total") == b"4"
