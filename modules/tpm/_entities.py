@@ -167,7 +167,8 @@ class EntityMixin:
         if kind in ("entity", "nvauth", "nv"):
             if ht == HT.NV_INDEX:
                 nv = self.nv.get(h)
-                if nv is None:
+                # platform-created indices vanish while phEnableNV is clear (TPMA_STARTUP_CLEAR)
+                if nv is None or nv.attrs & TPMA_NV.PLATFORMCREATE and not self.enabled[RH.PLATFORM_NV]:
                     raise TpmError(rc_handle(RC.HANDLE, n))
                 return nv
             if kind == "nv":

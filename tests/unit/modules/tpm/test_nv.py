@@ -157,3 +157,12 @@ def test_nv_change_auth_and_undefine_special_need_policy(esys) -> None:
     with pytest.raises(TSS2_Exception):
         esys.nv_read_public(sp)
     assert pytss is not None
+
+
+def test_ph_enable_nv_hides_platform_indices(run) -> None:
+    idx = 0x01800003
+    attrs = 0x40000000 | 0x00010001 | 0x00040004
+    assert define(run, idx, attrs, 8, hier=PLATFORM) == 0
+    assert rc_of(run(READPUB, (idx,))) == 0
+    assert rc_of(run(0x121, (PLATFORM,), struct.pack(">IB", 0x4000000D, 0), pw())) == 0  # phEnableNV = 0
+    assert rc_of(run(READPUB, (idx,))) == 0x18B
