@@ -195,7 +195,8 @@ def _handles(tpm: "Tpm", ht: int) -> list[int]:
     if ht == HT.PCR:
         return list(range(NUM_PCRS))
     if ht == HT.NV_INDEX:
-        return sorted(tpm.nv)
+        return sorted(h for h, nv in tpm.nv.items()
+                      if tpm.enabled[RH.PLATFORM_NV] or not nv.attrs & TPMA_NV.PLATFORMCREATE)
     if ht == HT.HMAC_SESSION:  # loaded sessions of both kinds
         return sorted(h for h, s in tpm.sessions.items() if s.state == "loaded")
     if ht == HT.POLICY_SESSION:  # saved sessions
