@@ -23,9 +23,12 @@ from svsm.kernel.hw import (
     PageStateChangeBuffer,
     PageStateChangeEntry,
     PageStateChangeOp,
+    PageStateChangeRequest,
+    PageStateChangeResponse,
     Platform,
     SwExitCode,
     Vcpu,
+    decode_msr,
 )
 from svsm.kernel.hw.psp import FirmwareImage, SectionType
 from svsm.kernel.mm import PageAllocator, PerCpuAreas, SlabAllocator
@@ -339,10 +342,16 @@ class Svsm:
                 buf = nxt
 
     def _make_shared(self, vcpu: Vcpu, pc: PerCpu, gpa: int) -> None:
+        """A per-CPU GHCB page: PVALIDATE it invalid, then MSR-protocol PSC to shared (coconut 3.1).
+
+        :raises GhcbCallError: the host refused the page state change.
+        """
         rc, _ = self.cpu_ops.pvalidate(vcpu.index, gpa, False, False)
         if rc:
             raise FatalError(f"rescinding GHCB page {gpa:#x} failed: {rc}")
-        self.page_state_change(vcpu, pc, [PageStateChangeEntry(gpa >> 12, PageStateChangeOp.SHARED)])
+        resp = decode_msr(self.ghcb.msr_request(vcpu, PageStateChangeRequest(gpa >> 12, PageStateChangeOp.SHARED).encode()))
+        if not isinstance(resp, PageStateChangeResponse) or resp.error:
+            raise GhcbCallError("page state change (MSR protocol)", 0, getattr(resp, "error", 0))
 
     def _create_svsm_vmsa(self, vcpu0: Vcpu, apic_id: int) -> int:
         gpa = self.allocator.allocate_zeroed_page()
