@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from svsm.sdk import Busy, InvalidFormat, UnsupportedProtocol
+from svsm.sdk import Busy, InvalidFormat, InvalidRequest, UnsupportedProtocol
 from svsm.sdk.abi import Recorder
 
 from ._discovery import ModuleSpec, discover, spec_for
@@ -81,41 +81,31 @@ class _NoMemory:
 class ModuleStorageBackend:
     """Storage syscalls of other modules, served by a module with ``serve_storage``.
 
-
-    While the provider restarts, storage answers BUSY; once it is disabled, storage falls
-    back to the kernel's volatile store (logged), so other modules keep working.
+    Fails closed: while the provider restarts storage answers BUSY, and once it is disabled
+    every storage syscall is refused (INVALID_REQUEST) -- a module never falls back to a
+    volatile store behind the persistence module's back (e.g. a vTPM re-manufacturing).
     """
 
-    def __init__(self, supervisor: ModuleSupervisor, fallback: Any) -> None:
+    def __init__(self, supervisor: ModuleSupervisor) -> None:
         self._sup = supervisor
-        self._fallback = fallback
 
-    def _dead(self) -> bool:
+    def _call(self, op: str, namespace: str, key: str, value: bytes = b"") -> Any:
         if self._sup.state is ModuleState.DEAD:
-            log.warning("storage provider %s is disabled; using volatile storage", self._sup.name)
-            return True
-        return False
+            raise InvalidRequest(f"storage provider {self._sup.name} is disabled")
+        return self._sup.storage(op, namespace, key, value)
 
     def get(self, namespace: str, key: str) -> bytes | None:
-        if self._dead():
-            return self._fallback.get(namespace, key)
-        res = self._sup.storage("get", namespace, key)
+        res = self._call("get", namespace, key)
         return res.data if res.found else None
 
     def put(self, namespace: str, key: str, value: bytes) -> None:
-        if self._dead():
-            return self._fallback.put(namespace, key, value)
-        self._sup.storage("put", namespace, key, value)
+        self._call("put", namespace, key, value)
 
     def delete(self, namespace: str, key: str) -> bool:
-        if self._dead():
-            return self._fallback.delete(namespace, key)
-        return bool(self._sup.storage("delete", namespace, key).found)
+        return bool(self._call("delete", namespace, key).found)
 
     def list(self, namespace: str, prefix: str) -> list[str]:
-        if self._dead():
-            return self._fallback.list(namespace, prefix)
-        return list(self._sup.storage("list", namespace, prefix).names)
+        return list(self._call("list", namespace, prefix).names)
 
 
 def _default_read_only() -> list[str]:
@@ -237,14 +227,12 @@ class ModuleHost:
 
     def _start_one(self, sup: ModuleSupervisor) -> None:
         started = sup.start()
-        if "serve_storage" not in sup.granted:
-            return
-        if not started:
-            # No split brain: storage stays volatile for this boot rather than switching later.
-            log.error("storage provider %s did not start: storage is volatile", sup.name)
-            return
-        if self.providers.storage.provider_namespace is None:
-            self.providers.storage.set_provider(ModuleStorageBackend(sup, self.providers.storage.fallback), sup.name)
+        if "serve_storage" in sup.granted and self.providers.storage.provider_namespace is None:
+            # Fail closed: even if the provider did not start, storage goes to it (BUSY while it
+            # restarts, refused once disabled) -- never silently to a volatile store.
+            if not started:
+                log.error("storage provider %s did not start: %s", sup.name, sup.last_failure)
+            self.providers.storage.set_provider(ModuleStorageBackend(sup), sup.name)
 
     def _supervise(self) -> None:
         while not self._stop.wait(self._tick):

@@ -458,8 +458,8 @@ class BrokenStore(Store):
         raise RuntimeError("no disk")
 
 
-def test_storage_stays_volatile_when_the_provider_cannot_start() -> None:
-    with host(BrokenStore, Calc) as h:
-        assert h.providers.storage.provider_namespace is None
-        assert h.call(P, 0, rcx=4).rax == 0  # calc's storage_put works (volatile)
-        assert h.providers.storage.fallback.get("calc", "total") == b"4"
+def test_storage_fails_closed_when_the_provider_cannot_start() -> None:
+    with host(BrokenStore, Calc, limits=Limits(backoff_base=0.001, crash_loop=2)) as h:
+        assert h.providers.storage.provider_namespace == "brokenstore"
+        assert h.call(P, 0, rcx=4).rax in (ResultCode.BUSY, ResultCode.INVALID_REQUEST)  # put refused
+        assert h.providers.storage.fallback.get("calc", "total") is None  # nothing went to volatile
