@@ -16,6 +16,7 @@ import hashlib
 import logging
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -143,13 +144,15 @@ class GuestWorkload:
         self.steps_run += 1
         return step
 
-    def run(self, stop: threading.Event, gate: Any = None, *, max_steps: int | None = None) -> int:
+    def run(self, stop: threading.Event, gate: Any = None, *, max_steps: int | None = None,
+            steps_per_second: float | None = None, clock: Callable[[], float] = time.monotonic) -> int:  # fmt: skip
         """Run steps until ``stop`` is set (each inside ``gate.running()`` when a gate is given).
 
+        :param steps_per_second: pace (None: as fast as possible).
         :returns: steps run by this call.
         :raises GuestFenced: the gate was fenced (the guest now runs elsewhere).
         """
-        n = 0
+        n, t0 = 0, clock()
         while not stop.is_set() and (max_steps is None or n < max_steps):
             if gate is None:
                 self.run_step()
@@ -157,6 +160,10 @@ class GuestWorkload:
                 with gate.running(timeout=None):
                     self.run_step()
             n += 1
+            if steps_per_second:
+                ahead = t0 + n / steps_per_second - clock()
+                if ahead > 0:
+                    stop.wait(ahead)
         return n
 
     def _pcr_read(self) -> bytes:
