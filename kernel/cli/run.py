@@ -45,6 +45,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "implies --modules process unless given")  # fmt: skip
     p.add_argument("--lockdep", action="store_true", help="run with the lock-order checker on (report inversions)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    from .migrate import add_incoming_options  # MIGRATE: --incoming PORT (destination of svsm migrate)
+
+    add_incoming_options(p)
 
 
 def boot_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,6 +209,10 @@ def _main(args: argparse.Namespace) -> int:
     from svsm.kernel import boot
     from svsm.kernel.sync import lock_order_checker
 
+    if getattr(args, "incoming", None) is not None:  # MIGRATE: wait for a migrating guest instead
+        from .migrate import incoming_main
+
+        return incoming_main(args)
     opts = boot_options(args)
     mode = args.modules
     if args.state is not None:
