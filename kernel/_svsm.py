@@ -23,9 +23,14 @@ from svsm.kernel.hw import (
     PageStateChangeBuffer,
     PageStateChangeEntry,
     PageStateChangeOp,
+    HypervisorFeature,
+    HypervisorFeaturesRequest,
+    HypervisorFeaturesResponse,
     PageStateChangeRequest,
     PageStateChangeResponse,
     Platform,
+    SevInfoRequest,
+    SevInfoResponse,
     SwExitCode,
     Vcpu,
     decode_msr,
@@ -60,7 +65,7 @@ from svsm.sdk.attestation import (
 )
 from svsm.sdk.guest import SVSM_ATTEST_PROTOCOL, SVSM_CORE_PROTOCOL
 
-from ._panic import Panicker
+from ._panic import Panicker, TerminationReason, termination_request_msr
 from ._requests import GhcbCallError, PerCpu, RequestLoop, SvsmGhcb, current_cpu
 
 __all__ = ["Svsm", "MemoryLayout", "SEV_FEATURES", "FIRMWARE_END", "FIRMWARE_SIZE", "FIRMWARE_SECTIONS"]
@@ -83,6 +88,10 @@ FIRMWARE_SECTIONS = [
     (0x6000, 0x1000, int(SectionType.CPUID)),
     (0x7000, 0x1000, int(SectionType.SVSM_CAA)),
 ]
+#: The GHCB protocol version SNP requires (snp.md 4).
+GHCB_PROTOCOL_VERSION = 2
+#: Hypervisor features COCONUT requires: SEV_SNP, AP_CREATION, SNP_MULTI_VMPL (coconut-svsm.md 3.3).
+REQUIRED_HV_FEATURES = HypervisorFeature.SEV_SNP | HypervisorFeature.AP_CREATION | HypervisorFeature.SNP_MULTI_VMPL
 #: MSG_KEY_REQ payload size before FW 1.58 (snp.md 2.3: 32 bytes; 40 with LAUNCH_MIT_VECTOR).
 KEY_REQ_SIZE = 32
 #: GUEST_FIELD_SELECT bits (snp.md 2.3): GUEST_POLICY and MEASUREMENT.
@@ -262,6 +271,7 @@ class Svsm:
         secrets = SNP_SECRETS_PAGE.from_buffer_copy(view.read(lay.secrets_gpa, PAGE))
         self.secrets = secrets
         self._msg = GuestMessageClient(secrets.vmpck(0), 0)
+        self._check_host(vcpu0)
         boot_pc = PerCpu(0, vcpu0.apic_id, lay.boot_ghcb_gpa)
         self.ghcb.register(vcpu0, boot_pc)
         self._validate_heap(vcpu0, boot_pc)
@@ -307,6 +317,27 @@ class Svsm:
             raise FatalError(f"SVSM-owned VMSA {gpa:#x} is not the boot VMSA")
         self.guest_vmsa_gpa = None
         self.allocator.free_page(gpa)
+
+    def _check_host(self, vcpu: Vcpu) -> None:
+        """GHCB protocol version and hypervisor features (upstream init step 4, coconut 3.3).
+
+        A host without GHCB protocol version 2 gets a termination request (reason set 0, code 1);
+        missing feature bits are only logged, as upstream does today.
+
+        :raises GhcbCallError: the host cannot speak GHCB protocol version 2.
+        """
+        info = decode_msr(self.ghcb.msr_request(vcpu, SevInfoRequest().encode()))
+        if not isinstance(info, SevInfoResponse) or not info.min_protocol <= GHCB_PROTOCOL_VERSION <= info.max_protocol:
+            try:
+                self.ghcb.msr_request(vcpu, termination_request_msr(TerminationReason.GHCB_PROTOCOL))
+            except GuestTerminated:
+                pass
+            raise GhcbCallError("GHCB protocol negotiation", 0, 0)
+        feats = decode_msr(self.ghcb.msr_request(vcpu, HypervisorFeaturesRequest().encode()))
+        present = feats.features if isinstance(feats, HypervisorFeaturesResponse) else 0
+        self.hypervisor_features = present
+        if REQUIRED_HV_FEATURES & ~present:
+            log.warning("hypervisor features present=%#x required=%#x", present, REQUIRED_HV_FEATURES)
 
     def _svsm_owned(self, gpa: int, length: int) -> bool:
         first = gpa - gpa % PAGE

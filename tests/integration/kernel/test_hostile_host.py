@@ -63,3 +63,28 @@ def test_malformed_certificate_table_is_refused() -> None:
             g.attest(bytes(64))
         assert ei.value.code == ResultCode.INVALID_REQUEST
         assert cvm.svsm.panicker.panicked is None
+
+
+class OldGhcb(Hypervisor):
+    def msr_sev_info_request(self, vcpu: Any, msg: Any) -> Any:
+        from svsm.kernel.hw import SevInfoResponse
+
+        return SevInfoResponse(1, 1, self.platform.c_bit)  # GHCB protocol 1 only
+
+
+def test_boot_requires_ghcb_protocol_2() -> None:
+    hv = OldGhcb()
+    with pytest.raises(GhcbCallError):
+        with boot(vcpus=1, memory="12M", hypervisor=hv):
+            pass
+    assert hv.terminated == (0, 1)  # reason set 0, code 1: GHCB protocol range unsupported
+
+
+def test_missing_hypervisor_features_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.WARNING, "svsm.kernel.svsm")
+    with boot(vcpus=1, memory="12M", hypervisor=Hypervisor(features=0x3)) as cvm:
+        assert cvm.svsm.hypervisor_features == 0x3
+        assert cvm.guest.query_protocol(0) == (1, 1)
+    assert "present=0x3 required=0x23" in caplog.text
