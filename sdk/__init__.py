@@ -6,6 +6,18 @@ Quick start for a module author (the full guide is ``docs/modules.md``)::
     [project.entry-points."svsm.modules"]
     hello = "hello_svsm"
 
+    # hello_svsm/__init__.py
+    from svsm.sdk import CallSpec, Manifest, ProtocolSpec, Reply, hookimpl
+
+    MANIFEST = Manifest(name="hello", version="1.0",
+                        protocols=[ProtocolSpec(number=0x4000_0002, calls=[CallSpec(call=0)])])
+
+    @hookimpl
+    def svsm_handle_request(request, ctx):
+        return Reply(rcx=request.rcx + 1)
+
+``svsm new-module NAME`` writes such a package, with a test.
+
 The SDK never imports the kernel at import time.
 """
 

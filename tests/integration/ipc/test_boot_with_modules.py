@@ -91,3 +91,11 @@ def test_guest_sees_busy_then_the_protocol_disappears_after_a_crash_loop(svsm_vm
     assert host.module("crashy").state.value == "dead"
     assert g.query_protocol(0x4000_0300) is None  # QUERY_PROTOCOL no longer reports it
     assert g.svsm_call(0x4000_0300, 0).rax == ResultCode.UNSUPPORTED_PROTOCOL
+
+
+@pytest.mark.slow
+def test_conformance_suite_in_a_sandboxed_process(echo: Any) -> None:
+    from svsm.sdk.testing import check_module
+
+    report = check_module(echo.EchoModule, mode="process")
+    assert (report.name, report.calls_checked, report.state_round_trip) == ("echo", 3, True)
