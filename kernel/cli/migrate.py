@@ -186,7 +186,8 @@ def _migrate_main(args: argparse.Namespace) -> int:
             stop.set()
             raise UsageError(f"cannot reach {args.to}: {exc}") from None
         try:
-            with progress_display(not (args.no_progress or args.json), "source") as cb:
+            show = not args.no_progress and (not args.json or getattr(args, "progress_with_json", False))
+            with progress_display(show, "source") as cb:
                 rep = migrate_out(cvm, vm, sock, args, on_progress=cb)
         except engine.MigrationAborted as exc:
             stop.set()
@@ -200,7 +201,8 @@ def _migrate_main(args: argparse.Namespace) -> int:
             refused = False
         except GuestFenced:
             refused = True
-        out = {"migration": _report_dict(rep), "source_steps": wl.steps_run, "source_refuses_resume": refused,
+        out = {"migration": _report_dict(rep), "source_steps": wl.steps_run, "workload_step": wl.step,
+               "source_refuses_resume": refused,
                "guest_errors": [repr(e) for e in errors]}  # fmt: skip
     _print(out, args.json, "source")
     return ExitCode.OK if rep.result == "committed" and refused and not errors else ExitCode.FAILED

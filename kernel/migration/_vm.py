@@ -294,7 +294,7 @@ class MigratableVm:
         ctx = self.cvm.psp_context
         for i in range(gv, 4):
             ctx.vmpcks[i] = bytes(32)
-        log.warning("guest fenced: it now runs on the migration destination")
+        log.info("guest fenced: it now runs on the migration destination")
 
     # -- machine state -------------------------------------------------------------------------------
     def _module_names(self) -> list[str]:
