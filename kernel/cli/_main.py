@@ -30,6 +30,7 @@ BUILTIN: tuple[str, ...] = (
     "new_module",
     "tpm",
     "migrate",
+    "migrate_demo",
 )
 
 
