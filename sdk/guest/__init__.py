@@ -33,6 +33,7 @@ from ._abi import split_rax as split_rax
 from ._guest import Attestation as Attestation
 from ._guest import CallNotServiced as CallNotServiced
 from ._guest import Guest as Guest
+from ._guest import GuestStatistics as GuestStatistics
 from ._guest import GuestVcpu as GuestVcpu
 from ._guest import PagePool as PagePool
 from ._guest import SvsmCallResult as SvsmCallResult
@@ -41,6 +42,7 @@ __all__ = [
     "Attestation",
     "CallNotServiced",
     "Guest",
+    "GuestStatistics",
     "GuestVcpu",
     "PagePool",
     "SvsmCallResult",

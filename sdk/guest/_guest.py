@@ -43,7 +43,7 @@ from ._abi import (
     request_rax,
 )
 
-__all__ = ["Guest", "SvsmCallResult", "CallNotServiced", "Attestation", "GuestVcpu", "PagePool"]
+__all__ = ["Guest", "GuestStatistics", "SvsmCallResult", "CallNotServiced", "Attestation", "GuestVcpu", "PagePool"]
 
 _RETRY_CODES = (ResultCode.INCOMPLETE, ResultCode.BUSY)
 _EFER_LONG_SVME = (1 << 8) | (1 << 10) | (1 << 12)
@@ -100,6 +100,15 @@ class SvsmCallResult(NamedTuple):
         if self.rax:
             raise RequestError(f"SVSM call failed: {self.rax:#x}", code=self.rax)
         return self
+
+
+class GuestStatistics(NamedTuple):
+    """What one guest vCPU driver did."""
+
+    calls: int
+    accepted_pages: int
+    free_pages: int
+    aps: int
 
 
 class PagePool:
@@ -250,6 +259,10 @@ class Guest:
         self.calls = 0
         #: One instruction stream per vCPU: callers on several host threads take turns.
         self._cpu_lock = threading.RLock()
+
+    def statistics(self) -> GuestStatistics:
+        """Calls made on this vCPU, pages accepted (shared by all vCPUs), free pool pages, APs started."""
+        return GuestStatistics(self.calls, len(self.accepted), len(self.pool), len(self.aps))
 
     # -- the SVSM calling convention ----------------------------------------------------------------
     def svsm_call(self, protocol: int, call: int, rcx: int = 0, rdx: int = 0, r8: int = 0, r9: int = 0,

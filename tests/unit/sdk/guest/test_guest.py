@@ -164,3 +164,13 @@ def test_attestation_pins_the_root(cvm: Any) -> None:
              .sign(key, hashes.SHA384()))  # fmt: skip
     with pytest.raises(VerificationError):
         att.verify(trusted_arks=[other])
+
+
+def test_statistics(cvm: Any) -> None:
+    g = cvm.guest
+    before = g.statistics()
+    g.query_protocol(0)
+    g.start_ap(1)
+    after = g.statistics()
+    assert after.calls >= before.calls + 2 and after.aps == 1 and after.accepted_pages == 256
+    assert after.free_pages < before.free_pages
