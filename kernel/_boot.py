@@ -283,9 +283,13 @@ def boot(
     platform.psp = _PspPort(fw, result.ctx)
     t1 = clock()
     svsm = Svsm(platform, layout, guest_vmpl=guest_vmpl, module_host=module_host, clock=clock)
-    svsm.init()
-    t2 = clock()
-    svsm.prepare_guest(fw_image)
+    try:
+        svsm.init()
+        t2 = clock()
+        svsm.prepare_guest(fw_image)
+    except BaseException:
+        fw.decommission(result.ctx)  # a CVM that never ran must not keep its keys at the PSP
+        raise
     t3 = clock()
     log.info("booted: %d vCPUs, %d MiB, measurement %s", vcpus, size >> 20, result.measurement.hex())
     cvm = Cvm(platform, fw, result.ctx, svsm, fw_image, result.measurement, BootTimings(t1 - t0, t2 - t1, t3 - t2))

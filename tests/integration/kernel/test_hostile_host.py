@@ -37,9 +37,12 @@ class ForgedCerts(Hypervisor):
 
 
 def test_boot_fails_closed_when_the_host_refuses_page_state_changes() -> None:
+    hv = RefusePsc()
     with pytest.raises(GhcbCallError):
-        with boot(vcpus=1, memory="12M", hypervisor=RefusePsc()):
+        with boot(vcpus=1, memory="12M", hypervisor=hv):
             pass
+    ctx = hv.platform.psp.ctx
+    assert ctx.state.value == "decommissioned" and not any(ctx.vmpcks[0])
 
 
 def test_all_zero_certificate_table_reports_no_certificates() -> None:
