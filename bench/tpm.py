@@ -281,6 +281,43 @@ def run_interleaved(workloads: dict[str, Workload], seconds: float, rounds: int,
     return out
 
 
+def _raw_commands() -> dict[str, bytes]:
+    """Raw TPM commands for the persistent-connection table (no TSS involved)."""
+    import struct
+
+    pw = struct.pack(">IHBH", 0x40000009, 0, 1, 0)  # TPM_RS_PW, empty nonce, continueSession, empty auth
+    digest = struct.pack(">IH", 1, 0x000B) + hashlib.sha256(b"bench").digest()
+    extend = struct.pack(">I", 16) + struct.pack(">I", len(pw)) + pw + digest
+    kib = struct.pack(">H", 1024) + b"k" * 1024 + struct.pack(">HI", 0x000B, 0x40000001)
+    sel = struct.pack(">IHB3s", 1, 0x000B, 3, b"\x00\x00\x01")  # sha256: PCR 16
+    return {
+        "GetRandom": bytes.fromhex("80010000000c0000017b0020"),
+        "PCR_Extend": struct.pack(">HII", 0x8002, 10 + len(extend), 0x182) + extend,
+        "PCR_Read": struct.pack(">HII", 0x8001, 10 + len(sel), 0x17E) + sel,
+        "Hash 1 KiB": struct.pack(">HII", 0x8001, 10 + len(kib), 0x17D) + kib,
+    }
+
+
+def raw_persistent(ports: dict[str, int], seconds: float, rounds: int) -> dict[str, dict[str, float]]:
+    """ops/s of raw commands over one persistent swtpm data connection per target (best of rounds)."""
+    out: dict[str, dict[str, float]] = {name: {} for name in ports}
+    clients = {name: SwtpmClient(port=port) for name, port in ports.items()}
+    try:
+        for op, cmd in _raw_commands().items():
+            for name, c in clients.items():
+                rsp = c.execute(cmd)
+                if rsp[6:10] != b"\0\0\0\0":
+                    raise RuntimeError(f"{name} answered {op} with {rsp[6:10].hex()}")
+            for _ in range(rounds):
+                for name, c in clients.items():
+                    v = measure(lambda c=c, cmd=cmd: c.execute(cmd), seconds / rounds)
+                    out[name][op] = max(v, out[name].get(op, 0.0))
+    finally:
+        for c in clients.values():
+            c.close()
+    return out
+
+
 def latency_ms(transport: str, low_latency: bool, n: int) -> float:
     """Mean GetRandom round trip (ms) through tpm2-pytss over ``transport`` to our direct server."""
     with ours(transport, low_latency=low_latency) as port:
@@ -322,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         for w in workloads.values():
             stack.callback(w.close)
         results = run_interleaved(workloads, args.seconds, args.rounds, ops)
+        raw = raw_persistent(ports, args.seconds, args.rounds)
     cols = list(results)
     print(f"\nvTPM ops/s via tpm2-pytss, swtpm TCTI, best of {args.rounds} interleaved rounds, {args.seconds}s per op "
           "(ratio = ours / swtpm; svsm = full path, sandboxed module process)")
@@ -342,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
         print(row)
     if failures:
         print("not measured:\n" + "\n".join(failures))
+    print("\nraw commands, one persistent data connection (no TSS, no connection per command), ops/s")
+    print(f"{'operation':22}" + "".join(f"{c:>12}" for c in raw) + "".join(f"{c + '/swtpm':>14}" for c in list(raw)[1:]))
+    for op in raw["swtpm"]:
+        row = f"{op:22}" + "".join(f"{raw[c][op]:12.1f}" for c in raw)
+        row += "".join(f"{raw[c][op] / raw['swtpm'][op]:13.2f}x" for c in list(raw)[1:])
+        print(row)
     n = 200
     fast = latency_ms("mssim", True, n)
     slow = latency_ms("mssim", False, 20)
