@@ -211,3 +211,43 @@ def _nv_certify(tpm: "Tpm", ctx: Ctx, extra: bytes, scheme: tuple[int, int, int]
     attest = _attest(tpm, ST.ATTEST_NV, signer, extra,
                      tpm2b(nv.name()) + u16(offset) + tpm2b(bytes(nv.data[offset:offset + size])))
     return tpm2b(attest) + _sign_attest(signer, s, attest)
+
+
+def _p_cc_list(r: Reader) -> list[int]:
+    n = r.u32()
+    if n > 256:
+        raise TpmError(RC.SIZE)
+    return [r.u32() for _ in range(n)]
+
+
+@command(CC.SetCommandCodeAuditStatus, ("prov",), (USER,),
+         params=(lambda r: r.u16(), _p_cc_list, _p_cc_list))
+def _set_command_code_audit_status(tpm: "Tpm", ctx: Ctx, alg: int, set_list: list[int],
+                                   clear_list: list[int]) -> bytes:
+    from ._dispatch import COMMANDS
+    if alg != ALG.NULL:
+        if alg not in HASHES:
+            raise TpmError(rc_param(RC.HASH, 1))
+        if alg != tpm.audit_alg:
+            if set_list or clear_list:
+                raise TpmError(rc_param(RC.VALUE, 2))
+            tpm.audit_alg, tpm.audit_digest = alg, b""
+    tpm.audit_commands |= {c for c in set_list if c in COMMANDS}
+    tpm.audit_commands -= {c for c in clear_list if c != CC.SetCommandCodeAuditStatus}
+    tpm.dirty = True
+    return b""
+
+
+@command(CC.GetCommandAuditDigest, ("endorse", "obj+"), (USER, USER), decrypt=True, encrypt=True,
+         params=(p_data, read_sig_scheme))
+def _get_command_audit_digest(tpm: "Tpm", ctx: Ctx, extra: bytes, scheme: tuple[int, int, int]) -> bytes:
+    signer = _signer(ctx, 1)
+    s = _scheme(signer, scheme, 2)
+    alg = tpm.audit_alg
+    command_digest = H(alg, *(u32(c) for c in sorted(tpm.audit_commands)))
+    info = (u64(tpm.audit_counter) + u16(alg) + tpm2b(tpm.audit_digest or bytes(HASHES[alg][1]))
+            + tpm2b(command_digest))
+    attest = _attest(tpm, ST.ATTEST_COMMAND_AUDIT, signer, extra, info)
+    if signer is not None:
+        tpm.audit_digest = b""  # a signed report starts a new audit run
+    return tpm2b(attest) + _sign_attest(signer, s, attest)

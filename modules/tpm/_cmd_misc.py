@@ -87,6 +87,8 @@ def _startup(tpm: "Tpm", ctx: Ctx, su: int) -> bytes:
     if su not in (SU.CLEAR, SU.STATE):
         raise TpmError(rc_param(RC.VALUE, 1))
     from ._state import resume_volatile
+    if su == SU.CLEAR and tpm.saved_state is None:
+        tpm.audit_digest = b""  # TPM Reset clears the command audit digest
     if su == SU.STATE:
         if tpm.saved_state is None:
             raise TpmError(rc_param(RC.VALUE, 1))
@@ -236,7 +238,9 @@ def _get_capability(tpm: "Tpm", ctx: Ctx, cap: int, prop: int, count: int) -> by
     elif cap == CAP.COMMANDS:
         specs = sorted(COMMANDS.values(), key=lambda s: s.cc)
         more, body = _cap_list(specs, lambda s: s.cc >= (prop & 0xFFFF), count, 254, lambda s: u32(s.tpma_cc()))
-    elif cap in (CAP.PP_COMMANDS, CAP.AUDIT_COMMANDS):
+    elif cap == CAP.AUDIT_COMMANDS:
+        more, body = _cap_list(sorted(tpm.audit_commands), lambda c: c >= prop, count, 254, u32)
+    elif cap == CAP.PP_COMMANDS:
         more, body = False, u32(0)
     elif cap == CAP.PCRS:
         more, body = False, u32(len(PCR_BANKS)) + b"".join(

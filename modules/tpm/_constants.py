@@ -29,6 +29,7 @@ class CC:
     SetPrimaryPolicy = 0x12E
     CreatePrimary = 0x131
     NV_GlobalWriteLock = 0x132
+    GetCommandAuditDigest = 0x133
     GetSessionAuditDigest = 0x14D
     NV_Increment = 0x134
     NV_SetBits = 0x135
@@ -41,6 +42,7 @@ class CC:
     PCR_Event = 0x13C
     PCR_Reset = 0x13D
     SequenceComplete = 0x13E
+    SetCommandCodeAuditStatus = 0x140
     IncrementalSelfTest = 0x142
     SelfTest = 0x143
     Startup = 0x144

@@ -131,6 +131,11 @@ class Tpm(EntityMixin):
         self.lockout_locked_at: float | None = None
         self.da_last = 0.0
         self.clock_ms = 0
+        #: command audit (SetCommandCodeAuditStatus): hash, audited codes, counter; the digest is volatile
+        self.audit_alg = 0x000B
+        self.audit_commands: set[int] = {CC.SetCommandCodeAuditStatus}
+        self.audit_counter = 0
+        self.audit_digest = b""
         self.reset_count = 0
         self.restart_count = 0
         self.orderly = True
@@ -336,6 +341,8 @@ class Tpm(EntityMixin):
             self.exclusive_audit = None
         hbytes = u32(ctx.out_handle) if spec.rhandle and ctx.out_handle is not None else b""
         if tag == ST.NO_SESSIONS:
+            if cc in self.audit_commands:
+                self._command_audit(cc, cp_hash, out)
             return u16(ST.NO_SESSIONS) + u32(10 + len(hbytes) + len(out)) + b"\x00\x00\x00\x00" + hbytes + out
         # roll nonces, encrypt, response HMACs
         for entry in sessions:
@@ -377,8 +384,19 @@ class Tpm(EntityMixin):
                 s.restart()
             if not attrs & TPMA_SESSION.continueSession:
                 self.sessions.pop(s.handle, None)
+        if cc in self.audit_commands:
+            self._command_audit(cc, cp_hash, out)
         body = hbytes + u32(len(out)) + out + b"".join(auth_area)
         return u16(ST.SESSIONS) + u32(10 + len(body)) + b"\x00\x00\x00\x00" + body
+
+    def _command_audit(self, cc: int, cp_hash: Callable[[int], bytes], out: bytes) -> None:
+        """Extend the command audit digest (a fresh digest bumps auditCounter, which persists)."""
+        alg = self.audit_alg
+        if not self.audit_digest:
+            self.audit_counter += 1
+            self.audit_digest = bytes(len(cp_hash(alg)))
+            self.dirty = True
+        self.audit_digest = H(alg, self.audit_digest, cp_hash(alg), H(alg, bytes(4), u32(cc), out))
 
     def _audit(self, s: Session, attrs: int, cp: bytes, rp: bytes) -> int:
         """Extend the session audit digest; returns the response attributes (auditExclusive as it now is)."""

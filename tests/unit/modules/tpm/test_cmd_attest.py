@@ -109,3 +109,24 @@ def test_clock_info_is_obfuscated_for_owner_keys_only(esys, tpm) -> None:
     attest = bytes(quoted.marshal())[2:]
     _, _, _, end = _parse_header(attest)
     assert struct.unpack(">II", attest[end - 25 + 8:end - 25 + 16]) == (tpm.reset_count, tpm.restart_count)
+
+
+def test_command_audit_digest(esys) -> None:
+    import hashlib
+    from tpm2_pytss.types import TPML_CC
+    esys.set_command_code_audit_status(TPM2_ALG.SHA256, TPML_CC([0x17B]), TPML_CC([]))
+    h = lambda *p: hashlib.sha256(b"".join(p)).digest()  # noqa: E731
+    params = struct.pack(">HII", 0x000B, 1, 0x17B) + struct.pack(">I", 0)
+    digest = h(bytes(32), h(struct.pack(">II", 0x140, 0x40000001), params), h(bytes(4), struct.pack(">I", 0x140)))
+    for _ in range(2):
+        rnd = bytes(esys.get_random(4))
+        digest = h(digest, h(struct.pack(">IH", 0x17B, 4)), h(bytes(4), struct.pack(">IH", 0x17B, 4), rnd))
+    info, _ = esys.get_command_audit_digest(ESYS_TR.NULL, b"")
+    attest = bytes(info.marshal())[2:]
+    _, _, _, pos = _parse_header(attest)
+    counter, alg = struct.unpack(">QH", attest[pos:pos + 10])
+    assert counter == 1 and alg == 0x000B
+    assert attest[pos + 10:pos + 12 + 32] == struct.pack(">H", 32) + digest
+    assert attest.endswith(struct.pack(">H", 32) + h(struct.pack(">II", 0x140, 0x17B)))
+    more, cap = esys.get_capability(4, 0, 10)
+    assert sorted(int(c) for c in cap.data.auditCommands) == [0x140, 0x17B]
