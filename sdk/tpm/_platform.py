@@ -77,7 +77,7 @@ class TpmPlatform:
 
     def __init__(self, device: TpmDevice, *, powered: bool = True) -> None:
         self.device = device
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # no locked method calls another one
         self._powered = False
         self._nv = False
         self.locality = 0

@@ -177,6 +177,11 @@ class SwtpmDataReader:
         :raises TransportError: a size below the 10-byte header or above ``max_command``;
             drop the connection.
         """
+        if not self._buf and len(data) >= TPM_HEADER_SIZE and data[0] == 0x80:
+            # Fast path: exactly one raw command in one read (what tcti-swtpm sends).
+            tag, size = _TPM_HEADER.unpack_from(data, 0)
+            if tag in _TPM_TAGS and size == len(data) and size <= self.max_command:
+                return [SwtpmDataCommand(bytes(data))]
         self._buf += data
         out: list[SwtpmDataCommand] = []
         while True:
