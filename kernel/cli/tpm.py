@@ -23,6 +23,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
+from svsm.sdk import RequestError
 from svsm.sdk.tpm import MssimServer, SwtpmServer, TpmDevice, TpmServer
 
 from ._main import ExitCode, UsageError
@@ -67,7 +68,10 @@ class StateFileDevice:
     def __init__(self, engine_cls: Callable[..., Any], state_dir: pathlib.Path | None) -> None:
         self.path = state_dir / STATE_FILE if state_dir is not None else None
         blob = self.path.read_bytes() if self.path is not None and self.path.exists() else None
-        self.engine = engine_cls(state=blob)
+        try:
+            self.engine = engine_cls(state=blob)
+        except RequestError as exc:  # the engine refuses a corrupt or foreign state file
+            raise UsageError(f"cannot load TPM state {self.path}: {exc}; refusing to overwrite it") from None
         self.saves = 0
         if self.path is not None and blob is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +149,6 @@ def open_device(*, direct: bool, state: pathlib.Path | None, module_mode: str = 
         from svsm.kernel.ipc import ModuleHost
     except ImportError as exc:
         raise BackendUnavailable(f"the full SVSM path is not available ({exc}); use --direct") from None
-    from svsm.sdk import RequestError
     from svsm.sdk.tpm import VtpmDriver
 
     stack = contextlib.ExitStack()

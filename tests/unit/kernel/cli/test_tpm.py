@@ -61,3 +61,19 @@ def test_in_memory_without_state_dir() -> None:
     dev = StateFileDevice(FakeEngine, None)
     dev.execute(b"write")
     assert dev.saves == 0 and dev.engine.count == 1
+
+
+def test_corrupt_state_is_a_usage_error_and_left_alone(tmp_path: pathlib.Path) -> None:
+    from svsm.kernel.cli._main import UsageError
+    from svsm.sdk import InvalidRequest
+
+    class Picky(FakeEngine):
+        def __init__(self, *, state: bytes | None = None) -> None:
+            if state == b"garbage":
+                raise InvalidRequest("bad state")
+            super().__init__(state=state)
+
+    (tmp_path / STATE_FILE).write_bytes(b"garbage")
+    with pytest.raises(UsageError):
+        StateFileDevice(Picky, tmp_path)
+    assert (tmp_path / STATE_FILE).read_bytes() == b"garbage"
