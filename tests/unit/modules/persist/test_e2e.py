@@ -1,0 +1,100 @@
+"""End to end through a booted CVM: the guest's vTPM keeps NV and seeds across restarts of the CVM.
+
+Boot -> ``cvm.run_modules(state_dir=DIR)`` (persist + tpm, sandboxed) -> the guest driver sends TPM
+commands over SVSM_VTPM_CMD -> the vTPM saves its state through the storage syscalls -> the persist
+module seals it into ``DIR/persist.img``.  A second boot with the same state directory reads it back;
+a tampered image makes the persist module fail (and the vTPM does not silently start blank).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TPM_RS_PW = 0x40000009
+TPM_RH_OWNER = 0x40000001
+NV_INDEX = 0x01500020
+#: TPMA_NV_AUTHWRITE | TPMA_NV_AUTHREAD: the index's own (empty) auth value
+NV_ATTRS = (1 << 2) | (1 << 18)
+PW_SESSION = struct.pack(">IHBH", TPM_RS_PW, 0, 0, 0)
+
+
+def _cmd(cc: int, handles: tuple[int, ...], params: bytes) -> bytes:
+    body = b"".join(struct.pack(">I", h) for h in handles) + struct.pack(">I", len(PW_SESSION)) + PW_SESSION + params
+    return struct.pack(">HII", 0x8002, 10 + len(body), cc) + body
+
+
+def _rc(rsp: bytes) -> int:
+    return struct.unpack(">I", rsp[6:10])[0]
+
+
+def startup(drv) -> None:
+    rsp = drv.execute(bytes.fromhex("80010000000c000001440000"))  # TPM2_Startup(CLEAR)
+    assert _rc(rsp) in (0, 0x100), hex(_rc(rsp))  # 0x100: TPM_RC_INITIALIZE (already started)
+
+
+def nv_define_and_write(drv, data: bytes) -> None:
+    public = struct.pack(">IHIHH", NV_INDEX, 0x000B, NV_ATTRS, 0, len(data))
+    define = _cmd(0x12A, (TPM_RH_OWNER,), struct.pack(">H", 0) + struct.pack(">H", len(public)) + public)
+    assert _rc(drv.execute(define)) == 0
+    write = _cmd(0x137, (NV_INDEX, NV_INDEX), struct.pack(">H", len(data)) + data + struct.pack(">H", 0))
+    assert _rc(drv.execute(write)) == 0
+
+
+def nv_read(drv, size: int) -> bytes | None:
+    rsp = drv.execute(_cmd(0x14E, (NV_INDEX, NV_INDEX), struct.pack(">HH", size, 0)))
+    if _rc(rsp) != 0:
+        return None
+    (n,) = struct.unpack(">H", rsp[14:16])
+    return rsp[16:16 + n]
+
+
+@pytest.fixture(scope="module")
+def psp_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("psp"))
+
+
+def _boot_and(state_dir, psp_dir, action):
+    from svsm.kernel import boot
+    from svsm.sdk.tpm import VtpmDriver
+
+    with boot(psp_state_dir=psp_dir) as cvm, cvm.run_modules("process", state_dir=state_dir) as host:
+        manifests = dict(host.service_manifests())
+        drv = VtpmDriver(cvm.guest)
+        startup(drv)
+        return manifests, action(drv)
+
+
+def test_vtpm_nv_and_seeds_survive_a_restart(tmp_path, psp_dir) -> None:
+    state = tmp_path / "state"
+    data = b"survives"
+    first, _ = _boot_and(state, psp_dir, lambda drv: nv_define_and_write(drv, data))
+    second, got = _boot_and(state, psp_dir, lambda drv: nv_read(drv, len(data)))
+    assert got == data  # NV came back from the sealed store
+    assert second == first  # same EK (same seeds) in the attestation services manifest
+    fresh, none = _boot_and(tmp_path / "other", psp_dir, lambda drv: nv_read(drv, len(data)))
+    assert none is None and fresh != first  # a new state directory is a new TPM: the test can fail
+
+
+def test_tampered_state_is_not_replaced_by_a_blank_tpm(tmp_path, psp_dir) -> None:
+    from svsm.kernel import boot
+    from svsm.kernel.hw.blockdev import BLOCK_SIZE, STATE_IMAGE
+
+    state = tmp_path / "state"
+    _boot_and(state, psp_dir, lambda drv: nv_define_and_write(drv, b"12345678"))
+    image = state / STATE_IMAGE
+    with open(image, "r+b") as f:  # the host flips a byte in every used data block
+        for lba in range(2, 64):
+            f.seek(lba * BLOCK_SIZE + 100)
+            b = f.read(1)
+            f.seek(lba * BLOCK_SIZE + 100)
+            f.write(bytes([b[0] ^ 1]))
+    before = image.read_bytes()
+    with boot(psp_state_dir=psp_dir) as cvm, cvm.run_modules("process", state_dir=state, wait=5.0) as host:
+        info = {m.name: m for m in host.modules()}
+        assert info["persist"].state != "serving" and "failed authentication" in info["persist"].last_failure
+        assert info["tpm"].state != "serving"  # no blank vTPM with a new EK instead of the real one
+    assert image.read_bytes() == before  # never formatted over
