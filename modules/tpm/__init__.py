@@ -7,6 +7,17 @@ The engine is usable on its own::
     tpm = Tpm()                                   # manufactured and powered on, not started
     rsp = tpm.execute(bytes.fromhex("80010000000c000001440000"))   # TPM2_Startup(CLEAR)
     blob = tpm.save_state()                       # later: Tpm(state=blob)
+
+Layout: ``_engine`` (framing, sessions in the auth area, response building), ``_entities``
+(handles, DA), ``_dispatch`` (the command table), ``_marshal``/``_structs`` (wire formats),
+``_crypto`` (KDFa/KDFe, deterministic primaries), ``_objects``/``_sessions``/``_nv``/``_pcr``
+(state), ``_cmd_*`` (command actions by area), ``_state`` (versioned save/restore), ``_ek``
+(EK templates and certificates), ``_module`` (SVSM protocol 2).
+
+Deliberate differences from the reference TPM: TPM2B_PRIVATE and context blobs use this engine's
+own (integrity-protected, encrypted) format; child keys come from the OS CSPRNG rather than the
+injected ``rng``; a hash sequence holding more than 1.5 KiB cannot be context-saved; EK
+certificates are issued by a CA derived from the platform seed (no platform CA syscall yet).
 """
 
 from ._ek import EK_CERT_ECC_INDEX as EK_CERT_ECC_INDEX
