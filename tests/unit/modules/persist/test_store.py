@@ -164,3 +164,37 @@ def test_store_rejects_other_block_sizes(env) -> None:
     with pytest.raises(Exception) as ei:
         Store.open(Odd(), env.key, clock=env.clock, rng=env.rng)  # type: ignore[arg-type]
     assert "block size" in str(ei.value) or ei.type.__name__ == "PersistError"
+
+
+def test_concurrent_callers_see_whole_commits(make_env) -> None:
+    import threading
+
+    env = make_env(blocks=1024)
+    s = env.open()
+    errors: list[BaseException] = []
+
+    def writer(ns: str) -> None:
+        try:
+            for i in range(40):
+                s.commit([Put(ns, "a", b"%d" % i), Put(ns, "b", b"%d" % i)])
+        except BaseException as exc:  # noqa: BLE001 -- reported below
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            for _ in range(200):
+                for ns in ("w0", "w1"):
+                    a, b = s.get(ns, "a"), s.get(ns, "b")
+                    if a is not None and b is not None:
+                        assert int(b) >= int(a) - 1  # never a torn batch far behind
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(2)] + [threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert s.generation == 81 and s.get("w0", "a") == s.get("w1", "b") == b"39"
+    assert env.open().statistics().records == 4
