@@ -341,7 +341,7 @@ class MigratableVm:
         """
         try:
             st = decode_state(blob)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except (msgspec.MsgspecError, ValueError) as exc:
             raise InvalidParameter("malformed machine state") from exc
         svsm, gv = self.cvm.svsm, self.cvm.svsm.guest_vmpl
         if (st.version != STATE_VERSION or st.memory_size != self.platform.memory_size or st.guest_vmpl != gv

@@ -25,6 +25,7 @@ from ._engine import Progress as Progress
 from ._engine import make_channel as make_channel
 from ._engine import migrate_destination as migrate_destination
 from ._engine import migrate_source as migrate_source
+from ._memvm import MemoryVm as MemoryVm
 from ._phases import Phase as Phase
 from ._phases import diagram as diagram
 from ._policy import MeasurementPolicy as MeasurementPolicy
@@ -35,6 +36,6 @@ from ._port import VmPort as VmPort
 __all__ = [
     "CHANNEL_VERSION", "Channel", "ChannelError", "ChannelState", "Evidence", "HandshakeComplete", "Record", "Role",
     "MigrationAborted", "MigrationInDoubt", "MigrationOptions", "MigrationReport", "Progress", "make_channel",
-    "migrate_destination", "migrate_source", "Phase", "diagram", "MeasurementPolicy", "make_verifier", "Stream",
+    "migrate_destination", "migrate_source", "MemoryVm", "Phase", "diagram", "MeasurementPolicy", "make_verifier", "Stream",
     "VmPort",
 ]

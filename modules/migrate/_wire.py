@@ -147,7 +147,7 @@ def decode_message(type_: int, payload: bytes) -> Message:
     """
     try:
         msg = _DEC.decode(payload)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.MsgspecError, ValueError) as exc:  # incl. UnicodeDecodeError (found by fuzzing)
         raise ChannelError("malformed migration message") from exc
     if CODES[type(msg)] != type_:
         raise ChannelError("malformed migration message")

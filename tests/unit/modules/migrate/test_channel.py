@@ -38,11 +38,6 @@ class Cvm:
 
 
 @pytest.fixture(scope="module")
-def fw(tmp_path_factory: pytest.TempPathFactory) -> SnpFirmware:
-    return SnpFirmware(Chip.load_or_create(tmp_path_factory.mktemp("chip")))
-
-
-@pytest.fixture(scope="module")
 def other_fw(tmp_path_factory: pytest.TempPathFactory) -> SnpFirmware:
     return SnpFirmware(Chip.load_or_create(tmp_path_factory.mktemp("chip2")))
 
