@@ -363,11 +363,11 @@ def test_a_module_stuck_in_start_is_disabled_and_others_serve(svsm_module_host: 
     from svsm.kernel.ipc import Limits
 
     h = svsm_module_host(
-        StuckAtStart, Echo, mode="process", limits=Limits(start_timeout=1.0, crash_loop=2, backoff_base=0.01)
+        StuckAtStart, Echo, mode="process", limits=Limits(start_timeout=4.0, crash_loop=2, backoff_base=0.01)
     )
     _alive(h)
     sup = h.module("stuck")
-    for _ in range(200):
+    for _ in range(600):
         if sup.state.value == "dead":
             break
         time.sleep(0.05)
