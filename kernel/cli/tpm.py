@@ -135,8 +135,9 @@ def open_device(*, direct: bool, state: pathlib.Path | None, module_mode: str = 
     """Build the TPM to serve.
 
     :param direct: the engine in this process; otherwise a booted CVM's guest vTPM.
-    :param state: state directory (``None``: in memory).  The full path keeps the vTPM's state
-        in the kernel's module storage, which is volatile until the persist module gets a disk.
+    :param state: state directory (``None``: in memory).  Direct: ``DIR/tpm-state.bin``.  Full
+        path: the chip's keys in ``DIR/psp`` and the persist module's disk ``DIR/persist.img``
+        (the vTPM module stores its NV state through persist, sealed to the measurement).
     :param module_mode: ``"process"`` (sandboxed module processes) or ``"inprocess"`` (threads).
     :returns: ``(device, owner)``; call ``owner.close()`` (if present) when done.
     :raises BackendUnavailable: the backend cannot be built here.
@@ -146,16 +147,19 @@ def open_device(*, direct: bool, state: pathlib.Path | None, module_mode: str = 
         return dev, dev
     try:
         from svsm.kernel import boot
-        from svsm.kernel.ipc import ModuleHost
     except ImportError as exc:
         raise BackendUnavailable(f"the full SVSM path is not available ({exc}); use --direct") from None
     from svsm.sdk.tpm import VtpmDriver
 
     stack = contextlib.ExitStack()
     try:
-        # persist needs a host disk (not wired to --state yet) and migrate serves no guest protocol.
-        host = stack.enter_context(ModuleHost.from_installed(mode=module_mode, blocked=("persist", "migrate")))
-        cvm = stack.enter_context(boot(module_host=host))
+        psp_dir = None
+        if state is not None:
+            state.mkdir(parents=True, exist_ok=True)
+            psp_dir = str(state / "psp")  # the same chip keys, so the same sealing keys, next time
+        cvm = stack.enter_context(boot(psp_state_dir=psp_dir))
+        # With a state dir the persist module gets DIR/persist.img and the vTPM's NV survives.
+        stack.enter_context(cvm.run_modules(module_mode, state_dir=state))
         driver = _probe_until_ready(lambda: VtpmDriver(cvm.guest), RequestError)
     except BaseException:
         stack.close()

@@ -87,6 +87,26 @@ def test_full_path_default_process_mode(served: list[Served]) -> None:
     assert s.stop() == 0
 
 
+def test_full_path_state_survives_cvm_restart(served: list[Served], tmp_path: pathlib.Path) -> None:
+    """NV written through the guest survives a reboot: vTPM module -> persist module -> DIR/persist.img."""
+    require_tool("tpm2_startup")
+    state = tmp_path / "state"
+    s = Served("--state", str(state))
+    served.append(s)
+    s.tool("mssim", "tpm2_startup", "-c")
+    s.tool("mssim", "tpm2_nvdefine", "0x1500019", "-C", "o", "-s", "5", "-a", "ownerread|ownerwrite")
+    (tmp_path / "d").write_bytes(b"guest")
+    s.tool("mssim", "tpm2_nvwrite", "0x1500019", "-C", "o", "-i", str(tmp_path / "d"))
+    s.tool("mssim", "tpm2_shutdown")
+    assert s.stop() == 0
+    assert (state / "persist.img").exists()
+    s2 = Served("--state", str(state))
+    served.append(s2)
+    s2.tool("mssim", "tpm2_startup", "-c")
+    assert s2.tool("mssim", "tpm2_nvread", "0x1500019", "-C", "o", "-s", "5").stdout == "guest"
+    assert s2.stop() == 0
+
+
 def test_busy_port_is_a_usage_error() -> None:
     import socket
 

@@ -183,8 +183,6 @@ def test_changeauth_owner(tpm2: Tools) -> None:
 
 
 def test_persistent_handle_survives_restart(tpm2: Tools, target: Target) -> None:
-    if target.backend == "svsm":
-        pytest.skip("full path: the vTPM's storage is volatile until persist gets a --state disk (docs/dev/requests.md)")
     handle = "0x81000042"
     tpm2.run("tpm2_evictcontrol", "-C", "o", "-c", handle, check=False)  # leftover from a failed run
     parent = _primary(tpm2, "ecc")
