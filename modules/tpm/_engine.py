@@ -138,6 +138,8 @@ class Tpm(EntityMixin):
         self.audit_digest = b""
         self.reset_count = 0
         self.restart_count = 0
+        #: bumped by every save_state(): lets a restorer tell an older snapshot from a newer one
+        self.generation = 0
         self.orderly = True
         self.nv.clear()
         self.persistent.clear()

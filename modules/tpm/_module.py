@@ -73,6 +73,8 @@ class VtpmService:
 
     def __init__(self) -> None:
         self.tpm: Tpm | None = None
+        #: the running TPM came from storage (a restart), not from manufacturing (a fresh start)
+        self.from_storage = False
         self.manifest: bytes = b""
         self._now = 0.0
         self._clock_fn: Callable[[], float] = time.monotonic
@@ -92,6 +94,7 @@ class VtpmService:
             self._clock_fn = lambda: ctx.syscalls.time_ns() / 1e9
         self._tick(ctx)
         blob = ctx.syscalls.storage_get(STATE_KEY) if "storage" in caps else None
+        self.from_storage = blob is not None
         if blob is not None:
             self.tpm = Tpm(rng=rng, clock=self._clock, state=blob)
         else:
@@ -135,6 +138,9 @@ class VtpmService:
     def restore(self, state: bytes, ctx: ModuleContext) -> None:
         """Replace the engine with ``state`` (from :meth:`save`, possibly another machine).
 
+        A snapshot older than the state this process loaded from storage is ignored (the kernel
+        re-applies the last migration/checkpoint snapshot after a crash; NV must not roll back).
+
         :raises InvalidFormat: the state does not load; the running TPM is kept.
         """
         rng = self.tpm.rng if self.tpm is not None else SeededRng(os.urandom(48))
@@ -142,6 +148,12 @@ class VtpmService:
             tpm = Tpm(rng=rng, clock=self._clock, state=state)
         except StateError:
             raise InvalidFormat("vTPM state rejected") from None
+        current = self.tpm
+        if self.from_storage and current is not None and tpm.generation < current.generation:
+            # a crash checkpoint older than what storage already holds: restoring it would roll NV back
+            ctx.log.warning("vTPM: ignoring a stale checkpoint (generation %d < %d)", tpm.generation,
+                            current.generation)
+            return
         self.tpm = tpm
         self.manifest = create_ek(tpm, ek_template_rsa2048()).public.marshal()
         tpm.dirty = True

@@ -160,3 +160,20 @@ def test_package_hooks_register_and_serve_through_pluggy() -> None:
     state = pm.hook.svsm_save_state(ctx=ctx)
     pm.hook.svsm_restore_state(state=state, ctx=ctx)
     pm.hook.svsm_module_stop(ctx=ctx)
+
+
+def test_stale_checkpoint_does_not_roll_back_nv() -> None:
+    store: dict[str, bytes] = {}
+    svc, ctx = VtpmService(), make_ctx(store)
+    svc.start(ctx)
+    call(svc, ctx, STARTUP)
+    checkpoint = svc.save()
+    assert call(svc, ctx, cmd(0x129, (0x40000001,), b"\x00\x02pw", pw()))[6:10] == bytes(4)  # persisted
+    restarted = VtpmService()  # crash: a new process loads storage, then the kernel offers the checkpoint
+    restarted.start(make_ctx(store))
+    restarted.restore(checkpoint, make_ctx(store))
+    assert restarted.tpm.auths[0x40000001] == b"pw"
+    fresh = VtpmService()  # migration destination: nothing in storage, the snapshot wins
+    fresh.start(make_ctx(seed=5))
+    fresh.restore(checkpoint, make_ctx(seed=5))
+    assert fresh.tpm.started and fresh.manifest == svc.manifest
