@@ -149,7 +149,7 @@ class Sleepy(Module):
         name="sleepy",
         version="1",
         protocols=[ProtocolSpec(number=P + 5, calls=[CallSpec(call=0)])],
-        request_timeout=0.2,
+        request_timeout=1.0,
     )
 
     @hookimpl
@@ -161,7 +161,7 @@ class Sleepy(Module):
 def test_deadline_missed_is_busy_and_restarts() -> None:
     with host(Sleepy) as h:
         assert h.call(P + 5, 0, rcx=0).rcx == 1
-        assert h.call(P + 5, 0, rcx=2000).rax == ResultCode.BUSY
+        assert h.call(P + 5, 0, rcx=3000).rax == ResultCode.BUSY
         assert "deadline" in h.module("sleepy").last_failure
         assert h.wait_module_ready("sleepy", 10)
         assert h.call(P + 5, 0, rcx=0).rax == 0
