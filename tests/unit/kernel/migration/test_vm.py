@@ -1,0 +1,147 @@
+"""The kernel's vm service on booted CVMs: pages with RMP state, digests, machine state, fencing."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from svsm.kernel import boot
+from svsm.kernel.hw.adversary import AdversarialHypervisor
+from svsm.kernel.migration import GuestFenced, MigratableVm, RunGate
+from svsm.kernel.migration._state import PAGE_ASSIGNED, PAGE_VALIDATED, decode_state
+from svsm.sdk import InvalidParameter, InvalidRequest
+
+PAGE = 4096
+
+
+@pytest.fixture
+def pair():
+    with contextlib.ExitStack() as st:
+        src = st.enter_context(boot(vcpus=1, memory="16M", hypervisor=AdversarialHypervisor()))
+        dst = st.enter_context(boot(vcpus=1, memory="16M", seed=1))
+        src.guest.accept_memory(0, src.layout.svsm_base)
+        yield src, dst
+
+
+def _copy_all(svm: MigratableVm, dvm: MigratableVm) -> None:
+    frames = list(svm.frames())
+    for i in range(0, len(frames), 256):
+        dvm.write_pages(svm.read_pages(frames[i : i + 256]))
+
+
+def test_pages_are_read_in_plaintext_with_their_rmp_state(pair) -> None:
+    src, _ = pair
+    gpa = src.guest.pool.take()
+    src.guest.mem.write(gpa, b"secret" * 100)
+    vm = MigratableVm(src)
+    (gfn, state, data), = vm.read_pages([gpa // PAGE])
+    assert state & (PAGE_ASSIGNED | PAGE_VALIDATED) == PAGE_ASSIGNED | PAGE_VALIDATED
+    assert (state >> 16) & 0xFF == 0x1F or (state >> 16) & 0xFF  # the guest VMPL (2) has access
+    assert data[:600] == b"secret" * 100
+    assert src.platform.host.read(gpa, 600) != b"secret" * 100  # the host sees ciphertext only
+    assert vm.read_pages([0])[0] == (0, 0, None)  # a reserved, never accepted frame: pristine
+
+
+def test_copied_memory_has_equal_digests_and_one_changed_page_changes_one_chunk(pair) -> None:
+    src, dst = pair
+    svm, dvm = MigratableVm(src), MigratableVm(dst, gate=RunGate(paused=True))
+    gpa = src.guest.pool.take()
+    src.guest.mem.write(gpa, b"\x42" * PAGE)
+    _copy_all(svm, dvm)
+    assert svm.digests() == dvm.digests()
+    src.guest.mem.write(gpa + 8, b"\x43")
+    diff = [c for c, (a, b) in enumerate(zip(svm.digests(), dvm.digests())) if a != b]
+    assert diff == [gpa // PAGE // 256]
+    assert dst.platform.vcpus[0].view(0).read(gpa, 8) == b"\x42" * 8  # imported in plaintext form
+
+
+def test_machine_state_moves_vmsa_keys_and_the_guest_reads_its_memory(pair) -> None:
+    src, dst = pair
+    svm, dvm = MigratableVm(src), MigratableVm(dst, gate=RunGate(paused=True))
+    g = src.guest
+    g.regs.rbx = 0xB0B
+    gpa = g.pool.take()
+    g.mem.write(gpa, b"continuity")
+    svm.pause()
+    _copy_all(svm, dvm)
+    dvm.import_state(svm.export_state())
+    gv = src.svsm.guest_vmpl
+    assert dst.platform.vcpus[0].vmsa(gv).to_bytes() == src.platform.vcpus[0].vmsa(gv).to_bytes()
+    s_ctx, d_ctx = src.psp_context, dst.psp_context
+    assert d_ctx.vmpcks[gv:] == s_ctx.vmpcks[gv:] and d_ctx.seqnos[gv:] == s_ctx.seqnos[gv:]
+    assert d_ctx.vmrk == s_ctx.vmrk and d_ctx.vmpcks[0] != s_ctx.vmpcks[0]  # the SVSM's own key stays
+    assert svm.fingerprint() == dvm.fingerprint()
+    dvm.resume()
+    dg = dst.guest
+    assert dg.regs.rbx == 0xB0B and dg.mem.read(gpa, 10) == b"continuity"
+    assert dg.query_protocol(0) is not None  # the migrated guest calls its (new) SVSM
+
+
+def test_export_needs_a_paused_guest(pair) -> None:
+    src, _ = pair
+    with pytest.raises(InvalidRequest):
+        MigratableVm(src).export_state()
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        (10**9, 0, None),  # beyond memory
+        (None, 0, None),  # the SVSM's own region (filled in below)
+        (0x100, 1 << 40, None),  # unknown state bits
+        (0x100, PAGE_ASSIGNED, b"short"),
+        (0x100, 0x30, None),  # shared frame with state bits
+    ],
+)
+def test_write_pages_refuses_malformed_records(pair, page) -> None:
+    _, dst = pair
+    dvm = MigratableVm(dst, gate=RunGate(paused=True))
+    if page[0] is None:
+        page = (dst.layout.svsm_base // PAGE, PAGE_ASSIGNED, None)
+    with pytest.raises(InvalidParameter):
+        dvm.write_pages([page])
+
+
+def test_import_state_refuses_garbage_and_another_shape(pair) -> None:
+    src, dst = pair
+    dvm = MigratableVm(dst, gate=RunGate(paused=True))
+    with pytest.raises(InvalidParameter):
+        dvm.import_state(b"\x93garbage")
+    svm = MigratableVm(src)
+    svm.pause()
+    with contextlib.ExitStack() as st:
+        other = st.enter_context(boot(vcpus=2, memory="16M"))
+        with pytest.raises(InvalidParameter):
+            MigratableVm(other, gate=RunGate(paused=True)).import_state(svm.export_state())
+
+
+def test_fence_retires_the_guest_for_good(pair) -> None:
+    src, _ = pair
+    vm = MigratableVm(src)
+    gv = src.svsm.guest_vmpl
+    vm.pause()
+    vm.fence()
+    with pytest.raises(GuestFenced):
+        vm.resume()
+    with pytest.raises(GuestFenced):
+        with vm.gate.running():
+            pass
+    assert src.platform.vcpus[0].vmsa_sfn[gv] is None
+    assert all(k == bytes(32) for k in src.psp_context.vmpcks[gv:])
+
+
+def test_dirty_log_is_filtered_and_read_refuses_a_stolen_frame(pair) -> None:
+    src, _ = pair
+    vm = MigratableVm(src)
+    hv = src.platform.hypervisor
+    vm.start_dirty_log()
+    gpa = src.guest.pool.take()
+    src.guest.mem.write(gpa, b"x")
+    src.platform.dirty_log.update({10**9, -5})  # a hypervisor reporting nonsense frames
+    assert vm.dirty_frames() == {gpa // PAGE}
+    assert vm.statistics().dirty_ignored == 2
+    other = src.guest.pool.take()
+    hv.remap(gpa // PAGE, other // PAGE)  # the host maps another guest page behind this frame
+    with pytest.raises(InvalidRequest):
+        vm.read_pages([gpa // PAGE])
