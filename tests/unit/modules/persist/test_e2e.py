@@ -93,7 +93,7 @@ def test_tampered_state_is_not_replaced_by_a_blank_tpm(tmp_path, psp_dir) -> Non
             f.seek(lba * BLOCK_SIZE + 100)
             f.write(bytes([b[0] ^ 1]))
     before = image.read_bytes()
-    with boot(psp_state_dir=psp_dir) as cvm, cvm.run_modules("process", state_dir=state, wait=5.0) as host:
+    with boot(psp_state_dir=psp_dir) as cvm, cvm.run_modules("process", state_dir=state, wait=1.0) as host:
         info = {m.name: m for m in host.modules()}
         assert info["persist"].state != "serving" and "failed authentication" in info["persist"].last_failure
         assert info["tpm"].state != "serving"  # no blank vTPM with a new EK instead of the real one
