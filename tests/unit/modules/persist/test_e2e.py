@@ -98,3 +98,17 @@ def test_tampered_state_is_not_replaced_by_a_blank_tpm(tmp_path, psp_dir) -> Non
         assert info["persist"].state != "serving" and "failed authentication" in info["persist"].last_failure
         assert info["tpm"].state != "serving"  # no blank vTPM with a new EK instead of the real one
     assert image.read_bytes() == before  # never formatted over
+
+
+def test_state_dir_moved_to_a_cvm_with_another_measurement_cannot_be_unsealed(tmp_path, psp_dir) -> None:
+    from svsm.kernel import boot
+
+    state = tmp_path / "state"
+    with boot(psp_state_dir=psp_dir, memory="64M") as cvm, cvm.run_modules("process", state_dir=state) as host:
+        host.providers.storage.backend_for("tpm").put("tpm", "probe", b"x")
+        first = cvm.measurement
+    with boot(psp_state_dir=psp_dir, memory="128M") as cvm, \
+            cvm.run_modules("process", state_dir=state, wait=1.0) as host:
+        assert cvm.measurement != first  # another memory layout is measured: another launch digest
+        info = {m.name: m for m in host.modules()}
+        assert info["persist"].state != "serving" and "failed authentication" in info["persist"].last_failure
