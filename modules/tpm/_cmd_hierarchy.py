@@ -66,7 +66,8 @@ def _clear(tpm: "Tpm", ctx: Ctx) -> bytes:
     for h, nv in list(tpm.nv.items()):
         if not nv.attrs & TPMA_NV.PLATFORMCREATE:
             del tpm.nv[h]
-    tpm.failed_tries = 0
+    # DA parameters go back to their manufacturing values (ref DAPreInstall_Init, restored by Clear)
+    tpm.failed_tries, tpm.max_tries, tpm.recovery_time, tpm.lockout_recovery = 0, 3, 1000, 1000
     tpm.lockout_locked_at = None
     tpm.dirty = True
     return b""

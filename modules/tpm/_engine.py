@@ -125,7 +125,7 @@ class Tpm(EntityMixin):
         self.enabled = {RH.PLATFORM: True, RH.OWNER: True, RH.ENDORSEMENT: True, RH.PLATFORM_NV: True}
         self.disable_clear = False
         self.failed_tries = 0
-        self.max_tries = 3
+        self.max_tries = 3  # ref DAPreInstall_Init: 3 tries, 1000 s recovery, 1000 s lockout recovery
         self.recovery_time = 1000
         self.lockout_recovery = 1000
         self.lockout_locked_at: float | None = None

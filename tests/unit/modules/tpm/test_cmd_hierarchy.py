@@ -22,8 +22,10 @@ def test_clear_changes_owner_seed_and_drops_owner_state(tpm, run) -> None:
     pub = struct.pack(">IHIHH", 0x01000000, 0x000B, 0x00060006, 0, 8)
     assert rc_of(run(DEFINE, (OWNER,), b"\x00\x00" + struct.pack(">H", len(pub)) + pub, pw())) == 0
     assert rc_of(run(HCA, (OWNER,), b"\x00\x02ow", pw())) == 0
+    assert rc_of(run(0x13A, (LOCKOUT,), struct.pack(">III", 9, 8, 7), pw())) == 0
     assert rc_of(run(CLEAR, (LOCKOUT,), b"", pw())) == 0
     assert not tpm.nv and not tpm.objects
+    assert (tpm.max_tries, tpm.recovery_time, tpm.lockout_recovery) == (3, 1000, 1000)
     after = create_primary(run)  # owner auth is empty again
     assert rc_of(after) == 0 and after[-41:] != before[-41:]
     assert create_primary(run, ENDORSEMENT)[-41:] == ek_before[-41:]  # endorsement seed unchanged
