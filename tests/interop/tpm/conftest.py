@@ -146,6 +146,14 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         t.stop()
 
 
+#: Tools that leave no transient object loaded (they take handles, not context files).
+_LOADS_NOTHING = frozenset({
+    "tpm2_flushcontext", "tpm2_startup", "tpm2_shutdown", "tpm2_getrandom", "tpm2_getcap", "tpm2_pcrread",
+    "tpm2_pcrextend", "tpm2_pcrreset", "tpm2_hash", "tpm2_nvdefine", "tpm2_nvundefine", "tpm2_nvwrite",
+    "tpm2_nvread", "tpm2_nvincrement", "tpm2_changeauth", "tpm2_clear",
+})
+
+
 class Tools:
     """Runs tpm2-tools against a target; a failing call fails the test with the tool's output."""
 
@@ -161,7 +169,7 @@ class Tools:
         ``tpm2_flushcontext -t`` as tpm2-abrmd would do between clients.
         """
         proc = self._run(tool, *args, check=check, input=input, timeout=timeout)
-        if tool != "tpm2_flushcontext":
+        if tool not in _LOADS_NOTHING:
             self._run("tpm2_flushcontext", "-t")
         return proc
 
