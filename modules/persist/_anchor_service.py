@@ -101,6 +101,7 @@ class _Record:
     generation: int | None = None
     lease: str = ""
     expires: int = 0
+    measurement: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,18 +127,23 @@ class AnchorService:
     :param lease_ttl_ns: a lease not renewed for this long may be taken by another instance.
     :param allowed_measurements: if given, only these SVSM measurements are served.
     :param require_vmpl0: refuse reports not requested at VMPL0 (i.e. not by the SVSM itself).
+    :param one_store_per_measurement: refuse a second store id for a measurement that already has
+        one, so a wiped disk (a freshly formatted store) is reported as a rollback.  Only for
+        deployments that run a single CVM per measurement.
     """
 
     def __init__(self, key: Ed25519PrivateKey, verifier: ReportVerifier, *, clock: Callable[[], int],
                  rng: Callable[[int], bytes], state_path: pathlib.Path | None = None,
                  lease_ttl_ns: int = 30 * 10**9, challenge_ttl_ns: int = 60 * 10**9,
-                 allowed_measurements: set[bytes] | None = None, require_vmpl0: bool = True) -> None:
+                 allowed_measurements: set[bytes] | None = None, require_vmpl0: bool = True,
+                 one_store_per_measurement: bool = False) -> None:
         self._key, self._verify, self._clock, self._rng = key, verifier, clock, rng
         self.public_key = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self._path = state_path
         self._ttl, self._challenge_ttl = lease_ttl_ns, challenge_ttl_ns
         self._allowed = allowed_measurements
         self._require_vmpl0 = require_vmpl0
+        self._one_store = one_store_per_measurement
         self._lock = threading.Lock()
         self._challenges: dict[bytes, int] = {}
         self._ids: dict[str, _Record] = {}
@@ -210,17 +216,22 @@ class AnchorService:
             log.info("anchor: measurement %s not allowed", bytes(verified.measurement).hex())
             return self._reply(req, "refused", None)
         identity = hashlib.sha256(bytes(verified.measurement) + req["store_id"]).hexdigest()
-        return self._apply(identity, req, now)
+        return self._apply(identity, req, now, bytes(verified.measurement).hex())
 
-    def _apply(self, identity: str, req: dict[str, Any], now: int) -> dict[str, Any]:
+    def _apply(self, identity: str, req: dict[str, Any], now: int, measurement: str) -> dict[str, Any]:
         rec = self._ids.get(identity)
+        if rec is None and self._one_store and req["op"] == "acquire" and any(
+                r.measurement == measurement for r in self._ids.values()):
+            # this SVSM already has a store here: a new store id means the host wiped its disk
+            log.warning("anchor: refused a new store for measurement %s (one store per measurement)", measurement[:16])
+            return self._reply(req, "rollback", None)
         lease = req["lease"].hex()
         live = rec is not None and rec.lease and rec.expires > now
         if req["op"] == "acquire":
             if live and rec.lease != lease:  # type: ignore[union-attr]
                 log.warning("anchor: refused a second instance of store %s", identity[:16])
                 return self._reply(req, "clone", rec)
-            rec = rec or _Record()
+            rec = rec or _Record(measurement=measurement)
             rec.lease, rec.expires = (lease or self._rng(16).hex()), now + self._ttl
             self._ids[identity] = rec
             self._save()

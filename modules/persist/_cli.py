@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="serve only SVSMs with this launch measurement; repeatable")
     serve.add_argument("--lease-ttl", type=float, default=30.0, help="seconds before an idle lease expires")
     serve.add_argument("--any-vmpl", action="store_true", help="accept reports requested below VMPL0")
+    serve.add_argument("--one-store-per-measurement", action="store_true",
+                       help="treat a new store of a known SVSM as a wiped disk (rollback)")
     serve.set_defaults(func=_serve)
 
 
@@ -64,7 +66,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     service = AnchorService(key, verifier, clock=time.time_ns, rng=os.urandom,
                             state_path=args.state / "anchor.json", lease_ttl_ns=int(args.lease_ttl * 1e9),
-                            allowed_measurements=allowed, require_vmpl0=not args.any_vmpl)
+                            allowed_measurements=allowed, require_vmpl0=not args.any_vmpl,
+                            one_store_per_measurement=args.one_store_per_measurement)
     server = serve_tcp(service, host or "127.0.0.1", int(port))
     bound_host, bound_port = server.server_address[:2]
     print(f"anchor listening on {bound_host}:{bound_port} key {service.public_key.hex()}", flush=True)

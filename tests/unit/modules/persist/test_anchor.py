@@ -190,6 +190,20 @@ def test_anchor_refuses_other_measurements_when_configured(env, fake_psp, tmp_pa
         env.open(anchor=w.client())
 
 
+@pytest.mark.parametrize("one_store", [False, True])
+def test_wiped_disk_is_a_rollback_only_with_one_store_per_measurement(env, fake_psp, tmp_path, one_store) -> None:
+    w = World(env, fake_psp(), tmp_path, one_store_per_measurement=one_store)
+    s = env.open(anchor=w.client())
+    s.put("tpm", "nv", b"1")
+    s.close()
+    env.image.restore({})  # the host wipes the disk: the SVSM formats a new store (new store id)
+    if one_store:
+        with pytest.raises(RollbackDetected):
+            env.open(anchor=w.client())
+    else:
+        assert env.open(anchor=w.client()).get("tpm", "nv") is None  # documented gap without the option
+
+
 def test_pinned_key_mismatch_is_refused(env, world) -> None:
     with pytest.raises(AnchorError):
         env.open(anchor=world.client(anchor_key=bytes(32)))
