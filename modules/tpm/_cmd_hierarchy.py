@@ -9,6 +9,7 @@ from ._constants import ALG, CC, RC, RH, TPMA_NV, rc_param
 from ._crypto import HASHES, strip_zeros
 from ._dispatch import USER, Ctx, command, p_digest, p_u32, p_yesno
 from ._marshal import Reader, TpmError
+from ._nv import delete_index
 from ._structs import read_hash_alg
 
 if TYPE_CHECKING:
@@ -63,9 +64,9 @@ def _clear(tpm: "Tpm", ctx: Ctx) -> bytes:
     for h, o in list(tpm.persistent.items()):
         if o.hierarchy in (RH.OWNER, RH.ENDORSEMENT):
             del tpm.persistent[h]
-    for h, nv in list(tpm.nv.items()):
+    for nv in list(tpm.nv.values()):
         if not nv.attrs & TPMA_NV.PLATFORMCREATE:
-            del tpm.nv[h]
+            delete_index(tpm, nv)
     # DA parameters go back to their manufacturing values (ref DAPreInstall_Init, restored by Clear)
     tpm.failed_tries, tpm.max_tries, tpm.recovery_time, tpm.lockout_recovery = 0, 3, 1000, 1000
     tpm.lockout_locked_at = None

@@ -140,6 +140,8 @@ class Tpm(EntityMixin):
         self.restart_count = 0
         #: bumped by every save_state(): lets a restorer tell an older snapshot from a newer one
         self.generation = 0
+        #: highest value of any deleted NV counter (new counters start above it)
+        self.max_nv_counter = 0
         self.orderly = True
         self.nv.clear()
         self.persistent.clear()

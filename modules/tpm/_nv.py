@@ -109,6 +109,14 @@ def _nv_define(tpm: "Tpm", ctx: Ctx, auth: bytes, nv: NvIndex) -> bytes:
     return b""
 
 
+def delete_index(tpm: "Tpm", nv: NvIndex) -> None:
+    """Remove ``nv``; a written counter raises the TPM's max counter value (ref NvDeleteIndex)."""
+    if nv.nt == NT.COUNTER and nv.attrs & TPMA_NV.WRITTEN:
+        tpm.max_nv_counter = max(tpm.max_nv_counter, int.from_bytes(nv.data, "big"))
+    del tpm.nv[nv.handle]
+    tpm.dirty = True
+
+
 def _undefine_checks(tpm: "Tpm", ctx: Ctx, nv: NvIndex) -> None:
     if nv.attrs & TPMA_NV.PLATFORMCREATE and ctx.handles[0] != RH.PLATFORM:
         raise TpmError(RC.NV_AUTHORIZATION)
@@ -122,7 +130,7 @@ def _nv_undefine(tpm: "Tpm", ctx: Ctx) -> bytes:
     if nv.attrs & TPMA_NV.POLICY_DELETE:
         raise TpmError(rc_handle(RC.ATTRIBUTES, 2))
     _undefine_checks(tpm, ctx, nv)
-    del tpm.nv[nv.handle]
+    delete_index(tpm, nv)
     return b""
 
 
@@ -131,7 +139,7 @@ def _nv_undefine_special(tpm: "Tpm", ctx: Ctx) -> bytes:
     nv = ctx.ent[0]
     if not nv.attrs & TPMA_NV.POLICY_DELETE:
         raise TpmError(rc_handle(RC.ATTRIBUTES, 1))
-    del tpm.nv[nv.handle]
+    delete_index(tpm, nv)
     return b""
 
 
@@ -221,7 +229,8 @@ def _nv_increment(tpm: "Tpm", ctx: Ctx) -> bytes:
     check_write(ctx, nv)
     if nv.nt != NT.COUNTER:
         raise TpmError(rc_handle(RC.ATTRIBUTES, 2))
-    v = (int.from_bytes(nv.data, "big") if nv.attrs & TPMA_NV.WRITTEN else 0) + 1
+    # an unwritten counter starts above every counter ever deleted (ref NvReadMaxCount): no rollback
+    v = (int.from_bytes(nv.data, "big") if nv.attrs & TPMA_NV.WRITTEN else tpm.max_nv_counter) + 1
     nv.data[:] = (v & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
     _written(tpm, nv)
     return b""

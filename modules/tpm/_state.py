@@ -91,7 +91,7 @@ def save_state(tpm: "Tpm", include_volatile: bool = False) -> bytes:
              u16(tpm.audit_alg) + u64(tpm.audit_counter) + u16(len(tpm.audit_commands))
              + b"".join(u32(c) for c in sorted(tpm.audit_commands))]
     tpm.generation += 1
-    parts.append(u64(tpm.generation))
+    parts.append(u64(tpm.generation) + u64(tpm.max_nv_counter))
     if include_volatile:
         parts.append(u8(1) + u8(tpm.started) + tpm2b(save_volatile(tpm)) + u64(tpm.context_seq)
                      + u16(len(tpm.objects)) + b"".join(u32(h) + tpm2b(marshal_object(o)) for h, o in tpm.objects.items()))
@@ -166,7 +166,7 @@ def _load_body(tpm: "Tpm", r: Reader) -> None:
     tpm.pcrs = Pcrs(tuple(a for i, a in enumerate(_banks()) if banks >> i & 1))
     tpm.audit_alg, tpm.audit_counter = r.u16(), r.u64()
     tpm.audit_commands = {r.u32() for _ in range(r.u16())}
-    tpm.generation = r.u64()
+    tpm.generation, tpm.max_nv_counter = r.u64(), r.u64()
     if r.u8():
         started = bool(r.u8())
         volatile = r.tpm2b()

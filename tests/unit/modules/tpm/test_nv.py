@@ -166,3 +166,14 @@ def test_ph_enable_nv_hides_platform_indices(run) -> None:
     assert rc_of(run(READPUB, (idx,))) == 0
     assert rc_of(run(0x121, (PLATFORM,), struct.pack(">IB", 0x4000000D, 0), pw())) == 0  # phEnableNV = 0
     assert rc_of(run(READPUB, (idx,))) == 0x18B
+
+
+def test_counters_never_roll_back_across_redefinition(run) -> None:
+    c = 0x0100000B
+    assert define(run, c, RW_OWNER_AUTH | 0x10, 8) == 0
+    for _ in range(5):
+        assert rc_of(run(INCREMENT, (c, c), b"", pw())) == 0
+    assert rc_of(run(UNDEFINE, (OWNER, c), b"", pw())) == 0
+    assert define(run, c, RW_OWNER_AUTH | 0x10, 8) == 0
+    assert rc_of(run(INCREMENT, (c, c), b"", pw())) == 0
+    assert data(read(run, c, 8)) == struct.pack(">Q", 6)
