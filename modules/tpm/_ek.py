@@ -78,6 +78,7 @@ def ek_ca_certificate(tpm: "Tpm", now: datetime.datetime) -> bytes:
     cert = (x509.CertificateBuilder().subject_name(_CA_NAME).issuer_name(_CA_NAME).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA384()))
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -97,6 +98,8 @@ def _ek_cert(tpm: "Tpm", ek: TpmObject, now: datetime.datetime, serial: int) -> 
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(usage, critical=True)
             .add_extension(x509.SubjectAlternativeName([x509.DirectoryName(tpm_info)]), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.ObjectIdentifier("2.23.133.8.1")]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()), critical=False)
             .sign(ca, hashes.SHA384()))
     return cert.public_bytes(serialization.Encoding.DER)
 

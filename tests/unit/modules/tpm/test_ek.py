@@ -59,7 +59,9 @@ def test_certificates_are_readable_and_chain_to_the_ca(tpm: Tpm) -> None:
             assert rc_of(rsp) == 0
             data += rsp[16:16 + n]
         cert = x509.load_der_x509_certificate(data)
-        assert cert.issuer == ca.subject
+        assert cert.issuer == ca.subject and cert.subject == x509.Name([])
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert x509.ObjectIdentifier("2.23.133.8.1") in eku  # tcg-kp-EKCertificate
         ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
 
 
