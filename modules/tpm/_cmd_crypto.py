@@ -428,3 +428,24 @@ def _event_sequence_complete(tpm: "Tpm", ctx: Ctx, data: bytes) -> bytes:
             tpm.pcrs.extend(ctx.ent[0], alg, d)
         tpm.pcrs.update_counter += 1
     return u32(len(vals)) + b"".join(u16(a) + d for a, d in vals)
+
+
+def _p_curve(r: Reader) -> int:
+    c = r.u16()
+    if c not in CURVES:
+        raise TpmError(RC.CURVE)
+    return c
+
+
+@command(CC.ECC_Parameters, params=(_p_curve,))
+def _ecc_parameters(tpm: "Tpm", ctx: Ctx, curve: int) -> bytes:
+    """TPMS_ALGORITHM_DETAIL_ECC: curveID, keySize, kdf, sign, p, a, b, gX, gY, n, h."""
+    from ._crypto import _EC_FIELD
+    cls, size, order = CURVES[curve]
+    p, b = _EC_FIELD[curve]
+    g = ec.derive_private_key(1, cls()).public_key().public_numbers()
+
+    def num(v: int) -> bytes:
+        return tpm2b(v.to_bytes(size, "big"))
+    return (u16(curve) + u16(size * 8) + u16(ALG.NULL) + u16(ALG.NULL) + num(p) + num(p - 3) + num(b)
+            + num(g.x) + num(g.y) + num(order) + tpm2b(b"\x01"))

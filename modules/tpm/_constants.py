@@ -90,6 +90,7 @@ class CC:
     RSA_Encrypt = 0x174
     StartAuthSession = 0x176
     VerifySignature = 0x177
+    ECC_Parameters = 0x178
     GetCapability = 0x17A
     GetRandom = 0x17B
     GetTestResult = 0x17C

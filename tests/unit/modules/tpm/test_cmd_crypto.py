@@ -148,3 +148,14 @@ def test_long_sequences_hash_incrementally(esys) -> None:
     esys.sequence_update(gen, b"G spoofed")  # TPM_GENERATED split across updates still gets no ticket
     _, ticket = esys.sequence_complete(gen, b"", ESYS_TR.OWNER)
     assert int(ticket.hierarchy) == 0x40000007
+
+
+def test_ecc_parameters_describe_the_curve(esys) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    params = esys.ecc_parameters(3)  # NIST P-256
+    g = ec.derive_private_key(1, ec.SECP256R1()).public_key().public_numbers()
+    assert int(params.keySize) == 256 and int.from_bytes(bytes(params.gX), "big") == g.x
+    assert int.from_bytes(bytes(params.p), "big") == 2**256 - 2**224 + 2**192 + 2**96 - 1
+    with pytest.raises(TSS2_Exception) as e:
+        esys.ecc_parameters(0x20)  # SM2 is not implemented
+    assert e.value.rc == 0x1E6  # CURVE, parameter 1
