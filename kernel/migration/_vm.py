@@ -105,6 +105,7 @@ class MigratableVm:
         self._frames = range(0, lay.svsm_base // PAGE)
         self._view0 = self.platform.vcpus[0].view(0)
         self.fenced = False
+        self._last_state: MachineState | None = None
         self.pages_read = self.pages_written = self.zero_pages = self.n_digests = 0
         self.dirty_reported = self.dirty_ignored = 0
 
@@ -332,6 +333,7 @@ class MigratableVm:
             if blob is not None:
                 modules.append(ModuleState(name, bytes(blob)))
         st = MachineState(STATE_VERSION, self.platform.memory_size, gv, vcpus, keys, modules)
+        self._last_state = st
         return encode_state(st)
 
     def import_state(self, blob: bytes) -> None:
@@ -359,6 +361,7 @@ class MigratableVm:
         ctx.vmrk = bytes(st.keys.vmrk)
         for m in st.modules:
             self.module_host.restore_state(m.name, m.state)
+        self._last_state = st
 
     def _import_vcpu(self, vs: VcpuState, svsm: Any, gv: int) -> None:
         v = self.platform.vcpus[vs.index]
@@ -393,17 +396,25 @@ class MigratableVm:
     def fingerprint(self, digests: Sequence[bytes] | None = None) -> dict[str, str]:
         """Hashes of everything that must be identical on both ends (guest paused or not started).
 
-        Memory (all chunk digests), the guest VMSAs, the guest keys, and each module's state.
+        Memory (all chunk digests), the guest VMSAs, the guest keys, and each module's state as
+        this end handed it over (source: what the module saved; destination: what the module was
+        given -- a module's restore fidelity is its own contract, checked by its tests).
 
         :param digests: this VM's :meth:`digests` if already computed.
         """
-        st = decode_state(self.export_state())
+        st = self._last_state
+        if st is None:
+            self.export_state()
+            st = self._last_state
+        assert st is not None
         vmsas = hashlib.sha256()
         for vs in st.vcpus:
             v = self.platform.vcpus[vs.index]
             if vs.vmsa_gpa:
                 vmsas.update(v.vmsa(st.guest_vmpl).to_bytes())
-        keys = hashlib.sha256(msgspec.msgpack.encode(st.keys)).hexdigest()
+        ctx, gv = self.cvm.psp_context, st.guest_vmpl  # the keys as this PSP holds them now
+        live = GuestKeys(gv, [bytes(k) for k in ctx.vmpcks[gv:]], list(ctx.seqnos[gv:]), bytes(ctx.vmrk))
+        keys = hashlib.sha256(msgspec.msgpack.encode(live)).hexdigest()
         out = {
             "memory": hashlib.sha256(b"".join(self.digests() if digests is None else digests)).hexdigest(),
             "vmsas": vmsas.hexdigest(),
