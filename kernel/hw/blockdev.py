@@ -1,5 +1,8 @@
 """The host's block device for the CVM's persistent state (an untrusted disk, like virtio-blk).
 
+(Also :class:`AnchorLink`, the host's network relay to the persistence module's freshness anchor:
+the other host-provided channel of the same module, like COCONUT's aproxy over vsock.)
+
 The hypervisor serves fixed-size blocks from an *image* that belongs to the host: a file under the
 CVM's state directory (:class:`FileImage`) or memory (:class:`MemoryImage`, for tests).  The
 :class:`BlockDevice` in front of it models what a guest can rely on and what it cannot:
@@ -18,19 +21,24 @@ Nothing here is trusted by the SVSM: the persistence module authenticates every 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from svsm.sdk import InvalidParameter, SvsmError
+from svsm.sdk import Busy, InvalidParameter, SvsmError
 
 __all__ = [
     "BLOCK_SIZE",
+    "ANCHOR_SERVICE",
     "Adversary",
+    "AnchorLink",
     "BlockDevice",
     "BlockDeviceError",
     "BlockDeviceStatistics",
@@ -467,3 +475,58 @@ def open_state_disk(state_dir: str | os.PathLike[str], size_mib: int = 64) -> Di
     os.makedirs(state_dir, exist_ok=True)
     image = FileImage(os.path.join(state_dir, STATE_IMAGE), size_mib * (1 << 20) // BLOCK_SIZE)
     return DiskAdapter(BlockDevice(image))
+
+
+#: Name of the kernel service the persistence module reaches its anchor through.
+ANCHOR_SERVICE = "anchor"
+_FRAME = struct.Struct(">I")
+assert _FRAME.size == 4
+_MAX_FRAME = 64 * 1024
+
+
+class AnchorLink:
+    """Kernel service ``anchor``: relays the persist module's frames to ``host:port`` unchanged.
+
+    The module is sandboxed (no sockets) and the anchor protocol is authenticated end to end, so
+    the relay is as untrusted as the host's network.  Register it with
+    ``module_host.register_service(ANCHOR_SERVICE, AnchorLink(host, port, anchor_key))``.
+
+    Ops: ``config`` -> JSON ``{"anchor_key": hex or ""}`` (the key to pin, if the operator gave
+    one); ``exchange`` -> one frame body out, one frame body back (a TCP connection each).
+
+    :raises Busy: (per call) the anchor is unreachable; the module retries or stops serving.
+    :raises InvalidParameter: unknown op or an oversized frame.
+    """
+
+    def __init__(self, host: str, port: int, anchor_key: bytes | None = None, timeout: float = 10.0) -> None:
+        self.address = (host, port)
+        self.anchor_key = anchor_key
+        self.timeout = timeout
+        self.exchanges = 0
+
+    def __call__(self, module: str, op: str, payload: bytes) -> bytes:
+        if op == "config":
+            return json.dumps({"anchor_key": self.anchor_key.hex() if self.anchor_key else ""}).encode()
+        if op != "exchange" or len(payload) > _MAX_FRAME:
+            raise InvalidParameter(f"anchor link: bad op {op!r} or frame size {len(payload)}")
+        try:
+            with socket.create_connection(self.address, timeout=self.timeout) as sock:
+                sock.sendall(_FRAME.pack(len(payload)) + payload)
+                (length,) = _FRAME.unpack(_recv(sock, _FRAME.size))
+                if length > _MAX_FRAME:
+                    raise InvalidParameter("anchor reply too large")
+                reply = _recv(sock, length)
+        except OSError as exc:
+            raise Busy(f"anchor at {self.address[0]}:{self.address[1]} unreachable: {exc}") from None
+        self.exchanges += 1
+        return reply
+
+
+def _recv(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection closed")
+        buf += chunk
+    return bytes(buf)

@@ -187,3 +187,37 @@ def test_state_disk_is_created_once_and_reused(tmp_path) -> None:
     again = open_state_disk(tmp_path / "cvm", size_mib=8)  # the existing image keeps its size and data
     assert again.size() == 1 << 20 and again.read(0, BLOCK_SIZE) == blk(7)
     again.close()
+
+
+def test_anchor_link_relays_frames_and_reports_unreachable_as_busy() -> None:
+    import json
+    import socket
+    import struct
+    import threading
+
+    from svsm.kernel.hw.blockdev import AnchorLink
+    from svsm.sdk import Busy
+
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            (n,) = struct.unpack(">I", conn.recv(4))
+            body = b""
+            while len(body) < n:
+                body += conn.recv(n - len(body))
+            conn.sendall(struct.pack(">I", n + 3) + b"re:" + body)
+
+    t = threading.Thread(target=echo, daemon=True)
+    t.start()
+    host, port = srv.getsockname()
+    link = AnchorLink(host, port, anchor_key=b"\x01" * 32)
+    assert json.loads(link("persist", "config", b"")) == {"anchor_key": "01" * 32}
+    assert link("persist", "exchange", b'{"type":"x"}') == b're:{"type":"x"}'
+    t.join(5)
+    srv.close()
+    with pytest.raises(InvalidParameter):
+        link("persist", "bogus", b"")
+    with pytest.raises(Busy):
+        link("persist", "exchange", b"{}")  # nobody listens any more
