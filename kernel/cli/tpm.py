@@ -185,19 +185,23 @@ def _probe_until_ready(make: Callable[[], Any], error: type[Exception], timeout:
 def _serve(args: argparse.Namespace) -> int:
     device, owner = open_device(direct=args.direct, state=args.state, module_mode=args.module_mode)
     cls: type[TpmServer] = MssimServer if args.transport == "mssim" else SwtpmServer
-    server = cls(device, args.host, args.port)
+    server = cls(device, args.host, args.port, path=str(args.unix) if args.unix else None)
+    where = f"{args.unix} (+.ctrl)" if args.unix else f"{args.host}:{args.port}/{args.port + 1}"
     try:
         server.start()
     except OSError as exc:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}/{args.port + 1}: {exc}") from None
+        close = getattr(owner, "close", None)
+        if close is not None:
+            close()
+        raise UsageError(f"cannot listen on {where}: {exc}") from None
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if threading.current_thread() is threading.main_thread() else None
     path = "engine (--direct)" if args.direct else "guest vTPM via SVSM_VTPM_CMD"
-    print(
-        f"svsm tpm serve: {args.transport} on {args.host}:{server.port} (control {server.port + 1}), {path}; "
-        f"TPM2TOOLS_TCTI={args.transport}:host={args.host},port={server.port}",
-        flush=True,
-    )
+    if args.unix:
+        where, conf = f"{args.unix} (control {args.unix}.ctrl)", f"path={args.unix}"
+    else:
+        where, conf = f"{args.host}:{server.port} (control {server.port + 1})", f"host={args.host},port={server.port}"
+    print(f"svsm tpm serve: {args.transport} on {where}, {path}; TPM2TOOLS_TCTI={args.transport}:{conf}", flush=True)
     try:
         while not stop.is_set() and not server.wait_stopped(0.2):
             pass
@@ -225,6 +229,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--port", type=int, default=2321, help="command/data port P; P+1 is the platform/control port (0: pick)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    serve.add_argument("--unix", type=pathlib.Path, metavar="PATH",
+                       help="listen on AF_UNIX sockets PATH and PATH.ctrl instead of TCP (TCTI option path=PATH)")
     serve.add_argument("--state", type=pathlib.Path, help="directory keeping the TPM's non-volatile state")
     serve.add_argument("--transport", choices=("mssim", "swtpm"), default="mssim", help="wire protocol (default mssim)")
     serve.add_argument("--direct", action="store_true", help="serve the engine without booting a VM")

@@ -17,14 +17,18 @@ three off, for bench/tpm.py to show the difference.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import logging
-import select
+import os
 import pathlib
+import select
 import random
 import socket
+import stat
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from ._errors import TransportError
 from ._mssim import MssimConnection, MssimPort
@@ -108,6 +112,8 @@ class TpmServer(abc.ABC):
     :param host: address to bind; loopback by default.
     :param port: the first port P (``0``: pick a free pair).
     :param low_latency: TCP_NODELAY + one write per reply + TCP_QUICKACK (see the module doc).
+    :param path: listen on AF_UNIX sockets ``path`` and ``path + ".ctrl"`` instead of TCP
+        (the TCTIs' ``path=`` option); stale socket files there are replaced.
     """
 
     def __init__(
@@ -117,12 +123,16 @@ class TpmServer(abc.ABC):
         port: int = 0,
         *,
         low_latency: bool = True,
+        path: str | None = None,
     ) -> None:
         self.platform = target if isinstance(target, TpmPlatform) else TpmPlatform(target)
         self.host = host
+        self.path = path
         self.low_latency = low_latency
+        #: TCP options apply to TCP only; AF_UNIX has no Nagle and no delayed ACKs.
+        self._tcp = path is None
         #: Re-arm TCP_QUICKACK after each recv: only where clients split a request over writes.
-        self.quickack = low_latency and self.SPLIT_WRITES
+        self.quickack = low_latency and self.SPLIT_WRITES and self._tcp
         self._requested_port = port
         self.port = port
         self._listeners: list[socket.socket] = []
@@ -146,6 +156,9 @@ class TpmServer(abc.ABC):
 
         :raises OSError: the ports are taken (with ``port=0`` several pairs are tried first).
         """
+        if self.path is not None:
+            self._listeners = [self._listen_unix(self.path), self._listen_unix(self.path + ".ctrl")]
+            return self._run(f"{self.path} (+.ctrl)")
         for attempt in range(10):
             port = self._requested_port or free_port_pair(self.host)
             try:
@@ -158,13 +171,29 @@ class TpmServer(abc.ABC):
                 if self._requested_port or attempt == 9:
                     raise
         self.port = port
+        return self._run(f"{self.host}:{port}/{port + 1}")
+
+    def _run(self, where: str) -> TpmServer:
         for index, sock in enumerate(self._listeners):
             self._watch(sock, "listen", index)
         self._watch(self._wake_r, "wake", None)
-        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"tpm-server-{port}")
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"tpm-server {where}")
         self._thread.start()
-        log.info("%s listening on %s:%d/%d", type(self).__name__, self.host, port, port + 1)
+        log.info("%s listening on %s", type(self).__name__, where)
         return self
+
+    def _listen_unix(self, path: str) -> socket.socket:
+        if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)  # a stale socket from an earlier run
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.bind(path)
+            s.listen(64)
+            s.setblocking(False)
+        except OSError:
+            s.close()
+            raise
+        return s
 
     def _listen(self, port: int) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -196,6 +225,10 @@ class TpmServer(abc.ABC):
         for s in [*self._listeners, *self._conns]:
             s.close()
         self._conns.clear()
+        if self.path is not None:
+            for p in (self.path, self.path + ".ctrl"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
         self._epoll.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -255,8 +288,8 @@ class TpmServer(abc.ABC):
         except BlockingIOError:
             return  # the client went away between poll and accept
         # accept4 without SOCK_NONBLOCK: the new fd is blocking, as Python assumes by default.
-        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
-        if self.low_latency:
+        conn = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
+        if self.low_latency and self._tcp:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         handler = self._handler(index)
         self._watch(conn, "conn", handler)
@@ -341,7 +374,7 @@ class SwtpmServer(TpmServer):
     #: tcti-swtpm writes each command (and control request) in one write.
     SPLIT_WRITES = False
 
-    def __init__(self, target: TpmDevice | TpmPlatform, host: str = "127.0.0.1", port: int = 0, **kw: bool) -> None:
+    def __init__(self, target: TpmDevice | TpmPlatform, host: str = "127.0.0.1", port: int = 0, **kw: Any) -> None:
         super().__init__(target, host, port, **kw)
         self.control = SwtpmControl(self.platform)
 

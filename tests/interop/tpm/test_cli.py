@@ -20,10 +20,12 @@ pytestmark = pytest.mark.slow
 class Served:
     """One ``svsm tpm serve`` process."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, unix: str | None = None) -> None:
         self.port = free_port_pair()
+        self.unix = unix
+        where = ["--unix", unix] if unix else ["--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "svsm.kernel.cli.tpm", "serve", "--port", str(self.port), *args],
+            [sys.executable, "-m", "svsm.kernel.cli.tpm", "serve", *where, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
@@ -34,7 +36,8 @@ class Served:
 
     def tool(self, transport: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         exe = require_tool(args[0], "apt-get install tpm2-tools")
-        env = {**os.environ, "TPM2TOOLS_TCTI": f"{transport}:host=127.0.0.1,port={self.port}"}
+        conf = f"path={self.unix}" if self.unix else f"host=127.0.0.1,port={self.port}"
+        env = {**os.environ, "TPM2TOOLS_TCTI": f"{transport}:{conf}"}
         proc = subprocess.run([exe, *args[1:]], env=env, capture_output=True, text=True, timeout=120)
         if check:
             assert proc.returncode == 0, f"{' '.join(args)}: {proc.stderr}"
@@ -105,6 +108,19 @@ def test_full_path_state_survives_cvm_restart(served: list[Served], tmp_path: pa
     s2.tool("mssim", "tpm2_startup", "-c")
     assert s2.tool("mssim", "tpm2_nvread", "0x1500019", "-C", "o", "-s", "5").stdout == "guest"
     assert s2.stop() == 0
+
+
+@pytest.mark.parametrize("transport", ["mssim", "swtpm"])
+def test_unix_socket_path_tcti(served: list[Served], tmp_path: pathlib.Path, transport: str) -> None:
+    require_tool("tpm2_startup")
+    sock = str(tmp_path / "tpm.sock")
+    s = Served("--direct", "--transport", transport, unix=sock)
+    served.append(s)
+    assert f"{transport}:path={sock}" in s.banner
+    s.tool(transport, "tpm2_startup", "-c")
+    assert len(s.tool(transport, "tpm2_getrandom", "--hex", "8").stdout.strip()) == 16
+    assert s.stop() == 0
+    assert not os.path.exists(sock) and not os.path.exists(sock + ".ctrl")
 
 
 def test_busy_port_is_a_usage_error() -> None:

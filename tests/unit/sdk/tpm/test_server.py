@@ -90,3 +90,19 @@ def test_free_port_pair_avoids_the_ephemeral_range_and_is_injectable() -> None:
     lo, hi = _ephemeral_range()
     a = free_port_pair(rng=random.Random(7))
     assert not lo <= a <= hi and not lo <= a + 1 <= hi
+
+
+def test_unix_sockets_serve_both_channels_and_are_removed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "tpm")
+    dev = Echo()
+    with MssimServer(dev, path=path) as srv:
+        with socket.socket(socket.AF_UNIX) as plat, socket.socket(socket.AF_UNIX) as cmd:
+            plat.connect(path + ".ctrl")
+            plat.sendall(struct.pack(">I", 1))  # POWER_ON
+            assert recv_exact(plat, 4) == b"\0\0\0\0"
+            cmd.connect(path)
+            cmd.sendall(struct.pack(">IBI", 8, 0, len(GETRANDOM)) + GETRANDOM)
+            assert recv_exact(cmd, 4 + 14 + 4)[4:6] == b"\x80\x01"
+        assert srv.statistics().transport_errors == 0
+    assert not (tmp_path / "tpm").exists() and not (tmp_path / "tpm.ctrl").exists()
+    assert dev.seen == [(GETRANDOM, 0)]
