@@ -202,3 +202,18 @@ def test_zz_clear(tpm2: Tools) -> None:
     tpm2.run("tpm2_evictcontrol", "-C", "o", "-c", parent, "0x81000043")
     tpm2.run("tpm2_clear", "-c", "p")
     assert "0x81000043" not in tpm2.run("tpm2_getcap", "handles-persistent").stdout
+
+
+def test_ek_ak_makecredential_activatecredential(tpm2: Tools) -> None:
+    """The attestation identity flow: EK (policy-only) + AK, credential made outside, activated inside."""
+    tpm2.run("tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub")
+    tpm2.run("tpm2_createak", "-C", "ek.ctx", "-c", "ak.ctx", "-G", "rsa", "-g", "sha256", "-s", "rsassa", "-u", "ak.pub", "-n", "ak.name")
+    (tpm2.cwd / "secret").write_bytes(b"credential secret")
+    # MakeCredential needs no TPM secrets: tpm2-tools can do it with the TPM (-T) or offline (-T none).
+    tpm2.run("tpm2_makecredential", "-T", "none", "-u", "ek.pub", "-s", "secret", "-n",
+             (tpm2.cwd / "ak.name").read_bytes().hex(), "-o", "cred.out")
+    tpm2.run("tpm2_startauthsession", "--policy-session", "-S", "s.ctx")
+    tpm2.run("tpm2_policysecret", "-S", "s.ctx", "-c", "e")
+    tpm2.run("tpm2_activatecredential", "-c", "ak.ctx", "-C", "ek.ctx", "-i", "cred.out", "-o", "act.out", "-P", "session:s.ctx")
+    tpm2.run("tpm2_flushcontext", "s.ctx")
+    assert (tpm2.cwd / "act.out").read_bytes() == b"credential secret"
