@@ -33,11 +33,8 @@ class CommandSpec(NamedTuple):
     nv: bool
     extensive: bool
     flushed: bool
-
-    @property
-    def n_auth(self) -> int:
-        """How many leading handles need an authorization session."""
-        return sum(1 for a in self.auth if a)
+    #: how many leading handles need an authorization session
+    n_auth: int
 
     def tpma_cc(self) -> int:
         """TPMA_CC for GetCapability(COMMANDS) (tpm.md 3)."""
@@ -85,7 +82,7 @@ def command(cc: int, handles: tuple[str, ...] = (), auth: tuple[int, ...] = (), 
         a = tuple(auth) + (NOAUTH,) * (len(handles) - len(auth))
         COMMANDS[cc] = CommandSpec(cc, handles, a, rhandle, decrypt, encrypt, params, fn, no_sessions,
                                    nv or 0x11F <= cc <= 0x146 and cc not in (0x131, 0x13E) or cc in _NV_EXTRA,
-                                   extensive, flushed)
+                                   extensive, flushed, sum(1 for x in a if x))
         return fn
     return deco
 

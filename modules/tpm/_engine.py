@@ -11,6 +11,7 @@ import datetime
 import hmac as _hmac
 import logging
 import os
+import struct
 import threading
 import time
 from typing import Any, Callable, NamedTuple
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 MAX_COMMAND_SIZE = 4096
 MAX_RESPONSE_SIZE = 4096
 _HDR_ERR = b"\x80\x01\x00\x00\x00\x0a"
+#: command header: u16 tag | u32 commandSize | u32 commandCode
+_HEADER = struct.Struct(">HII")
+assert _HEADER.size == 10
 
 
 class AuthEntry(NamedTuple):
@@ -234,8 +238,8 @@ class Tpm(EntityMixin):
             raise TpmError(RC.FAILURE)
         if len(cmd) < 10:
             raise TpmError(RC.BAD_TAG if len(cmd) < 2 else RC.COMMAND_SIZE)
-        r = Reader(cmd)
-        tag, size, cc = r.u16(), r.u32(), r.u32()
+        tag, size, cc = _HEADER.unpack_from(cmd)
+        r = Reader(cmd, 10)
         if tag not in (ST.NO_SESSIONS, ST.SESSIONS):
             raise TpmError(RC.BAD_TAG)
         if size != len(cmd) or size > MAX_COMMAND_SIZE:
