@@ -147,6 +147,8 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     :param request_timeout: seconds a call may take before the module is declared hung.
     :param checkpoint_every: take ``svsm_save_state`` after every N successful calls,
         restored after a crash (0: never).
+    :param services: names of kernel services it calls (:meth:`Syscalls.service`); each is
+        requested as capability ``"svc:" + name`` (policy may deny it).  ``versionadded`` 0.2.
 
     .. versionadded:: 0.1
     """
@@ -159,6 +161,8 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     request_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
     checkpoint_every: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
     description: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    #: kernel services the module calls through :meth:`Syscalls.service` (capability ``svc:<name>`` each).
+    services: Annotated[list[Annotated[str, msgspec.Meta(pattern=_NAME)]], msgspec.Meta(max_length=16)] = []
 
     def protocol(self, number: int) -> ProtocolSpec | None:
         """The declaration of protocol ``number``, or ``None``."""

@@ -164,6 +164,8 @@ class ModuleRuntime:
             return self._hook(ev.id, "svsm_save_state")
         if isinstance(ev, m.RestoreState):
             return self._hook(ev.id, "svsm_restore_state", state=ev.state)
+        if isinstance(ev, m.Command):
+            return self._hook(ev.id, "svsm_module_command", name=ev.name, payload=ev.payload)
         if isinstance(ev, m.ManifestRequest):
             return self._hook(ev.id, "svsm_service_manifest")
         if isinstance(ev, m.StorageRequest):
@@ -172,7 +174,8 @@ class ModuleRuntime:
             )
         raise FatalError(f"unexpected kernel frame {type(ev).__name__}")
 
-    def _hook(self, id: int, name: str, **kwargs: Any) -> m.HookResult:
+    def _hook(self, id: int, hook: str, /, **kwargs: Any) -> m.HookResult:
+        name = hook
         try:
             result = getattr(self.hook, name)(ctx=self.ctx, **kwargs)
         except RequestError as exc:
@@ -185,6 +188,8 @@ class ModuleRuntime:
         if isinstance(result, bool):
             return m.HookResult(id=id, found=result)
         if isinstance(result, (bytes, bytearray, memoryview)):
+            if len(result) > m.MAX_BLOB:
+                return m.HookResult(id=id, code=ResultCode.INVALID_REQUEST, reason=f"{name} returned > MAX_BLOB bytes")
             return m.HookResult(id=id, data=bytes(result))
         if isinstance(result, list):
             return m.HookResult(id=id, names=[str(x) for x in result])

@@ -183,6 +183,25 @@ class Syscalls:
         """Size of the host disk in bytes (capability ``disk``)."""
         return self._do(m.SysDiskSize).number
 
+    # -- kernel services ---------------------------------------------------------
+    def service(self, service: str, op: str, payload: bytes = b"") -> bytes:
+        """Ask kernel service ``service`` to perform ``op`` (capability ``svc:<service>``).
+
+        Kernel code registers services per VM (``ModuleHost.register_service``); the
+        payload and reply formats are the service's own.
+
+        :param service: the service name (<= 32 characters), declared in ``Manifest.services``.
+        :param op: the operation (<= 32 characters).
+        :param payload: the request bytes (<= 768 KiB).
+        :returns: the service's reply bytes (<= 768 KiB).
+        :raises CapabilityDenied: ``svc:<service>`` was not granted.
+        :raises UnsupportedCall: no such service on this host.
+        :raises RequestError: the service's own error code (its leaf).
+
+        .. versionadded:: 0.2
+        """
+        return self._do(m.SysService, service=service, op=op, payload=payload).data
+
     def statistics(self) -> SyscallStatistics:
         """Counters of this client."""
         return SyscallStatistics(self._calls, self._failures)

@@ -153,6 +153,33 @@ def svsm_service_manifest(ctx: ModuleContext) -> bytes | None:
 
 
 # -------------------------------------------------------------------------------------------------
+# Kernel-invoked commands
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def svsm_module_command(name: str, payload: bytes, ctx: ModuleContext) -> bytes | None:
+    """Run a named operation the kernel asks for outside guest calls, in the module process.
+
+    Kernel code calls ``ModuleHost.command(module, name, payload, timeout=None)`` (e.g. the
+    migration engine: ``command("migrate", "source", params)``).  Runs between guest calls to
+    this module (which answer BUSY meanwhile), with no deadline unless the kernel gave one;
+    syscalls (e.g. :meth:`~svsm.sdk.Syscalls.service`) are served while it runs.
+
+    :param name: the operation (<= 64 characters).
+    :param payload: its argument bytes (<= 768 KiB), format chosen by the module.
+    :param ctx: the module's context.
+    :returns: the reply bytes (<= 768 KiB), or ``None`` if this module has no such command
+        (the kernel raises ``UnsupportedCall``).  Raise a :class:`~svsm.sdk.RequestError`
+        leaf to fail with its code.  Stops at the first non-None result.
+
+    .. versionadded:: 0.2
+
+    Use in third-party modules: long-running jobs driven by the kernel (migration).
+    """
+
+
+# -------------------------------------------------------------------------------------------------
 # Storage provider hooks (capability ``serve_storage``)
 # -------------------------------------------------------------------------------------------------
 

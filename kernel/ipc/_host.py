@@ -29,7 +29,7 @@ from ._measurements import MODULE_MEASUREMENTS_GUID, MeasurementEntry, encode_me
 from ._policy import Policy
 from ._sandbox import make_kernel_undumpable, others_can_read
 from ._supervisor import HostContext, Limits, ModuleInfo, ModuleSupervisor
-from ._syscalls import Providers
+from ._syscalls import SERVICE_NAME, Providers, ServiceHandler
 
 __all__ = ["CallOutcome", "HostStatistics", "ModuleHost", "ModuleStorageBackend"]
 
@@ -348,6 +348,47 @@ class ModuleHost:
     def restore_state(self, name: str, state: bytes) -> None:
         """Give module ``name`` a saved state (migration destination)."""
         self._sups[name].restore_state(state)
+
+    # -- generic extension points (kernel services, module commands) ---------------------------------
+    def register_service(self, name: str, handler: ServiceHandler) -> None:
+        """Offer kernel service ``name`` to this host's modules (``Syscalls.service(name, op, payload)``).
+
+        A module reaches it only if its manifest lists ``name`` in ``services`` and policy
+        grants ``svc:<name>``.  ``handler(module_name, op, payload) -> bytes`` runs on the
+        thread driving that module's channel (a vCPU, the supervisor or a ``command`` caller);
+        raise a :class:`~svsm.sdk.RequestError` leaf for an error reply with its code; any
+        other exception is a kernel bug (the module is failed and the exception propagates).
+        Replies are limited to ``MAX_BLOB`` bytes.  Unknown services answer UNSUPPORTED_CALL.
+
+        :raises ValueError: ``name`` is not ``[a-z][a-z0-9_]{0,31}`` or already registered.
+
+        .. versionadded:: 0.2
+        """
+        if not SERVICE_NAME.fullmatch(name):
+            raise ValueError(f"bad service name {name!r}")
+        if name in self.providers.services:
+            raise ValueError(f"service {name!r} already registered")
+        self.providers.services[name] = handler
+
+    def unregister_service(self, name: str) -> None:
+        """Withdraw kernel service ``name`` (later calls answer UNSUPPORTED_CALL); no-op if absent."""
+        self.providers.services.pop(name, None)
+
+    def command(self, module_name: str, name: str, payload: bytes = b"", timeout: float | None = None) -> bytes:
+        """Run command ``name`` in module ``module_name`` (hook ``svsm_module_command``) and return its reply.
+
+        Runs on the calling thread, serving the module's syscalls (kernel services included)
+        until the hook returns; with ``timeout=None`` there is no deadline.  Guest calls to
+        other modules proceed concurrently; calls to this module answer BUSY meanwhile.
+
+        :raises KeyError: no module ``module_name``.
+        :raises Busy: the module is not serving, or failed during the command (it restarts).
+        :raises UnsupportedCall: the module has no command ``name``.
+        :raises RequestError: the module's own error code.
+
+        .. versionadded:: 0.2
+        """
+        return self._sups[module_name].command(name, payload, timeout)
 
     def save_states(self) -> dict[str, bytes]:
         """Every serving module's state, by name (migration source; modules without state omitted).

@@ -22,7 +22,8 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The kernel's module policy (JSON file).
 
     :param deny_modules: modules that never start.
-    :param deny_capabilities: per module name (``"*"`` for all), capabilities never granted.
+    :param deny_capabilities: per module name (``"*"`` for all), capabilities never granted
+        (a kernel service is ``"svc:<service>"``).
     :param request_timeout_cap: upper bound on any module's ``request_timeout`` (seconds).
     :param address_space: RLIMIT_AS of each module process, bytes.
     :param cpu_seconds: RLIMIT_CPU of each module process.
@@ -47,7 +48,9 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def grant(self, manifest: Manifest) -> frozenset[str]:
         """Capabilities granted to ``manifest``: requested minus denied."""
         denied = set(self.deny_capabilities.get("*", ())) | set(self.deny_capabilities.get(manifest.name, ()))
-        return frozenset(str(getattr(c, "value", c)) for c in manifest.capabilities) - denied
+        requested = {str(getattr(c, "value", c)) for c in manifest.capabilities}
+        requested.update(f"svc:{name}" for name in getattr(manifest, "services", ()))
+        return frozenset(requested) - denied
 
 
 def load_policy(path: str | os.PathLike[str] | None) -> Policy:

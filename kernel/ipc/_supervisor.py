@@ -47,6 +47,9 @@ __all__ = ["Limits", "ModuleFailure", "ModuleInfo", "ModuleSupervisor", "Supervi
 
 log = logging.getLogger("svsm.kernel.ipc.supervisor")
 
+#: The deadline of a command run without a timeout (``ModuleHost.command(..., timeout=None)``).
+_FOREVER = float("inf")
+
 _VALID_CODES = frozenset(int(c) for c in ResultCode if c not in (ResultCode.SUCCESS, ResultCode.PROTOCOL_BASE))
 
 
@@ -168,6 +171,7 @@ class ModuleSupervisor:
         self.ready = threading.Event()
         self._deadline = 0.0  # of the exchange in progress
         self._pollin: Any = None
+        self._command: str | None = None  # name of the kernel command in progress
 
     # -- state -----------------------------------------------------------------------
     @property
@@ -306,7 +310,15 @@ class ModuleSupervisor:
         return [p for p in claimed if checks.get(p, True)]
 
     def stop(self) -> None:
-        """Run ``svsm_module_stop`` and end the process (or cancel a pending restart)."""
+        """Run ``svsm_module_stop`` and end the process (or cancel a pending restart).
+
+        A command in progress (no deadline) is cut short: the process is killed and the
+        command's caller gets :class:`~svsm.sdk.Busy`.
+        """
+        link = self._link
+        if self._command is not None and link is not None:
+            log.warning("module %s: stopped during command %r", self.name, self._command)
+            link.kill()
         with self._lock:
             st = self.state
             if st is ModuleState.DEAD:
@@ -421,7 +433,7 @@ class ModuleSupervisor:
         else:
             poller = select.poll()
             poller.register(self._link.sock, events)
-        return bool(poller.poll(timeout * 1000))
+        return bool(poller.poll(None if timeout == _FOREVER else timeout * 1000))
 
     def _strike(self, reason: str, code: int = ResultCode.INVALID_FORMAT) -> None:
         self.strikes += 1
@@ -469,7 +481,11 @@ class ModuleSupervisor:
             if type(ev) in self.syscalls._table:
                 if self._ctx.clock() > deadline:  # a stream of valid syscalls must not outlive the deadline
                     raise ModuleFailure("deadline missed (still making syscalls)")
-                reply, misbehaved = self.syscalls.handle(ev)
+                try:
+                    reply, misbehaved = self.syscalls.handle(ev)
+                except BaseException:  # a kernel service's bug: the module cannot get an answer
+                    self._fail(f"kernel failed serving {type(ev).__name__}")
+                    raise
                 if misbehaved:
                     self.strikes += 1
                     self._strikes_total += 1
@@ -494,6 +510,8 @@ class ModuleSupervisor:
             if self.manifest.protocol(params.protocol) is None:
                 raise UnsupportedProtocol(f"{self.name} does not serve protocol {params.protocol:#x}")
             raise UnsupportedCall(f"{self.name}: protocol {params.protocol:#x} has no call {params.call}")
+        if self._command is not None:
+            raise Busy(f"module {self.name} is running command {self._command!r}")
         with self._lock:
             st = self.state
             if st is ModuleState.RESTARTING:
@@ -586,6 +604,8 @@ class ModuleSupervisor:
             return None
 
     def _serving_hook(self, msg: Any) -> m.HookResult:
+        if self._command is not None:
+            raise Busy(f"module {self.name} is running command {self._command!r}")
         with self._lock:
             if self.state is not ModuleState.SERVING:
                 raise Busy(f"module {self.name} is {self.state.value}")
@@ -610,6 +630,40 @@ class ModuleSupervisor:
         """``svsm_service_manifest``: the bytes for the attestation services manifest."""
         res = self._serving_hook(m.ManifestRequest(id=self._next_id()))
         return res.data if res.found else None
+
+    def command(self, name: str, payload: bytes = b"", timeout: float | None = None) -> bytes:
+        """Run ``svsm_module_command(name, payload)`` in the module; serve its syscalls meanwhile.
+
+        Guest calls to this module answer BUSY while it runs; other modules are not affected.
+
+        :param timeout: seconds before the module is declared hung (killed, restarted);
+            ``None``: no deadline (``stop()`` still ends it).
+        :returns: the bytes the hook returned.
+        :raises Busy: the module is not serving, or failed (crash, hang, killed) during the command.
+        :raises UnsupportedCall: no implementation of the hook answered ``name``.
+        :raises RequestError: the module's own error code.
+        """
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive or None")
+        if len(name) > 64 or len(payload) > m.MAX_BLOB:
+            raise InvalidParameter("command name or payload too long")
+        with self._lock:
+            if self.state is not ModuleState.SERVING:
+                raise Busy(f"module {self.name} is {self.state.value}")
+            self._command = name
+            try:
+                deadline = _FOREVER if timeout is None else self._ctx.clock() + timeout
+                res = self._exchange(m.Command(id=self._next_id(), name=name, payload=bytes(payload)), m.HookResult, deadline)
+            except ModuleFailure as exc:
+                self._fail(f"command {name}: {exc}")
+                raise Busy(f"module {self.name} failed during command {name!r}: {exc}") from None
+            finally:
+                self._command = None
+        if res.code:
+            raise error_for_code(res.code, res.reason)
+        if not res.found:
+            raise UnsupportedCall(f"module {self.name} has no command {name!r}")
+        return res.data
 
     def storage(self, op: str, namespace: str, key: str = "", value: bytes = b"") -> m.HookResult:
         """Forward another module's storage syscall to this (storage-serving) module."""

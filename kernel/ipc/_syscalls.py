@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,13 +20,21 @@ from typing import Any, NamedTuple, Protocol
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from svsm.sdk import RequestError, ResultCode, UnsupportedCall
+from svsm.sdk import InvalidRequest, RequestError, ResultCode, UnsupportedCall
 from svsm.sdk.abi import _messages as m
 
 from ._grants import GrantTable
 from ._storage import StorageRouter
 
-__all__ = ["DiskProvider", "Providers", "SyscallHandler", "SyscallStatistics", "REQUIRED_CAPABILITY"]
+__all__ = [
+    "DiskProvider",
+    "Providers",
+    "SERVICE_NAME",
+    "ServiceHandler",
+    "SyscallHandler",
+    "SyscallStatistics",
+    "REQUIRED_CAPABILITY",
+]
 
 log = logging.getLogger("svsm.kernel.ipc.syscalls")
 
@@ -47,8 +56,15 @@ REQUIRED_CAPABILITY: dict[type, str] = {
     m.SysDiskWrite: "disk",
     m.SysDiskFlush: "disk",
     m.SysDiskSize: "disk",
+    m.SysService: "svc:",  # + the service name (checked per message)
 }
 assert set(REQUIRED_CAPABILITY) == set(m.SYSCALLS)
+
+#: ``handler(module_name, op, payload) -> reply bytes``; raise a RequestError leaf for an error code.
+ServiceHandler = Callable[[str, str, bytes], bytes]
+
+#: A kernel service name: what ``Manifest.services`` lists and ``svc:<name>`` grants.
+SERVICE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 class DiskProvider(Protocol):
@@ -78,6 +94,8 @@ class Providers:
         key bound to the SVSM measurement); a random per-host key if not given.
     :param disk: the host block device, if any.
     :param storage: the storage router shared by every module.
+    :param services: kernel services by name (``svc:<name>``), usually filled through
+        ``ModuleHost.register_service``; one registry per host (per VM).
     """
 
     clock: Callable[[], int] = time.monotonic_ns
@@ -86,6 +104,7 @@ class Providers:
     key_root: bytes = field(default_factory=lambda: os.urandom(32))
     disk: DiskProvider | None = None
     storage: StorageRouter = field(default_factory=StorageRouter)
+    services: dict[str, ServiceHandler] = field(default_factory=dict)
 
 
 class SyscallStatistics(NamedTuple):
@@ -138,7 +157,9 @@ class SyscallHandler:
             m.SysDiskWrite: self._dwrite,
             m.SysDiskFlush: self._dflush,
             m.SysDiskSize: self._dsize,
+            m.SysService: self._service,
         }
+        self._svc = self._table[m.SysService]
 
     def handle(self, msg: Any) -> tuple[m.SyscallReply, bool]:
         """Serve one syscall.
@@ -151,9 +172,12 @@ class SyscallHandler:
         if fn is None:  # not a syscall: the caller routes only syscalls here
             self._failed += 1
             return m.SyscallReply(id=getattr(msg, "id", 0), code=ResultCode.INVALID_REQUEST), True
-        if REQUIRED_CAPABILITY[type(msg)] not in self.capabilities:
+        cap = REQUIRED_CAPABILITY[type(msg)]
+        if fn is self._svc:
+            cap += msg.service
+        if cap not in self.capabilities:
             self._denied += 1
-            self._log.warning("denied %s: capability %r not granted", type(msg).__name__, REQUIRED_CAPABILITY[type(msg)])
+            self._log.warning("denied %s: capability %r not granted", type(msg).__name__, cap)
             return m.SyscallReply(id=msg.id, code=ResultCode.INVALID_REQUEST, denied=True), True
         try:
             return fn(msg), False
@@ -237,3 +261,13 @@ class SyscallHandler:
 
     def _dsize(self, msg: m.SysDiskSize) -> m.SyscallReply:
         return m.SyscallReply(id=msg.id, number=self._disk().size())
+
+    def _service(self, msg: m.SysService) -> m.SyscallReply:
+        handler = self.providers.services.get(msg.service)
+        if handler is None:
+            raise UnsupportedCall(f"no kernel service {msg.service!r}")
+        data = handler(self.module, msg.op, msg.payload)
+        if len(data) > m.MAX_BLOB:  # a kernel bug, but the module must get an answer it can decode
+            self._log.error("service %s op %s replied %d bytes (> MAX_BLOB)", msg.service, msg.op, len(data))
+            raise InvalidRequest(f"service {msg.service} reply too large")
+        return m.SyscallReply(id=msg.id, data=data)

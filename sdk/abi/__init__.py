@@ -35,6 +35,7 @@ from ._messages import RestoreState as RestoreState
 from ._messages import ManifestRequest as ManifestRequest
 from ._messages import StorageRequest as StorageRequest
 from ._messages import CallRequest as CallRequest
+from ._messages import Command as Command
 from ._messages import SyscallReply as SyscallReply
 from ._messages import ErrorFrame as ErrorFrame
 from ._messages import HelloAck as HelloAck
@@ -57,6 +58,7 @@ from ._messages import SysDiskRead as SysDiskRead
 from ._messages import SysDiskWrite as SysDiskWrite
 from ._messages import SysDiskFlush as SysDiskFlush
 from ._messages import SysDiskSize as SysDiskSize
+from ._messages import SysService as SysService
 from ._messages import SYSCALLS as SYSCALLS
 from ._messages import KernelUnion as KernelUnion
 from ._messages import ModuleUnion as ModuleUnion
@@ -69,6 +71,7 @@ __all__ = [
     "CallRequest",
     "CallResult",
     "Channel",
+    "Command",
     "ChannelStatistics",
     "ErrorFrame",
     "FRAME_HEADER",
@@ -112,6 +115,7 @@ __all__ = [
     "SysLog",
     "SysRandom",
     "SysReport",
+    "SysService",
     "SysStorageDelete",
     "SysStorageGet",
     "SysStorageList",

@@ -38,6 +38,7 @@ __all__ = [
     "ManifestRequest",
     "StorageRequest",
     "CallRequest",
+    "Command",
     "SyscallReply",
     "ErrorFrame",
     "HelloAck",
@@ -60,12 +61,13 @@ __all__ = [
     "SysDiskWrite",
     "SysDiskFlush",
     "SysDiskSize",
+    "SysService",
     "SYSCALLS",
 ]
 
 #: ABI version spoken by this SDK.  A different major on the other side ends the handshake.
 ABI_MAJOR = 1
-ABI_MINOR = 0
+ABI_MINOR = 1
 
 #: Largest frame body either side accepts (the 4-byte length prefix is checked first).
 MAX_FRAME = 1 << 20
@@ -174,6 +176,17 @@ class CallRequest(KernelMessage, tag="call"):
     r9: U64 = 0
     buffer: Buffer | None = None
     grant: GrantInfo | None = None
+
+
+class Command(KernelMessage, tag="cmd"):
+    """Run ``svsm_module_command`` (a kernel-invoked named operation); answered by :class:`HookResult`.
+
+    .. versionadded:: ABI 1.1
+    """
+
+    id: U32
+    name: Name
+    payload: Blob = b""
 
 
 class SyscallReply(KernelMessage, tag="sysret"):
@@ -327,6 +340,20 @@ class SysDiskSize(ModuleMessage, tag="s.dsize"):
     id: U32
 
 
+class SysService(ModuleMessage, tag="s.svc"):
+    """A request to a kernel service registered by name (capability ``svc:<service>``).
+
+    The reply's ``data`` carries the service's answer.
+
+    .. versionadded:: ABI 1.1
+    """
+
+    id: U32
+    service: Annotated[str, msgspec.Meta(max_length=32)]
+    op: Annotated[str, msgspec.Meta(max_length=32)]
+    payload: Blob = b""
+
+
 KERNEL_MESSAGES = (
     Hello,
     Start,
@@ -338,6 +365,7 @@ KERNEL_MESSAGES = (
     CallRequest,
     SyscallReply,
     ErrorFrame,
+    Command,
 )
 
 SYSCALLS = (
@@ -357,6 +385,7 @@ SYSCALLS = (
     SysDiskWrite,
     SysDiskFlush,
     SysDiskSize,
+    SysService,
 )
 
 MODULE_MESSAGES = (HelloAck, HookResult, CallResult, SandboxReport, *SYSCALLS)
