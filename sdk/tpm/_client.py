@@ -50,6 +50,8 @@ class MssimClient:
     :param host: server address.
     :param port: the command port P (platform = P+1).
     :param power_on: send POWER_ON and NV_ON at connect, like tcti-mssim.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 2321, *, power_on: bool = True, timeout: float = 30.0) -> None:
@@ -125,6 +127,8 @@ class SwtpmClient:
     control command, as tcti-swtpm does.
 
     :param port: the data port P (control = P+1).
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 2321, *, timeout: float = 30.0) -> None:

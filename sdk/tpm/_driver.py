@@ -57,6 +57,8 @@ class VtpmDriver:
         given back by :meth:`close`.
     :raises UnsupportedProtocol: the SVSM does not serve protocol 2 with TPM_SEND_COMMAND
         (the probe failed: the guest has no TPM).
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, guest: VtpmGuest, *, buffer_gpa: int | None = None) -> None:

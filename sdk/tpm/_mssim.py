@@ -168,6 +168,8 @@ class MssimReader:
 
     :param port: the port this connection came in on (decides which codes are valid).
     :param max_command: largest TPM command (and hash chunk) accepted.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, port: MssimPort, *, max_command: int = MAX_COMMAND_SIZE) -> None:
@@ -255,12 +257,18 @@ class MssimReader:
 
 
 def encode_send_command(command: bytes, locality: int = 0) -> bytes:
-    """Client side: the TPM_SEND_COMMAND frame for ``command`` (one buffer, one write)."""
+    """Client side: the TPM_SEND_COMMAND frame for ``command`` (one buffer, one write).
+
+    .. versionadded:: 0.1
+    """
     return SEND_COMMAND_PREFIX.pack(MssimCode.SEND_COMMAND, locality, len(command)) + command
 
 
 def encode_command_response(response: bytes) -> bytes:
-    """Server side: ``u32 size | response | u32 0`` as one buffer (tpm.md 1.1)."""
+    """Server side: ``u32 size | response | u32 0`` as one buffer (tpm.md 1.1).
+
+    .. versionadded:: 0.1
+    """
     return _U32.pack(len(response)) + response + _ACK
 
 
@@ -310,6 +318,8 @@ class MssimConnection:
 
     :param port: which socket this is.
     :param platform: the TPM platform to drive (shared by all connections).
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, port: MssimPort, platform: TpmPlatform) -> None:

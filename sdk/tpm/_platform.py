@@ -43,6 +43,8 @@ class TpmDevice(Protocol):
     Optional methods a device may add, called by :class:`TpmPlatform` when present:
     ``power_on()``, ``power_off()``, ``nv_on()``, ``nv_off()``, ``reset()`` (``_TPM_Init``),
     ``hash_start()``, ``hash_data(data)``, ``hash_end()``, ``cancel_on()``, ``cancel_off()``.
+
+    .. versionadded:: 0.1
     """
 
     def execute(self, command: bytes, locality: int = 0) -> bytes:
@@ -73,6 +75,8 @@ class TpmPlatform:
     :param device: the TPM to drive.
     :param powered: start with power on (``swtpm --flags not-need-init`` behaves so; mssim
         clients send POWER_ON themselves, which is then a no-op as in the reference).
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, device: TpmDevice, *, powered: bool = True) -> None:

@@ -61,6 +61,8 @@ def free_port_pair(host: str = "127.0.0.1", attempts: int = 200, rng: random.Ran
 
     :param rng: source of candidate ports (injectable for tests).
     :raises OSError: no pair found in ``attempts`` tries.
+
+    .. versionadded:: 0.1
     """
     rng = rng or random.Random()
     lo, hi = _ephemeral_range()
@@ -114,6 +116,8 @@ class TpmServer(abc.ABC):
     :param low_latency: TCP_NODELAY + one write per reply + TCP_QUICKACK (see the module doc).
     :param path: listen on AF_UNIX sockets ``path`` and ``path + ".ctrl"`` instead of TCP
         (the TCTIs' ``path=`` option); stale socket files there are replaced.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(
@@ -354,7 +358,10 @@ class TpmServer(abc.ABC):
 
 
 class MssimServer(TpmServer):
-    """The TPM simulator protocol: command port P, platform port P+1 (tpm2-tss ``mssim:`` TCTI)."""
+    """The TPM simulator protocol: command port P, platform port P+1 (tpm2-tss ``mssim:`` TCTI).
+
+    .. versionadded:: 0.1
+    """
 
     #: tcti-mssim writes the 9-byte prefix and the command separately.
     SPLIT_WRITES = True
@@ -369,7 +376,10 @@ class MssimServer(TpmServer):
 
 
 class SwtpmServer(TpmServer):
-    """The swtpm socket protocol: data port P, control port P+1 (tpm2-tss ``swtpm:`` TCTI)."""
+    """The swtpm socket protocol: data port P, control port P+1 (tpm2-tss ``swtpm:`` TCTI).
+
+    .. versionadded:: 0.1
+    """
 
     #: tcti-swtpm writes each command (and control request) in one write.
     SPLIT_WRITES = False

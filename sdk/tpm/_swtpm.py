@@ -149,6 +149,8 @@ class SwtpmDataCommand:
 
     :ivar locality: from the mssim prefix, or ``None`` (use the control channel's locality).
     :ivar prefixed: the client used the mssim prefix, so the reply must be mssim-framed.
+
+    .. versionadded:: 0.1
     """
 
     command: bytes
@@ -158,14 +160,20 @@ class SwtpmDataCommand:
 
 @dataclasses.dataclass(frozen=True)
 class SwtpmControlRequest:
-    """One control channel request: ``code`` (may be unknown) and its payload bytes."""
+    """One control channel request: ``code`` (may be unknown) and its payload bytes.
+
+    .. versionadded:: 0.1
+    """
 
     code: int
     payload: bytes
 
 
 class SwtpmDataReader:
-    """Incremental parser of the data channel."""
+    """Incremental parser of the data channel.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(self, *, max_command: int = MAX_COMMAND_SIZE) -> None:
         self.max_command = max_command
@@ -223,7 +231,10 @@ class SwtpmDataReader:
 
 
 class SwtpmControlReader:
-    """Incremental parser of the control channel."""
+    """Incremental parser of the control channel.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(self, *, max_data: int = MAX_COMMAND_SIZE) -> None:
         self.max_data = max_data

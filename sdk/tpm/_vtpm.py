@@ -70,6 +70,8 @@ def encode_vtpm_request(command: bytes, locality: int = 0) -> bytes:
     """The request bytes (header + command, not padded) the guest writes at the buffer's GPA.
 
     :raises InvalidParameter: the command exceeds 4087 bytes or locality is not a byte.
+
+    .. versionadded:: 0.1
     """
     if len(command) > VTPM_MAX_COMMAND:
         raise InvalidParameter(f"TPM command of {len(command)} bytes exceeds {VTPM_MAX_COMMAND}")
@@ -85,6 +87,8 @@ def decode_vtpm_request(buf: bytes | bytearray | memoryview) -> VtpmRequest:
         as long as it holds the header and the command).
     :raises InvalidParameter: platform command not 8, locality not 0, inbuf_size > 4087, or
         the buffer is shorter than the header plus the command (SVSM_ERR_INVALID_PARAMETER).
+
+    .. versionadded:: 0.1
     """
     if len(buf) < VTPM_REQUEST_HEADER.size:
         raise InvalidParameter("vTPM buffer shorter than its 9-byte header")
@@ -104,6 +108,8 @@ def encode_vtpm_response(response: bytes) -> bytes:
 
     :raises TransportError: the response exceeds 4092 bytes; the engine must keep its
         responses within the page (tpm.md 1.3), so the module should fail the call.
+
+    .. versionadded:: 0.1
     """
     if len(response) > VTPM_MAX_RESPONSE:
         raise TransportError(f"TPM response of {len(response)} bytes exceeds {VTPM_MAX_RESPONSE}")
@@ -114,6 +120,8 @@ def decode_vtpm_response(buf: bytes | bytearray | memoryview) -> bytes:
     """The TPM response from the buffer the SVSM wrote back (guest side; untrusted).
 
     :raises TransportError: outbuf_size > 4092 or beyond the buffer.
+
+    .. versionadded:: 0.1
     """
     if len(buf) < VTPM_RESPONSE_HEADER.size:
         raise TransportError("vTPM response buffer shorter than its 4-byte header")
