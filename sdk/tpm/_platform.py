@@ -14,6 +14,8 @@ import struct
 import threading
 from typing import Protocol, runtime_checkable
 
+from .._errors import RequestError
+
 __all__ = [
     "TpmDevice",
     "TpmPlatform",
@@ -67,6 +69,7 @@ class PlatformStatistics:
     response_bytes: int
     signals: int
     refused_powered_off: int
+    device_errors: int = 0
 
 
 class TpmPlatform:
@@ -91,6 +94,7 @@ class TpmPlatform:
         self._rsp_bytes = 0
         self._signals = 0
         self._refused = 0
+        self._device_errors = 0
         if powered:
             self.power_on()
             self.nv_on()
@@ -188,7 +192,14 @@ class TpmPlatform:
             if not self._powered:
                 self._refused += 1
                 return None
-            response = self.device.execute(bytes(command), loc)
+            try:
+                response = self.device.execute(bytes(command), loc)
+            except RequestError as exc:
+                # The path to the TPM refused the call (e.g. the vTPM module is restarting and
+                # the SVSM answered BUSY): the client sees a TPM failure, never a dropped link.
+                self._device_errors += 1
+                log.warning("TPM device failed a command (%s): answering TPM_RC_FAILURE", exc)
+                response = failure_response()
             self._commands += 1
             self._cmd_bytes += len(command)
             self._rsp_bytes += len(response)
@@ -205,4 +216,5 @@ class TpmPlatform:
                 response_bytes=self._rsp_bytes,
                 signals=self._signals,
                 refused_powered_off=self._refused,
+                device_errors=self._device_errors,
             )

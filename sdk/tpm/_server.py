@@ -90,6 +90,7 @@ class ServerStatistics:
     active_connections: int
     transport_errors: int
     replies: int
+    internal_errors: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +153,7 @@ class TpmServer(abc.ABC):
         self._n_conn = 0
         self._n_err = 0
         self._n_replies = 0
+        self._n_internal = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -251,7 +253,7 @@ class TpmServer(abc.ABC):
     def statistics(self) -> ServerStatistics:
         """A snapshot of the counters."""
         with self._lock:
-            return ServerStatistics(self.port, self._n_conn, len(self._conns), self._n_err, self._n_replies)
+            return ServerStatistics(self.port, self._n_conn, len(self._conns), self._n_err, self._n_replies, self._n_internal)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -340,6 +342,13 @@ class TpmServer(abc.ABC):
             return
         except OSError as exc:
             log.debug("TPM client connection error: %s", exc)
+            self._drop(conn)
+            return
+        except Exception:  # noqa: BLE001 -- a device bug must not kill the server thread
+            # Logged with its traceback and counted; the client loses this connection only.
+            log.exception("TPM server: unexpected error while serving a client; dropping it")
+            with self._lock:
+                self._n_internal += 1
             self._drop(conn)
             return
         if not data:

@@ -97,3 +97,15 @@ def test_commands_are_serialised() -> None:
 
 def test_failure_response_layout() -> None:
     assert failure_response() == bytes.fromhex("80010000000a00000101")
+
+
+def test_device_refusal_becomes_tpm_failure_response() -> None:
+    from svsm.sdk import Busy
+
+    class Refusing(Minimal):
+        def execute(self, command: bytes, locality: int = 0) -> bytes:
+            raise Busy("module restarting")
+
+    plat = TpmPlatform(Refusing())
+    assert plat.execute(b"c" * 10) == failure_response()
+    assert plat.statistics().device_errors == 1

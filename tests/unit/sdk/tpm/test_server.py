@@ -106,3 +106,19 @@ def test_unix_sockets_serve_both_channels_and_are_removed(tmp_path) -> None:  # 
         assert srv.statistics().transport_errors == 0
     assert not (tmp_path / "tpm").exists() and not (tmp_path / "tpm.ctrl").exists()
     assert dev.seen == [(GETRANDOM, 0)]
+
+
+def test_a_device_bug_drops_one_client_not_the_server() -> None:
+    class Buggy(Echo):
+        def execute(self, command: bytes, locality: int = 0) -> bytes:
+            if command[6:10] == b"\0\0\x01\x44":  # Startup: crash
+                raise ZeroDivisionError("bug")
+            return super().execute(command, locality)
+
+    with MssimServer(Buggy()) as srv:
+        with MssimClient(port=srv.port) as c:
+            with pytest.raises(TransportError):
+                c.execute(bytes.fromhex("80010000000c000001440000"))
+        with MssimClient(port=srv.port) as c:
+            assert c.execute(GETRANDOM)[:2] == b"\x80\x01"
+    assert srv.statistics().internal_errors == 1
