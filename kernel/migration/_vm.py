@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from svsm.kernel.hw import HardwareFault
+from svsm.kernel.hw import HardwareFault, RmpEntry
 from svsm.sdk import FatalError, InvalidParameter, InvalidRequest
 
 from ._gate import RunGate
@@ -103,8 +103,11 @@ class MigratableVm:
         self._clock = clock
         lay = cvm.layout
         self._frames = range(0, lay.svsm_base // PAGE)
-        self._view0 = self.platform.vcpus[0].view(0)
+        self._mem = self.platform.memory
         self.fenced = False
+        self._attr_cache: dict[int, tuple[bool, int]] = {}
+        #: Chunk digests of a destination (memory changes only through write_pages until resume).
+        self._dcache: dict[int, bytes] | None = None
         self._last_state: MachineState | None = None
         self.pages_read = self.pages_written = self.zero_pages = self.n_digests = 0
         self.dirty_reported = self.dirty_ignored = 0
@@ -160,22 +163,40 @@ class MigratableVm:
             log.warning("hypervisor refused to stop dirty logging")
 
     # -- pages ---------------------------------------------------------------------------------------
+    def _decode(self, attr: int) -> tuple[bool, int]:
+        """(the guest's own page?, state word) of an RMP attribute word (memoised: few distinct words)."""
+        got = self._attr_cache.get(attr)
+        if got is None:
+            e = RmpEntry.unpack(attr, 0)
+            if not e.assigned:
+                got = (False, 0)
+            elif e.asid != self.platform.asid or e.immutable:
+                got = (False, -1)
+            else:
+                state = PAGE_ASSIGNED | (PAGE_VALIDATED if e.validated else 0) | (PAGE_VMSA if e.vmsa else 0)
+                for v in (1, 2, 3):
+                    state |= (e.perms[v] & 0xFF) << (PAGE_PERMS_SHIFT + 8 * (v - 1))
+                got = (True, state)
+            self._attr_cache[attr] = got
+        return got
+
     def _page(self, gfn: int) -> Page:
-        plat, gpa = self.platform, gfn * PAGE
+        plat = self.platform
         sfn = plat.npt.get(gfn, gfn) if plat.npt else gfn
         if sfn is None:
             raise InvalidRequest(f"guest frame {gfn:#x} is unmapped by the hypervisor")
-        e = plat.rmp.read(sfn)
-        if e.assigned:
-            if e.asid != plat.asid or e.immutable or e.gpa != gpa:
+        attr, rgfn = plat.rmp.lookup(sfn)
+        private, state = self._decode(attr)
+        # The RMP checks of a VMPL0 C=1 access are the ones above (VMPL0 always has every
+        # permission on a guest page), so read through the memory controller directly.
+        if private:
+            if rgfn != gfn:
                 raise InvalidRequest(f"guest frame {gfn:#x} is not the guest's page")
-            state = PAGE_ASSIGNED | (PAGE_VALIDATED if e.validated else 0) | (PAGE_VMSA if e.vmsa else 0)
-            for v in (1, 2, 3):
-                state |= (e.perms[v] & 0xFF) << (PAGE_PERMS_SHIFT + 8 * (v - 1))
-            data = self._view0.read(gpa, PAGE) if e.validated else None
+            data = self._mem.read_plain(sfn, 0, PAGE) if state & PAGE_VALIDATED else None
+        elif state < 0:
+            raise InvalidRequest(f"guest frame {gfn:#x} is not the guest's page")
         else:
-            state = 0
-            data = self._view0.read(gpa, PAGE, c_bit=False)
+            data = self._mem.read_raw(sfn, 0, PAGE)
         if data is not None and data == _ZERO:
             data = None
         return gfn, state, data
@@ -209,18 +230,23 @@ class MigratableVm:
         plat = self.platform
         fa, mem, frames = plat.firmware, plat.memory, self._frames
         n = 0
+        if self._dcache is None:
+            self._dcache = {}  # from now on guest memory changes only here (the guest is not running)
+        cache = self._dcache
         for gfn, state, data in pages:
+            cache.pop((gfn - frames.start) // CHUNK_PAGES, None)
             if gfn not in frames or state & ~PAGE_STATE_MASK or (data is not None and len(data) != PAGE):
                 raise InvalidParameter("malformed page record")
             gpa = gfn * PAGE
-            sfn = plat.host.translate(gpa) >> 12
+            sfn = plat.npt.get(gfn, gfn) if plat.npt else gfn
+            if sfn is None:
+                raise InvalidRequest(f"guest frame {gfn:#x} is unmapped by the hypervisor")
             if state & PAGE_ASSIGNED:
                 perms = (_VMPL_PERMS_ALL, *((state >> (PAGE_PERMS_SHIFT + 8 * i)) & 0xFF for i in range(3)))
                 fa.set_rmp(sfn * PAGE, assigned=True, gpa=gpa, validated=bool(state & PAGE_VALIDATED),
                            vmsa=bool(state & PAGE_VMSA), perms=perms)  # fmt: skip
-                if data is None:
-                    mem.zero_plain(sfn)
-                else:
+                mem.zero_plain(sfn)  # plaintext form without decrypting the old DRAM first
+                if data is not None:
                     mem.write_plain(sfn, 0, data)
             else:
                 if state:
@@ -260,16 +286,26 @@ class MigratableVm:
     def digests(self, chunks: Sequence[int] | None = None) -> list[bytes]:
         """SHA-256 per chunk of guest memory (state words + plaintext), computed in-kernel.
 
+        Once pages are imported (a destination), digests are cached per chunk and invalidated by
+        :meth:`write_pages`, so the final check at stop-and-copy rehashes only what changed.
+
         :param chunks: which chunks (default: all, in order).
         """
         todo = list(range(self.chunk_count())) if chunks is None else list(chunks)
         for c in todo:
             self.chunk_frames(c)
-        self.n_digests += len(todo)
-        if self._threads == 1 or len(todo) < 8:
-            return [self._chunk_digest(c) for c in todo]
-        with concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="migrate-digest") as ex:
-            return list(ex.map(self._chunk_digest, todo))
+        cache = self._dcache if self._dcache is not None else {}
+        missing = sorted({c for c in todo if c not in cache})
+        self.n_digests += len(missing)
+        if self._threads == 1 or len(missing) < 8:
+            fresh = [self._chunk_digest(c) for c in missing]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="migrate-digest") as ex:
+                fresh = list(ex.map(self._chunk_digest, missing))
+        got = dict(zip(missing, fresh))
+        if self._dcache is not None:
+            self._dcache.update(got)
+        return [cache[c] if c in cache else got[c] for c in todo]
 
     # -- vCPUs ---------------------------------------------------------------------------------------
     def pause(self) -> float:
@@ -282,6 +318,7 @@ class MigratableVm:
         :raises GuestFenced: this machine committed the guest away.
         """
         self.gate.resume()
+        self._dcache = None  # the guest writes again: digests must be recomputed
 
     def fence(self) -> None:
         """Never run this guest again: refuse the gate, drop its VMSAs, retire its keys."""

@@ -211,8 +211,9 @@ class Channel:
         self.bytes_received = 0
 
     # -- framing -----------------------------------------------------------------------
-    def _frame(self, kind: int, body: bytes) -> bytes:
-        data = _LEN.pack(len(body) + 1) + bytes([kind]) + body
+    def _frame(self, kind: int, *parts: bytes) -> bytes:
+        size = sum(len(p) for p in parts) + 1
+        data = b"".join((_LEN.pack(size), bytes((kind,)), *parts))  # one copy of the body
         self.bytes_sent += len(data)
         return data
 
@@ -233,7 +234,7 @@ class Channel:
                     raise ChannelError("bad frame length")
                 if len(self._buf) < _LEN.size + size:
                     break
-                frame = bytes(self._buf[_LEN.size : _LEN.size + size])
+                frame = memoryview(bytes(self._buf[_LEN.size : _LEN.size + size]))
                 del self._buf[: _LEN.size + size]
                 self._on_frame(frame[0], frame[1:])
         except ChannelError:
@@ -272,13 +273,14 @@ class Channel:
     def _binding(self, who: bytes) -> bytes:
         return hashlib.sha512(_LABEL + who + self._transcript.copy().digest()).digest()
 
-    def _on_frame(self, kind: int, body: bytes) -> None:
+    def _on_frame(self, kind: int, body: bytes | memoryview) -> None:
         if kind == _KIND_RECORD:
             self._advance("record")
             self._on_record(body)
             return
         if kind != _KIND_HANDSHAKE:
             raise ChannelError("unknown frame kind")
+        body = bytes(body)  # handshake frames are small
         msg = _HS_DECODER.decode(body)
         self._advance(type(msg).__name__)
         if isinstance(msg, Hello):
@@ -371,9 +373,9 @@ class Channel:
         hdr = _REC_HDR.pack(type_, self._send_seq)
         ct = self._send_aead.encrypt(self._nonce_for(self.role, self._send_seq), payload, hdr)
         self._send_seq += 1
-        return self._frame(_KIND_RECORD, hdr + ct)
+        return self._frame(_KIND_RECORD, hdr, ct)
 
-    def _on_record(self, body: bytes) -> None:
+    def _on_record(self, body: bytes | memoryview) -> None:
         if self._recv_aead is None or len(body) < _REC_HDR.size + _TAG_LEN:
             raise ChannelError("bad record")
         type_, seq = _REC_HDR.unpack_from(body)
@@ -381,7 +383,7 @@ class Channel:
             raise ChannelError("bad record")  # replayed, reordered or dropped
         peer = Role.DESTINATION if self.role is Role.SOURCE else Role.SOURCE
         try:
-            payload = self._recv_aead.decrypt(self._nonce_for(peer, seq), body[_REC_HDR.size :], body[: _REC_HDR.size])
+            payload = self._recv_aead.decrypt(self._nonce_for(peer, seq), body[_REC_HDR.size :], bytes(body[: _REC_HDR.size]))
         except InvalidTag as exc:
             raise ChannelError("bad record") from exc
         self._recv_seq += 1

@@ -367,6 +367,8 @@ def migrate_destination(
                 rep.pages_per_round.append(rnd_pages)
                 rep.rounds = msg.round + 1
                 rnd_pages, t_round = 0, clock()
+                if msg.round == 0:
+                    vm.digests()  # warm the final check while the source is still copying
             elif isinstance(msg, MachineStateMsg):
                 vm.import_state(msg.blob)
             elif isinstance(msg, Digests):
