@@ -25,7 +25,9 @@ from ._errors import QuotaExceeded as QuotaExceeded
 from ._errors import RollbackDetected as RollbackDetected
 from ._errors import StoreFull as StoreFull
 from ._errors import StoreUnavailable as StoreUnavailable
+from ._module import ANCHOR_SERVICE as ANCHOR_SERVICE
 from ._module import SEALING_KEY_CONTEXT as SEALING_KEY_CONTEXT
+from ._module import kernel_anchor as kernel_anchor
 from ._module import PersistModule as PersistModule
 from ._module import SyscallBlockIO as SyscallBlockIO
 from ._store import DEFAULT_QUOTA as DEFAULT_QUOTA
@@ -39,7 +41,9 @@ from ._store import Store as Store
 from ._store import StoreStatistics as StoreStatistics
 
 __all__ = [
+    "ANCHOR_SERVICE",
     "MANIFEST",
+    "kernel_anchor",
     "PersistModule",
     "SEALING_KEY_CONTEXT",
     "SyscallBlockIO",

@@ -9,19 +9,25 @@ failed and storage stays with the kernel's volatile fallback -- an empty store n
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from svsm.sdk import InvalidParameter, InvalidRequest, Manifest, Module, ModuleContext, hookimpl
+from svsm.sdk import (InvalidParameter, InvalidRequest, Manifest, Module, ModuleContext, RequestError,
+                      UnsupportedCall, hookimpl)
 from svsm.sdk import Capability as Cap
 
-from ._errors import StoreUnavailable
+from ._anchor import AnchorClient
+from ._anchor_proto import canonical, decode
+from ._errors import AnchorError, StoreUnavailable
 from ._format import BLOCK_SIZE
 from ._store import DEFAULT_QUOTA, FreshnessAnchor, Quota, Store, StoreStatistics
 
-__all__ = ["PersistModule", "SyscallBlockIO", "SEALING_KEY_CONTEXT"]
+__all__ = ["ANCHOR_SERVICE", "PersistModule", "SyscallBlockIO", "SEALING_KEY_CONTEXT", "kernel_anchor"]
 
 #: Context of the derived-key syscall for the store's sealing key (changing it orphans stores).
 SEALING_KEY_CONTEXT = b"pysvsm persist sealing key v1"
+#: Kernel service relaying anchor frames (``svsm.kernel.hw.blockdev.AnchorLink`` on the host side).
+ANCHOR_SERVICE = "anchor"
 #: Renew the anchor lease when a storage call comes this long after the last contact (TTL is 30 s).
 HEARTBEAT_NS = 10 * 10**9
 #: Blocks moved per disk syscall (the ABI caps a blob at 768 KiB).
@@ -61,6 +67,33 @@ class SyscallBlockIO:
         self._sys.disk_flush()
 
 
+def kernel_anchor(ctx: ModuleContext) -> AnchorClient | None:
+    """The anchor reached through the kernel's ``anchor`` service, or None if the host has none.
+
+    The relay is untrusted: requests carry SNP reports (the ``attest`` syscall), replies are checked
+    against the pinned key (the operator's, from the service's ``config``; else trust on first use,
+    then sealed into the store).
+    """
+    sys = ctx.syscalls
+    if f"svc:{ANCHOR_SERVICE}" not in ctx.capabilities:
+        return None
+    try:
+        config = json.loads(sys.service(ANCHOR_SERVICE, "config"))
+        key = bytes.fromhex(config.get("anchor_key") or "") or None
+    except UnsupportedCall:
+        return None  # no anchor configured on this host
+    except (RequestError, ValueError, AttributeError) as exc:
+        raise AnchorError(f"anchor link configuration unusable: {exc}") from None
+
+    def exchange(msg: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return decode(sys.service(ANCHOR_SERVICE, "exchange", canonical(msg)))
+        except RequestError as exc:  # unreachable, refused by the relay, or a malformed frame
+            raise AnchorError(f"anchor link: {exc}") from None
+
+    return AnchorClient(exchange, lambda rd: (sys.attestation_report(rd), b""), rng=sys.random, anchor_key=key)
+
+
 class PersistModule(Module):
     """Module object: one store per module process.
 
@@ -72,6 +105,7 @@ class PersistModule(Module):
         name="persist",
         version="0.1.0",
         capabilities=[Cap.LOG, Cap.RANDOM, Cap.TIME, Cap.ATTEST, Cap.DERIVE_KEY, Cap.DISK, Cap.SERVE_STORAGE],
+        services=[ANCHOR_SERVICE],
         request_timeout=30.0,
         description="sealed, crash-safe, tamper-evident storage for the other modules",
     )
@@ -87,8 +121,9 @@ class PersistModule(Module):
         sys = ctx.syscalls
         key = sys.derived_key(SEALING_KEY_CONTEXT, 32)
         try:
+            anchor = self.anchor if self.anchor is not None else kernel_anchor(ctx)
             self.store = Store.open(SyscallBlockIO(sys), key, clock=sys.time_ns, rng=sys.random,
-                                    anchor=self.anchor, quotas=self.quotas, default_quota=self.default_quota)
+                                    anchor=anchor, quotas=self.quotas, default_quota=self.default_quota)
         except StoreUnavailable as exc:
             ctx.log.error("persist: refusing to serve: %s (%s)", exc, getattr(exc, "detail", ""))
             raise

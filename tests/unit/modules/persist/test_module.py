@@ -151,3 +151,56 @@ def test_syscall_block_io_splits_large_transfers() -> None:
     assert io.read(5, 130) == data
     assert [c for c in calls if c[0] == "w"] == [("w", 64 * 4096), ("w", 64 * 4096), ("w", 2 * 4096)]
     assert max(size for kind, size in calls if kind == "r") == 64 * 4096
+
+
+@pytest.fixture
+def tcp_anchor(fake_psp):
+    """An anchor service on loopback TCP that accepts the fake PSP's reports."""
+    import itertools
+    import os
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from svsm.modules.persist import AnchorService
+    from svsm.modules.persist._anchor_service import serve_tcp
+
+    psp = fake_psp()
+    now = [0]
+    service = AnchorService(Ed25519PrivateKey.generate(), psp.verifier(), clock=lambda: now[0], rng=os.urandom)
+    server = serve_tcp(service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield psp, service, server.server_address[:2], now
+    server.shutdown()
+    server.server_close()
+
+
+def anchored_host(image: MemoryImage, psp, address, anchor_key=None) -> ModuleHost:
+    """The installed persist module, sandboxed, with the kernel's anchor relay and fake PSP reports."""
+    from svsm.kernel.hw.blockdev import ANCHOR_SERVICE, AnchorLink
+
+    host = ModuleHost.from_installed(blocked=("migrate", "tpm"), mode="process",
+                                     providers=Providers(disk=DiskAdapter(BlockDevice(image)), key_root=ROOT))
+    host.providers.report = lambda rd: psp.attest(rd)[0]
+    host.register_service(ANCHOR_SERVICE, AnchorLink(*address, anchor_key=anchor_key))
+    return host
+
+
+@pytest.mark.slow
+def test_anchor_through_the_kernel_relay_detects_rollback_and_clones(tcp_anchor) -> None:
+    psp, service, address, now = tcp_anchor
+    image = MemoryImage(256)
+    with anchored_host(image, psp, address, anchor_key=service.public_key) as host:
+        host.providers.storage.backend_for("tpm").put("tpm", "nv", b"1")
+        old = image.snapshot()
+        host.providers.storage.backend_for("tpm").put("tpm", "nv", b"2")
+        clone = MemoryImage(256)
+        clone.restore(image.snapshot())
+        with anchored_host(clone, psp, address) as second:  # the host starts a copy of the CVM
+            info = {m.name: m for m in second.modules()}["persist"]
+            assert info.state != "serving" and "CloneDetected" in info.last_failure
+    assert service.statistics().live_leases == 0  # the first released its lease at stop
+    image.restore(old)  # the host replays the older image
+    with anchored_host(image, psp, address) as host:
+        info = {m.name: m for m in host.modules()}["persist"]
+        assert info.state != "serving" and "RollbackDetected" in info.last_failure
