@@ -162,3 +162,12 @@ def test_powered_off_tpm_fails_every_command() -> None:
     assert rc_of(t.execute(bytes.fromhex("80010000000c000001440000"))) == 0
     t.power_off()
     assert rc_of(t.execute(cmd(CC_GETRANDOM, params=b"\x00\x08"))) == 0x101
+
+
+def test_extra_session_without_a_purpose_is_rejected(run) -> None:
+    params = b"\x00\x10" + bytes(16) + b"\x00\x00" + b"\x00" + b"\x00\x10" + b"\x00\x0b"
+    handle = struct.unpack(">I", run(0x176, (0x40000007, 0x40000007), params)[10:14])[0]
+    extra = struct.pack(">IH", handle, 16) + bytes(16) + b"\x01\x00\x00"  # continueSession only
+    assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw() + extra)) == 0xA82
+    no_sym = struct.pack(">IH", handle, 16) + bytes(16) + b"\x21\x00\x00"  # decrypt, but symmetric NULL
+    assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw() + no_sym)) == 0xA96

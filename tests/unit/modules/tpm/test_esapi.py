@@ -314,3 +314,63 @@ def test_sequence_context_round_trip(esys) -> None:
     esys.tr_set_auth(seq, b"sq")
     digest, _ = esys.sequence_complete(seq, b"part two", ESYS_TR.OWNER)
     assert bytes(digest) == hashlib.sha256(b"part one part two").digest()
+
+
+@pytest.mark.parametrize("attrs", [TPMA_SESSION.DECRYPT, TPMA_SESSION.ENCRYPT,
+                                   TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT])
+def test_hmac_auth_session_with_separate_encryption_session(esys, attrs) -> None:
+    """Session 0's HMAC then covers the other session's nonceTPM (nonceDecrypt/nonceEncrypt)."""
+    srk, _ = _primary(esys)
+    sealed = _seal(esys, srk, b"two sessions")
+    auth = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.HMAC, NULL_SYM, TPM2_ALG.SHA256)
+    enc = esys.start_auth_session(srk, ESYS_TR.NONE, TPM2_SE.HMAC, AES_CFB, TPM2_ALG.SHA256)
+    esys.trsess_set_attributes(enc, TPMA_SESSION.CONTINUESESSION | attrs)
+    sens = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(userAuth=TPM2B_AUTH(b"x"), data=TPM2B_SENSITIVE_DATA(b"d")))
+    tpl = TPM2B_PUBLIC.parse("keyedhash", objectAttributes=SEAL_ATTRS)
+    priv, pub, *_ = esys.create(srk, sens, tpl, session1=auth, session2=enc)  # inSensitive / outPrivate
+    child = esys.load(srk, priv, pub)
+    esys.tr_set_auth(child, b"x")
+    assert bytes(esys.unseal(child)) == b"d"
+    if attrs == TPMA_SESSION.ENCRYPT:
+        assert bytes(esys.unseal(sealed, session1=auth, session2=enc)) == b"two sessions"
+
+
+def test_policy_use_failures(esys, clock) -> None:
+    srk, _ = _primary(esys)
+    sel = TPML_PCR_SELECTION.parse("sha256:5")
+    trial = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL, NULL_SYM, TPM2_ALG.SHA256)
+    esys.policy_pcr(trial, TPM2B_DIGEST(), sel)
+    sealed = _seal(esys, srk, b"p", policy=bytes(esys.policy_get_digest(trial)))
+    p = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, NULL_SYM, TPM2_ALG.SHA256)
+    esys.policy_pcr(p, TPM2B_DIGEST(), sel)
+    esys.pcr_extend(ESYS_TR.PCR5, pytss.types.TPML_DIGEST_VALUES(
+        [pytss.types.TPMT_HA(hashAlg=TPM2_ALG.SHA256, digest=pytss.types.TPMU_HA(sha256=b"\x02" * 32))]))
+    with pytest.raises(TSS2_Exception) as exc:
+        esys.unseal(sealed, session1=p)
+    assert exc.value.rc == 0x128  # PCR_CHANGED since PolicyPCR
+    # PolicySecret with an expiration: the session expires
+    trial2 = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL, NULL_SYM, TPM2_ALG.SHA256)
+    esys.policy_secret(ESYS_TR.OWNER, trial2, b"", b"", b"", 0)
+    sealed2 = _seal(esys, srk, b"q", policy=bytes(esys.policy_get_digest(trial2)))
+    p2 = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, NULL_SYM, TPM2_ALG.SHA256)
+    esys.policy_secret(ESYS_TR.OWNER, p2, b"", b"", b"", 10)
+    clock.now += 11
+    with pytest.raises(TSS2_Exception) as exc:
+        esys.unseal(sealed2, session1=p2)
+    assert exc.value.rc == 0x9A3  # EXPIRED, session 1
+    # a policy session on an object without authPolicy
+    plain = _seal(esys, srk, b"r", policy=b"")
+    p3 = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, NULL_SYM, TPM2_ALG.SHA256)
+    with pytest.raises(TSS2_Exception) as exc:
+        esys.unseal(plain, session1=p3)
+    assert exc.value.rc == 0x12F  # AUTH_UNAVAILABLE
+    # PolicyCommandCode for another command
+    trial3 = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL, NULL_SYM, TPM2_ALG.SHA256)
+    esys.policy_command_code(trial3, 0x15E)
+    sealed3 = _seal(esys, srk, b"s", policy=bytes(esys.policy_get_digest(trial3)))
+    p4 = esys.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, NULL_SYM, TPM2_ALG.SHA256)
+    esys.policy_command_code(p4, 0x15E)
+    esys.trsess_set_attributes(p4, TPMA_SESSION.CONTINUESESSION)
+    with pytest.raises(TSS2_Exception) as exc:  # the digest matches, but ObjectChangeAuth is not Unseal
+        esys.object_change_auth(sealed3, srk, b"n", session1=p4)
+    assert exc.value.rc == 0x9A4  # POLICY_CC, session 1
