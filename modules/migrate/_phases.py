@@ -70,12 +70,12 @@ def advance(role: Role, phase: Phase, event: str) -> Phase:
     return nxt
 
 
-def diagram() -> str:
-    """The table as Mermaid ``stateDiagram`` text, one per role."""
-    out = []
-    for role in (_S, _D):
-        out.append(f"%% {role.name.lower()}\nstateDiagram-v2")
-        for (r, a, ev), b in TRANSITIONS.items():
-            if r is role:
-                out.append(f"    {a.value} --> {b.value}: {ev}")
+def diagram(role: Role | None = None) -> str:
+    """The table as Mermaid ``stateDiagram`` text: one diagram for ``role``, or both (blank line between)."""
+    if role is None:
+        return "\n\n".join(diagram(r) for r in (_S, _D))
+    out = ["stateDiagram-v2"]
+    for (r, a, ev), b in TRANSITIONS.items():
+        if r is role:
+            out.append(f"    {a.value} --> {b.value}: {ev}")
     return "\n".join(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
 from svsm.modules.migrate import ChannelError, Phase, Role, diagram
@@ -47,4 +49,10 @@ def test_abort_allowed_exactly_before_the_decision() -> None:
 def test_diagram_names_every_transition() -> None:
     text = diagram()
     assert text.count("-->") == len(TRANSITIONS)
-    assert "stopped --> fenced: fenced" in text
+    assert "stopped --> fenced: fenced" in diagram(Role.SOURCE) and "fenced" not in diagram(Role.DESTINATION)
+
+
+def test_docs_show_the_current_table() -> None:
+    doc = (pathlib.Path(__file__).resolve().parents[4] / "docs" / "migration.md").read_text(encoding="utf-8")
+    for role in (Role.SOURCE, Role.DESTINATION):
+        assert f"```mermaid\n{diagram(role)}\n```" in doc, "docs/migration.md is stale: paste diagram(role)"
