@@ -84,13 +84,15 @@ class AnchorClient:
     :param rng: ``os.urandom``-like (client nonces).
     :param anchor_key: the anchor's raw Ed25519 public key; None = learn it on first contact
         (trust on first use; the store seals its hash and enforces it afterwards).
+    :param lease: a lease this CVM already holds (a restarted module process re-acquires it
+        instead of being refused as a second instance).
     """
 
     def __init__(self, exchange: Callable[[dict[str, Any]], dict[str, Any]], attest: Attester, *,
-                 rng: Callable[[int], bytes], anchor_key: bytes | None = None) -> None:
+                 rng: Callable[[int], bytes], anchor_key: bytes | None = None, lease: bytes = b"") -> None:
         self._exchange, self._attest, self._rng = exchange, attest, rng
         self._key = anchor_key
-        self._lease = b""
+        self._lease = lease
         self._next: bytes | None = None
         self.calls = 0
         self.failures = 0
@@ -125,6 +127,11 @@ class AnchorClient:
         except Exception:
             self.failures += 1
             raise
+
+    @property
+    def lease(self) -> bytes:
+        """The lease id held (empty when none); keep it across module restarts of this CVM."""
+        return self._lease
 
     def statistics(self) -> AnchorClientStatistics:
         """Counters."""

@@ -28,6 +28,9 @@ __all__ = ["ANCHOR_SERVICE", "PersistModule", "SyscallBlockIO", "SEALING_KEY_CON
 SEALING_KEY_CONTEXT = b"pysvsm persist sealing key v1"
 #: Kernel service relaying anchor frames (``svsm.kernel.hw.blockdev.AnchorLink`` on the host side).
 ANCHOR_SERVICE = "anchor"
+#: Key, in the module's own (kernel-held, volatile) namespace, of the anchor lease this CVM holds:
+#: it survives a restart of the module process, not a reboot of the CVM.
+LEASE_KEY = "anchor-lease"
 #: Renew the anchor lease when a storage call comes this long after the last contact (TTL is 30 s).
 HEARTBEAT_NS = 10 * 10**9
 #: Blocks moved per disk syscall (the ABI caps a blob at 768 KiB).
@@ -67,7 +70,7 @@ class SyscallBlockIO:
         self._sys.disk_flush()
 
 
-def kernel_anchor(ctx: ModuleContext) -> AnchorClient | None:
+def kernel_anchor(ctx: ModuleContext, lease: bytes = b"") -> AnchorClient | None:
     """The anchor reached through the kernel's ``anchor`` service, or None if the host has none.
 
     The relay is untrusted: requests carry SNP reports (the ``attest`` syscall), replies are checked
@@ -91,7 +94,8 @@ def kernel_anchor(ctx: ModuleContext) -> AnchorClient | None:
         except RequestError as exc:  # unreachable, refused by the relay, or a malformed frame
             raise AnchorError(f"anchor link: {exc}") from None
 
-    return AnchorClient(exchange, lambda rd: (sys.attestation_report(rd), b""), rng=sys.random, anchor_key=key)
+    return AnchorClient(exchange, lambda rd: (sys.attestation_report(rd), b""), rng=sys.random, anchor_key=key,
+                        lease=lease)
 
 
 class PersistModule(Module):
@@ -104,7 +108,8 @@ class PersistModule(Module):
     MANIFEST = Manifest(
         name="persist",
         version="0.1.0",
-        capabilities=[Cap.LOG, Cap.RANDOM, Cap.TIME, Cap.ATTEST, Cap.DERIVE_KEY, Cap.DISK, Cap.SERVE_STORAGE],
+        capabilities=[Cap.LOG, Cap.RANDOM, Cap.TIME, Cap.ATTEST, Cap.DERIVE_KEY, Cap.DISK, Cap.SERVE_STORAGE,
+                      Cap.STORAGE],
         services=[ANCHOR_SERVICE],
         request_timeout=30.0,
         description="sealed, crash-safe, tamper-evident storage for the other modules",
@@ -120,10 +125,15 @@ class PersistModule(Module):
         """Open (or format) the store; fail the module if it cannot be trusted."""
         sys = ctx.syscalls
         key = sys.derived_key(SEALING_KEY_CONTEXT, 32)
+        own = "storage" in ctx.capabilities  # the kernel's volatile store for the provider itself
         try:
-            anchor = self.anchor if self.anchor is not None else kernel_anchor(ctx)
+            anchor = self.anchor
+            if anchor is None:
+                anchor = kernel_anchor(ctx, (own and sys.storage_get(LEASE_KEY)) or b"")
             self.store = Store.open(SyscallBlockIO(sys), key, clock=sys.time_ns, rng=sys.random,
                                     anchor=anchor, quotas=self.quotas, default_quota=self.default_quota)
+            if own and isinstance(anchor, AnchorClient) and anchor.lease:
+                sys.storage_put(LEASE_KEY, anchor.lease)
         except StoreUnavailable as exc:
             ctx.log.error("persist: refusing to serve: %s (%s)", exc, getattr(exc, "detail", ""))
             raise

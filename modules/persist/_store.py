@@ -1,5 +1,7 @@
 """The sealed, crash-safe, tamper-evident key-value store (sans-IO core over a block device).
 
+(A little over 600 lines: open, commit and the anchor checks share the store's private state.)
+
 Commit protocol (copy-on-write, two alternating superblocks):
 
 1. seal each new record (AAD = store id, namespace, key, generation g+1) into free blocks;
@@ -298,6 +300,22 @@ class Store:
         if any(pin) and not hmac.compare_digest(pin, self._anchor.pin):
             raise AnchorRequired("the store is anchored to a different anchor")
         anchored = self._anchor.acquire(self.store_id)
+        try:
+            self._check_generation(anchored, pin, fresh)
+        except StoreUnavailable:
+            self._release_after_refusal()
+            raise
+
+    def _release_after_refusal(self) -> None:
+        """Give back the lease of a store that will not serve, so a retry sees the real reason."""
+        assert self._anchor is not None
+        try:
+            self._anchor.release(self.store_id)
+        except StoreUnavailable as exc:  # the refusal being raised is the error that matters
+            log.warning("persist: could not release the anchor lease after refusing to open: %s", exc)
+
+    def _check_generation(self, anchored: int | None, pin: bytes, fresh: bool) -> None:
+        assert self._anchor is not None
         if anchored is None:
             # generation 1 is the empty store a crash left between formatting and the first acquire
             if any(pin) and not fresh and self.generation > 1:

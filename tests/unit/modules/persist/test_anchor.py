@@ -70,6 +70,19 @@ def test_replayed_older_image_is_detected(env, world) -> None:
         env.open(anchor=world.client())
 
 
+def test_a_refused_open_releases_its_lease_so_retries_report_the_same_reason(env, world) -> None:
+    s = env.open(anchor=world.client())
+    s.put("tpm", "nv", b"old")
+    old = env.image.snapshot()
+    s.put("tpm", "nv", b"new")
+    s.close()
+    env.image.restore(old)
+    for _ in range(3):  # a supervisor restarting the module sees rollback each time, never "clone"
+        with pytest.raises(RollbackDetected):
+            env.open(anchor=world.client())
+    assert world.service.statistics().live_leases == 0
+
+
 def test_destroyed_newest_superblock_is_a_detected_rollback(env, world) -> None:
     s = env.open(anchor=world.client())
     s.put("tpm", "nv", b"1")
@@ -107,6 +120,15 @@ def test_expired_lease_lets_a_new_instance_in_and_fences_the_old_one(env, world)
         first.put("tpm", "nv", b"from first")  # fenced: its commit is never acknowledged
     with pytest.raises(StoreUnavailable):
         first.get("tpm", "nv")
+
+
+def test_a_restarted_module_reacquires_its_cvms_lease(env, world) -> None:
+    first = world.client()
+    env.open(anchor=first)  # then the module process crashes: no release
+    with pytest.raises(CloneDetected):
+        env.open(anchor=world.client())  # an instance without the lease: a clone
+    again = env.open(anchor=AnchorClient(world.service.handle, world.psp.attest, rng=env.rng, lease=first.lease))
+    again.put("tpm", "nv", b"after restart")
 
 
 def test_heartbeat_keeps_the_lease(env, world) -> None:
