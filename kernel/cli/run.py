@@ -3,10 +3,15 @@
 The workload is what a Linux guest does on an SVSM: accept its memory (page state change +
 PVALIDATE through the SVSM), bring up every AP (CREATE_VCPU + AP creation; each AP then makes a
 call from its own thread), query the protocols, fetch a services attestation and verify it
-against the VCEK chain (root pinned).  ``--json`` prints the same figures for scripts.
+against the VCEK chain (root pinned).  When the vTPM serves, the guest's TPM driver then runs
+TPM2_Startup, GetRandom, PCR_Extend + PCR_Read and checks that the EK in the attested services
+manifest is the vTPM's EK (:mod:`._run_vtpm`).  ``--json`` prints the same figures for scripts.
 
-``--modules`` starts the installed service modules after boot (their keys and reports come from
-the booted SVSM); ``--state DIR`` gives the persist module its disk and keeps the chip in DIR.
+The installed service modules run by default, in sandboxed processes (``--modules`` picks
+threads or none); their keys and reports come from the booted SVSM.  ``--state DIR`` gives the
+persist module its disk and keeps the chip in DIR; without it persist is not started (its store
+would be volatile, so rollback protection would mean nothing) and the summary says so, as it
+does for migrate (``svsm migrate`` / ``--incoming``).
 Options are added in :func:`add_options`, so later ones (``--incoming PORT``) only add lines
 there and in :func:`_main`.
 """
@@ -37,12 +42,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", metavar="SIZE", default="64M", help="guest memory, e.g. 64M, 1G (default 64M)")
     p.add_argument("--guest-vmpl", metavar="VMPL", type=int, choices=(1, 2, 3), default=2,
                    help="VMPL the guest OS runs at (default 2, as COCONUT)")  # fmt: skip
-    p.add_argument("--modules", choices=("none", "inprocess", "process"), default="none",
-                   help="run the installed service modules (vTPM, ...): in sandboxed processes, in threads, "
-                        "or not at all (default); persist needs --state, migrate --incoming (later)")  # fmt: skip
+    p.add_argument("--modules", choices=("none", "inprocess", "process"), default="process",
+                   help="run the installed service modules (vTPM, ...): in sandboxed processes (default), "
+                        "in threads, or not at all; persist needs --state, migrate runs with svsm migrate")  # fmt: skip
     p.add_argument("--state", metavar="DIR", type=pathlib.Path,
-                   help="persistent state: DIR/persist.img (the persist module's disk) and DIR/psp (the chip); "
-                        "implies --modules process unless given")  # fmt: skip
+                   help="persistent state: DIR/persist.img (the persist module's disk) and DIR/psp (the chip)")
     p.add_argument("--lockdep", action="store_true", help="run with the lock-order checker on (report inversions)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     from .migrate import add_incoming_options  # MIGRATE: --incoming PORT (destination of svsm migrate)
@@ -91,6 +95,30 @@ class WorkloadReport:
     locks: dict[str, Any]
     hypervisor: dict[str, Any]
     modules: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    vtpm: dict[str, Any] | None = None
+    scheduler: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+#: The summary line of an installed module this run does not start, by name.
+NOT_STARTED = {
+    "persist": "not started (no --state: its store would be volatile)",
+    "migrate": "not started (runs under svsm migrate / svsm run --incoming)",
+}
+
+
+def module_rows(host: Any) -> list[dict[str, Any]]:
+    """One row per installed module for the summary: the started ones, then the skipped ones."""
+    rows: list[dict[str, Any]] = []
+    for m in host.modules():
+        rows.append({
+            "name": m.name, "version": m.version, "state": m.state, "mode": m.mode, "protocols": list(m.protocols),
+            "protections": list(m.protections), "measurement": m.measurement[:16],
+            "calls": host.module(m.name).statistics().calls, "restarts": m.restarts,
+        })  # fmt: skip
+    for name, why in sorted(host.skipped.items()):
+        rows.append({"name": name, "version": "", "state": NOT_STARTED.get(name, f"not started ({why})"),
+                     "mode": "", "protocols": [], "protections": [], "measurement": "", "calls": 0, "restarts": 0})  # fmt: skip
+    return rows
 
 
 def _asdict(nt: Any) -> dict[str, Any]:
@@ -140,6 +168,15 @@ def run_workload(cvm: Any, *, clock: Callable[[], float] = time.perf_counter, no
     t = clock()
     report = att.verify(trusted_arks=[cvm.psp.chip.ark_cert])  # the verifier pins the chip's root
     phases["verify"] = clock() - t
+    vtpm = None
+    if protocols.get("vtpm"):
+        from svsm.sdk.guest import VTPM_SERVICE_GUID
+
+        from ._run_vtpm import vtpm_workload
+
+        t = clock()
+        vtpm = vtpm_workload(g, att.manifest.services, VTPM_SERVICE_GUID)
+        phases["vtpm"] = clock() - t
     stats = cvm.statistics()
     lockdep = lock_order_checker().statistics()
     return WorkloadReport(
@@ -160,6 +197,7 @@ def run_workload(cvm: Any, *, clock: Callable[[], float] = time.perf_counter, no
         locks={"PVALIDATE_LOCK": _asdict(stats.pvalidate_lock), "lock_order": _asdict(lockdep)},
         hypervisor={"vmgexits": stats.hypervisor.vmgexits, "page_state_changes": stats.hypervisor.page_state_changes,
                     "guest_requests": stats.hypervisor.guest_requests, "errors": stats.hypervisor.errors},  # fmt: skip
+        vtpm=vtpm,
     )
 
 
@@ -176,7 +214,26 @@ def _render(rep: WorkloadReport) -> None:
     att = rep.attestation
     head.add_row("attestation", f"verified, VMPL{att['vmpl']}, measurement matches: {att['measurement_matches']}, "
                  f"{len(att['manifest_services'])} services, {att['certificates']} certificates")  # fmt: skip
+    if rep.vtpm is not None:
+        v = rep.vtpm
+        head.add_row("vTPM (guest driver)", f"TPM2_Startup {v['startup']}, GetRandom {v['random_bytes']} bytes, "
+                     f"PCR16 extended; the SVSM report binds the EK: {'yes' if v['ek_matches_manifest'] else 'NO'} "
+                     f"(EK sha256 {v['ek_sha256'][:16]}...)")  # fmt: skip
     con.print(head)
+    started = [m for m in rep.modules if m["mode"]]
+    if started:
+        mods = Table(title="service modules (ring 3)")
+        for col in ("module", "version", "state", "mode", "protocols", "measurement", "calls"):
+            mods.add_column(col, overflow="fold", justify="right" if col == "calls" else "left")
+        for m in started:
+            mods.add_row(m["name"], m["version"], m["state"], m["mode"], ", ".join(str(p) for p in m["protocols"]) or "-",
+                         m["measurement"], str(m["calls"]))  # fmt: skip
+        con.print(mods)
+        for m in started:
+            con.print(f"  {m['name']} sandbox: {', '.join(m['protections']) or 'none (threads, no sandbox)'}", markup=False)
+    for m in rep.modules:
+        if not m["mode"]:
+            con.print(f"  {m['name']}: {m['state']}", markup=False)
     phases = Table(title="time per phase")
     phases.add_column("phase")
     phases.add_column("ms", justify="right")
@@ -198,8 +255,10 @@ def _render(rep: WorkloadReport) -> None:
     res.add_row("PVALIDATE_LOCK", f"{lk['read_acquisitions']} read, {lk['write_acquisitions']} write, {lk['contentions']} contended")
     res.add_row("lock order", ", ".join(f"{k}={v}" for k, v in rep.locks["lock_order"].items()))
     res.add_row("hypervisor", ", ".join(f"{k}={v}" for k, v in rep.hypervisor.items()))
-    for m in rep.modules:
-        res.add_row(f"module {m['name']}", f"{m['state']} ({m['mode']}), protocols {m['protocols'] or '-'}")
+    if rep.scheduler:
+        sc = rep.scheduler
+        res.add_row("scheduler", f"{sc['tasks_spawned']} tasks, {sc['timers_fired']} timer firings, "
+                    f"{sc['context_switches']} context switches, {sc['failures']} failures")  # fmt: skip
     con.print(res)
 
 
@@ -208,6 +267,8 @@ def _main(args: argparse.Namespace) -> int:
 
     from svsm.kernel import boot
     from svsm.kernel.sync import lock_order_checker
+
+    from ._run_vtpm import VtpmCheckFailed
 
     if getattr(args, "incoming", None) is not None:  # MIGRATE: wait for a migrating guest instead
         from .migrate import incoming_main
@@ -221,8 +282,6 @@ def _main(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"--state {args.state}: {exc}") from None
         opts["psp_state_dir"] = str(args.state / "psp")
-        if mode == "none":
-            mode = "process"
     if args.lockdep:
         lock_order_checker().enable(raise_on_violation=False)
     try:
@@ -231,10 +290,12 @@ def _main(args: argparse.Namespace) -> int:
             host = stack.enter_context(cvm.run_modules(mode, state_dir=args.state)) if mode != "none" else None
             rep = run_workload(cvm)
             if host is not None:
-                rep.modules = [{"name": m.name, "version": m.version, "state": m.state, "mode": m.mode,
-                                "protocols": list(m.protocols)} for m in host.modules()]  # fmt: skip
+                rep.modules = module_rows(host)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    except VtpmCheckFailed as exc:
+        print(f"svsm run: vTPM check failed: {exc}")
+        return ExitCode.FAILED
     if args.json:
         print(json.dumps(dataclasses.asdict(rep), indent=2, default=str))
     else:

@@ -73,7 +73,8 @@ def test_shutdown_decommissions() -> None:
 def test_svsm_run_json(capsys: pytest.CaptureFixture[str]) -> None:
     from svsm.kernel.cli import main
 
-    assert main(["run", "--vcpus", "3", "--memory", "16M", "--json"]) == 0
+    # --modules none: modules run by default since LEAD's request of 2026-11-27 00:45
+    assert main(["run", "--vcpus", "3", "--memory", "16M", "--modules", "none", "--json"]) == 0
     rep: dict[str, Any] = json.loads(capsys.readouterr().out)
     assert rep["vcpus"] == 3 and rep["attestation"]["verified"] and rep["attestation"]["measurement_matches"]
     assert rep["protocols"]["core"] == [1, 1] and rep["protocols"]["vtpm"] is None
@@ -124,6 +125,37 @@ def test_svsm_run_with_modules(capsys: pytest.CaptureFixture[str]) -> None:
     rep = json.loads(capsys.readouterr().out)
     assert rep["protocols"]["vtpm"] == [1, 1]
     assert str(VTPM_SERVICE_GUID) in rep["attestation"]["manifest_services"]
+    # the guest's TPM driver reached the vTPM, and its EK is the attested one
+    assert rep["vtpm"]["ek_matches_manifest"] and rep["vtpm"]["pcr16_extended"] and rep["vtpm"]["random_bytes"] == 16
+    rows = {m["name"]: m for m in rep["modules"]}
+    assert rows["tpm"]["state"] == "serving" and rows["tpm"]["calls"] >= 6 and len(rows["tpm"]["measurement"]) == 16
+    assert rows["persist"]["state"].startswith("not started") and not rows["persist"]["mode"]
+
+
+@pytest.mark.slow
+def test_svsm_run_defaults_to_sandboxed_modules(capsys: pytest.CaptureFixture[str]) -> None:
+    """Plain ``svsm run`` starts the modules in processes and shows their table and sandbox."""
+    from svsm.kernel.cli import main
+
+    assert main(["run", "--vcpus", "1", "--memory", "12M"]) == 0
+    # the tables wrap at the console width: compare without blanks and box-drawing characters
+    flat = "".join(c for c in capsys.readouterr().out if not c.isspace() and not "\u2500" <= c <= "\u257f")
+    assert "servicemodules(ring3)" in flat and "seccomp" in flat and "bindstheEK:yes" in flat
+    assert "persist:notstarted(no--state" in flat
+
+
+def test_vtpm_check_refuses_a_foreign_ek() -> None:
+    """The EK check fails when the manifest attests another EK (or none)."""
+    from svsm.kernel.cli._run_vtpm import VtpmCheckFailed, vtpm_workload
+    from svsm.sdk.guest import VTPM_SERVICE_GUID
+
+    with boot(vcpus=1, memory="12M") as cvm, cvm.run_modules("inprocess") as host:
+        assert host.serves(2)
+        cvm.guest.accept_memory(0x10_0000, 0x10_0000)
+        with pytest.raises(VtpmCheckFailed):
+            vtpm_workload(cvm.guest, [(VTPM_SERVICE_GUID, b"not the EK")], VTPM_SERVICE_GUID)
+        with pytest.raises(VtpmCheckFailed):
+            vtpm_workload(cvm.guest, [], VTPM_SERVICE_GUID)
 
 
 def test_module_key_root_is_bound_to_the_measurement() -> None:
