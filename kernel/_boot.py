@@ -200,9 +200,10 @@ class Cvm:
             return
         self._closed = True
         for v in self.platform.vcpus:
-            v.unregister_vmpl_entry(0)
-            if v.vmpl is not None:
-                v.halt()
+            with v.exec_lock:  # not in the middle of a guest instruction or of kernel work
+                v.unregister_vmpl_entry(0)
+                if v.vmpl is not None:
+                    v.halt()
         try:
             if check_leaks:
                 self.svsm.shutdown()

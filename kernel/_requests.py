@@ -16,6 +16,7 @@ registration, MSR-protocol requests, and full NAE events (AP creation, guest req
 
 from __future__ import annotations
 
+import collections
 import logging
 import struct
 import threading
@@ -41,7 +42,7 @@ from svsm.sdk.guest import CallingAreaHeader
 
 from ._panic import Panicker, SvsmPanic
 
-__all__ = ["PerCpu", "RequestLoop", "SvsmGhcb", "RequestLoopStatistics", "GhcbCallError", "current_cpu"]
+__all__ = ["PerCpu", "RequestLoop", "SvsmGhcb", "RequestLoopStatistics", "GhcbCallError", "KernelWork", "current_cpu"]
 
 log = logging.getLogger("svsm.kernel.requests")
 
@@ -56,6 +57,8 @@ _Q = struct.Struct("<Q")
 _OFF = {n: getattr(VMSA, n).offset for n in ("rax", "rcx", "rdx", "r8", "r9", "sev_features", "guest_exit_code")}
 #: Bytes of the guest VMSA read per call: up to and including GUEST_EXIT_CODE.
 _VMSA_READ = _OFF["guest_exit_code"] + 8
+#: The hypervisor's RUN_VMPL success answer (GHCB MSR value).
+_RUN_VMPL_OK = RunVmplResponse(0).encode()
 #: GUEST_EXIT_CODE of a VMGEXIT (coconut-svsm.md 1.10 step 3).
 VMEXIT_VMGEXIT = 0x403
 
@@ -70,6 +73,45 @@ class GhcbCallError(FatalError):
     def __init__(self, what: str, info1: int, info2: int) -> None:
         super().__init__(f"GHCB {what} failed: info1={info1:#x} info2={info2:#x}")
         self.info1, self.info2 = info1, info2
+
+
+class KernelWork:
+    """Kernel work that needs a VMPL0 context on some vCPU (its GHCB), e.g. a guest request.
+
+    Whichever vCPU gets to it first runs it (:meth:`claim` decides), once: a vCPU entering the
+    SVSM for a guest call, or one the host interrupted into VMPL0 for it.  The submitter waits
+    on :attr:`done`, then reads :attr:`result` or re-raises :attr:`error`.
+    """
+
+    __slots__ = ("fn", "done", "result", "error", "cpu", "_claimed", "_lock")
+
+    def __init__(self, fn: Callable[[Vcpu], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        #: The vCPU it ran on.
+        self.cpu: int | None = None
+        self._claimed = False
+        self._lock = threading.Lock()
+
+    def claim(self) -> bool:
+        """True for the one caller that may run (or abandon) this work."""
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+    def run(self, vcpu: Vcpu) -> None:
+        """Run on ``vcpu`` at VMPL0 (after :meth:`claim`); never raises, the submitter does."""
+        self.cpu = vcpu.index
+        try:
+            self.result = self.fn(vcpu)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the submitter, who re-raises it
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 class PerCpu:
@@ -220,6 +262,11 @@ class RequestLoop:
         self._clock = clock
         self._lock = threading.Lock()
         self._not_pending = 0
+        #: Kernel work waiting for a vCPU at VMPL0 (served after the guest's call, before the
+        #: loop returns to the guest, as upstream's request loop runs kernel tasks).
+        self.kernel_work: collections.deque[KernelWork] = collections.deque()
+        self.kernel_work_done = 0
+        self._run_guest = RunVmplRequest(guest_vmpl).encode()
 
     def entry(self, vcpu: Vcpu) -> None:
         """The VMPL0 entry: serve at most one pending call, then RUN_VMPL back to the guest."""
@@ -234,8 +281,12 @@ class RequestLoop:
             if pc.area is not None:
                 with pc.area.activate():  # this thread now runs as that CPU (its tables, its window)
                     self._serve(vcpu, pc)
+                    if self.kernel_work:
+                        self._run_kernel_work(vcpu)
             else:
                 self._serve(vcpu, pc)
+                if self.kernel_work:
+                    self._run_kernel_work(vcpu)
         except SvsmPanic:
             raise
         except Exception as exc:  # noqa: BLE001 -- a fault outside any fixup: the kernel is broken
@@ -246,6 +297,39 @@ class RequestLoop:
         finally:
             _tls.cpu = outer
         self._return_to_guest(vcpu)
+
+    def _run_kernel_work(self, vcpu: Vcpu) -> None:
+        while True:
+            try:
+                work = self.kernel_work.popleft()
+            except IndexError:
+                return
+            if work.claim():
+                work.run(vcpu)
+                with self._lock:
+                    self.kernel_work_done += 1
+
+    def run_work_interrupted(self, vcpu: Vcpu, work: KernelWork) -> None:
+        """The VMPL0 handler of a host-delivered interrupt: run ``work`` as this vCPU's SVSM.
+
+        Called through :meth:`Hypervisor.deliver_vmpl_interrupt`; the guest on that vCPU (if
+        any) resumes afterwards.  Work already claimed elsewhere is left alone.
+        """
+        if not work.claim():
+            return
+        pc = self.percpu[vcpu.index]
+        outer = current_cpu()
+        _tls.cpu = vcpu.index
+        try:
+            if pc.area is not None:
+                with pc.area.activate():
+                    work.run(vcpu)
+            else:
+                work.run(vcpu)
+        finally:
+            _tls.cpu = outer
+        with self._lock:
+            self.kernel_work_done += 1
 
     def _serve(self, vcpu: Vcpu, pc: PerCpu) -> None:
         ctx = pc.map_guest_context()
@@ -284,14 +368,17 @@ class RequestLoop:
                 self.panicker.panic(vcpu.index, exc)
             log.debug("CPU %d %r -> %#x (%s)", vcpu.index, params, rax, type(exc).__name__, exc_info=exc)
         rcx, rdx, r8 = params.outputs()
-        mem.write(vmsa + _OFF["rcx"], _Q.pack(rcx) + _Q.pack(rdx))
-        mem.write(vmsa + _OFF["r8"], _Q.pack(r8))
-        mem.write(vmsa + _OFF["rax"], _Q.pack(rax))
+        # RCX, RDX, R8 and then RAX, into the guest VMSA page (one RMP check for the page)
+        mem.write_fields(vmsa, ((_OFF["rcx"], _Q.pack(rcx) + _Q.pack(rdx)), (_OFF["r8"], _Q.pack(r8)),
+                                (_OFF["rax"], _Q.pack(rax))))  # fmt: skip
         pc.calls += 1
         pc.busy_seconds += self._clock() - t0
 
     def _return_to_guest(self, vcpu: Vcpu) -> None:
-        resp = decode_msr(self.ghcb.msr_request(vcpu, RunVmplRequest(self.guest_vmpl).encode()))
+        value = self.ghcb.msr_request(vcpu, self._run_guest)
+        if value == _RUN_VMPL_OK:
+            return
+        resp = decode_msr(value)
         if not isinstance(resp, RunVmplResponse) or resp.error:
             log.warning("CPU %d: RUN_VMPL(%d) refused: %r", vcpu.index, self.guest_vmpl, resp)
 

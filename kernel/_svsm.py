@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,11 +44,10 @@ from svsm.kernel.protocols import (
     GuestMemory,
     ModuleHost,
     VcpuRegistry,
-    VmsaSummary,
 )
 from svsm.kernel.protocols._core import EFER_SVME, PERMS_RWX
 from svsm.kernel.sync import RWLock, SpinLock
-from svsm.sdk import FatalError, InvalidRequest
+from svsm.sdk import Busy, FatalError, InvalidRequest
 from svsm.sdk.attestation import (
     CERT_TABLE_ENTRY,
     SNP_KEY_REQ,
@@ -65,8 +63,9 @@ from svsm.sdk.attestation import (
 )
 from svsm.sdk.guest import SVSM_ATTEST_PROTOCOL, SVSM_CORE_PROTOCOL
 
+from ._cpu_ops import CpuOps as _CpuOps
 from ._panic import Panicker, TerminationReason, termination_request_msr
-from ._requests import GhcbCallError, PerCpu, RequestLoop, SvsmGhcb, current_cpu
+from ._requests import GhcbCallError, KernelWork, PerCpu, RequestLoop, SvsmGhcb, current_cpu
 
 __all__ = ["Svsm", "MemoryLayout", "SEV_FEATURES", "FIRMWARE_END", "FIRMWARE_SIZE", "FIRMWARE_SECTIONS"]
 
@@ -149,53 +148,6 @@ class MemoryLayout:
         return ((0, self.svsm_base),)
 
 
-class _CpuOps:
-    """:class:`~svsm.kernel.protocols.CpuOps` on the simulated CPU (VMPL0 instructions)."""
-
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
-        self.tlb_flushes = 0
-        self._lock = threading.Lock()
-
-    def _retry_sizem(self, fn: Callable[[], Any], gpa: int) -> Any:
-        try:
-            return fn()
-        except HardwareFault as exc:
-            # #NPF SIZEM: the host PSMASHes the 2 MiB entry and the instruction is retried.
-            if not getattr(exc, "size_mismatch", False):
-                raise
-            entry = PageStateChangeEntry((gpa >> 12) & ~511, PageStateChangeOp.PSMASH, True)
-            self.platform.hypervisor.page_state_change(entry)
-            return fn()
-
-    def pvalidate(self, cpu: int, gpa: int, huge: bool, validate: bool) -> tuple[int, bool]:
-        v = self.platform.vcpus[cpu]
-        r = self._retry_sizem(lambda: v.pvalidate(gpa, int(huge), validate, vmpl=0), gpa)
-        return int(r.rc), bool(r.carry)
-
-    def rmpadjust(self, cpu: int, gpa: int, huge: bool, target_vmpl: int, perms: int, vmsa: bool) -> int:
-        v = self.platform.vcpus[cpu]
-        attrs = target_vmpl | perms << 8 | (1 << 16 if vmsa else 0)
-        return int(self._retry_sizem(lambda: v.rmpadjust(gpa, int(huge), attrs, vmpl=0), gpa).rc)
-
-    def zero(self, cpu: int, gpa: int, size: int) -> None:
-        self.platform.vcpus[cpu].view(0).zero(gpa, size)
-
-    def read_vmsa(self, cpu: int, gpa: int) -> VmsaSummary:
-        raw = self.platform.vcpus[cpu].view(0).read(gpa, PAGE)
-        s = VMSA.from_buffer_copy(raw)
-        return VmsaSummary(s.vmpl, s.efer, s.sev_features)
-
-    def clear_svme(self, cpu: int, gpa: int) -> None:
-        view = self.platform.vcpus[cpu].view(0)
-        off = VMSA.efer.offset
-        view.write_u64(gpa + off, view.read_u64(gpa + off) & ~EFER_SVME)
-
-    def flush_tlb(self) -> None:
-        with self._lock:
-            self.tlb_flushes += 1
-
-
 def _cert_table(raw: bytes) -> bytes:
     """The certificate table the host wrote, cut to its real length (entries + blobs).
 
@@ -257,7 +209,6 @@ class Svsm:
         self.pvalidate_lock: RWLock[None] = RWLock(None, name="PVALIDATE_LOCK")
         self.panicker = Panicker(self._wipe_vmpcks, self._terminate)
         self._greq_lock: SpinLock[None] = SpinLock(None, name="svsm.guest_request")
-        self._idle_cpu_lock = threading.Lock()
         self._msg: GuestMessageClient | None = None
         self.percpu: list[PerCpu] = []
         self.guest_vmsa_gpa: int | None = None
@@ -340,8 +291,7 @@ class Svsm:
             log.warning("hypervisor features present=%#x required=%#x", present, REQUIRED_HV_FEATURES)
 
     def _svsm_owned(self, gpa: int, length: int) -> bool:
-        first = gpa - gpa % PAGE
-        return any(self.allocator.owns(p) for p in range(first, gpa + length, PAGE))
+        return self.allocator.owns_any(gpa, length)
 
     def _validate_heap(self, vcpu: Vcpu, pc: PerCpu) -> None:
         lay = self.layout
@@ -543,26 +493,60 @@ class Svsm:
     def module_report(self, report_data: bytes) -> bytes:
         """A VMPL0 report with caller-chosen REPORT_DATA, for module syscalls (``Providers.report``).
 
-        Served on the vCPU whose guest call is in flight on this thread (module syscalls arrive
-        while the module serves a guest call).  Outside a guest call (a module starting up) it is
-        sent from an idle vCPU -- one not running the guest -- as a kernel task would.
+        Sent from a vCPU at VMPL0 (:meth:`run_at_vmpl0`): the one whose guest call is in flight
+        on this thread (module syscalls arrive while the module serves a guest call), otherwise
+        whichever vCPU the SVSM gets first, even when every vCPU runs the guest.
 
-        :raises InvalidRequest: bad REPORT_DATA, no vCPU free, or the PSP refused.
+        :raises InvalidRequest: bad REPORT_DATA, or the PSP refused.
+        :raises Busy: no vCPU reached VMPL0 in time (the module may retry).
         """
         if len(report_data) != 64:
             raise InvalidRequest("REPORT_DATA must be 64 bytes")
+        return self.run_at_vmpl0(lambda v: self._fetch_report(v.index, report_data, None)[0])  # type: ignore[no-any-return]
+
+    def run_at_vmpl0(self, fn: Callable[[Vcpu], Any], *, timeout: float = 10.0) -> Any:
+        """Run kernel work that needs a vCPU at VMPL0 (its GHCB, e.g. a guest request to the PSP).
+
+        As upstream, the SVSM issues VMGEXITs only from the vCPU it is running on:
+
+        * on a vCPU thread inside the SVSM (a guest call in flight): right there;
+        * otherwise the work is queued for the next vCPU that enters the SVSM (its request loop
+          runs it after the guest's call), and the SVSM asks the host to interrupt a vCPU into
+          VMPL0 between two guest instructions (or to start an idle one); the guest on it
+          resumes afterwards.  Whichever happens first runs it, once.
+
+        :param fn: ``fn(vcpu)``, called at VMPL0 on the chosen vCPU.
+        :param timeout: seconds (injected clock) to wait for a vCPU before giving up.
+        :returns: what ``fn`` returned; its exception is re-raised here.
+        :raises Busy: no vCPU reached VMPL0 within ``timeout`` (every vCPU stayed busy, or the
+            host never delivered the interrupt); the work did not run.
+        :raises InvalidRequest: the SVSM panicked or was shut down.
+        """
         cpu = current_cpu()
         if cpu is not None:
-            return self._fetch_report(cpu, report_data, None)[0]
-        with self._idle_cpu_lock:
+            return fn(self.platform.vcpus[cpu])
+        if self.panicker.panicked is not None:
+            raise InvalidRequest("the SVSM panicked")
+        work = KernelWork(fn)
+        self.loop.kernel_work.append(work)
+        hv = self.platform.hypervisor
+        deadline = self._clock() + timeout
+        while not work.done.is_set():
             for v in self.platform.vcpus:
-                if v.vmpl is None and v.has_entry(0):
-                    v.vmrun(0)
-                    try:
-                        return self._fetch_report(v.index, report_data, None)[0]
-                    finally:
-                        v.halt()
-        raise InvalidRequest("every vCPU runs the guest: no vCPU to send the guest request from")
+                if work.done.is_set():
+                    break
+                if v.has_entry(0) and hv.deliver_vmpl_interrupt(v, 0, lambda vc: self.loop.run_work_interrupted(vc, work)):
+                    work.done.wait()  # it ran in our handler, or another vCPU has claimed it
+                    break
+            else:
+                if self._clock() >= deadline and work.claim():
+                    raise Busy("no vCPU reached VMPL0 to run kernel work")
+                work.done.wait(0.001)
+            if not any(v.has_entry(0) for v in self.platform.vcpus) and work.claim():
+                raise InvalidRequest("the SVSM is shut down: no vCPU enters VMPL0")
+        if work.error is not None:
+            raise work.error
+        return work.result
 
     # -- panic ------------------------------------------------------------------------------------
     def _wipe_vmpcks(self) -> None:

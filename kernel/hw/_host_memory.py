@@ -149,11 +149,11 @@ class HostMemoryManager:
         platform = self.platform
         spa = self.gpa_to_spa(gfn << PAGE_SHIFT)
         sfn = spa >> PAGE_SHIFT
-        if sfn % PAGES_PER_2M or any(platform.npt.get(g) is not None for g in range(gfn, gfn + PAGES_PER_2M)):
+        npt = platform.npt
+        if sfn % PAGES_PER_2M or (npt and any(npt.get(g) is not None for g in range(gfn, gfn + PAGES_PER_2M))):
             return RmpupdateResult.FAIL_INPUT
         if private:
-            for s in range(sfn, sfn + PAGES_PER_2M):
-                platform.memory.discard(s)
+            platform.memory.discard_run(sfn, PAGES_PER_2M)
         return self.rmpupdate(spa, gfn << PAGE_SHIFT, assigned=private, page_size=RmpPageSize.SIZE_2M).rc
 
     def _unsmash(self, entry: PageStateChangeEntry) -> int:

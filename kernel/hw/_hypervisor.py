@@ -125,6 +125,7 @@ class Hypervisor(HostMemoryManager):
         self._msr_counts: collections.Counter[str] = collections.Counter()
         self._nae_counts: collections.Counter[str] = collections.Counter()
         self.n_vmgexit = self.n_psc = self.n_guest_request = self.n_errors = 0
+        self.n_vmpl_interrupts = 0
 
     # -- VMGEXIT --------------------------------------------------------------------------------
     def handle_vmgexit(self, vcpu: Vcpu) -> None:
@@ -153,7 +154,7 @@ class Hypervisor(HostMemoryManager):
             self._terminate(0, 0)
         name = type(msg).__name__
         self._msr_counts[name] += 1
-        handler = getattr(self, "msr_" + _snake(name), None)
+        handler = getattr(self, _msr_handler_name(name), None)
         if handler is None:
             self.n_errors += 1
             self._terminate(0, 0)
@@ -201,7 +202,7 @@ class Hypervisor(HostMemoryManager):
         assert src is not None
         if msg.vmpl >= VMPL_COUNT or not (msg.vmpl in vcpu.suspended_vmpls or vcpu.can_run(msg.vmpl)):
             return RunVmplResponse(1)
-        vcpu.ghcb_msr[src] = RunVmplResponse(0).encode()
+        vcpu.ghcb_msr[src] = _RUN_VMPL_OK
         vcpu.run_vmpl(msg.vmpl)
         return None
 
@@ -435,6 +436,29 @@ class Hypervisor(HostMemoryManager):
             target.set_vmsa(vmpl, sfn)
         self._ok(ghcb)
 
+    def deliver_vmpl_interrupt(self, vcpu: Vcpu, vmpl: int, handler: Callable[[Vcpu], None]) -> bool:
+        """Schedule ``vmpl`` on ``vcpu`` now, if the vCPU is between two instructions.
+
+        Models the host delivering an interrupt targeted at ``vmpl`` (the SVSM's doorbell): the
+        vCPU leaves the VMPL it runs (or its idle loop), ``vmpl`` runs ``handler(vcpu)`` on the
+        calling thread, then the interrupted VMPL resumes.  An honest host does it whenever the
+        vCPU can take it; an adversary may refuse (return False) and the guest only waits longer.
+
+        :returns: False if another thread is executing on the vCPU right now, or it is already
+            at ``vmpl`` (try again later); True once ``handler`` ran.
+        :raises VmrunError: ``vmpl`` cannot run on that vCPU.
+        """
+        if not vcpu.exec_lock.acquire(blocking=False):
+            return False
+        try:
+            if vcpu.vmpl == vmpl or vcpu.suspended_vmpls:
+                return False
+            self.n_vmpl_interrupts += 1
+            vcpu.preempt(vmpl, handler)
+            return True
+        finally:
+            vcpu.exec_lock.release()
+
     def send_init(self, apic_id: int) -> None:
         """Deliver INIT to ``apic_id``: install VMSAs registered with CREATE_ON_INIT."""
         target = self.platform.vcpu_by_apic_id(apic_id)
@@ -456,6 +480,15 @@ class Hypervisor(HostMemoryManager):
             self.n_errors,
             self.terminated,
         )
+
+
+@functools.cache
+def _msr_handler_name(name: str) -> str:
+    return "msr_" + _snake(name)
+
+
+#: RUN_VMPL success response value (one per call: built once).
+_RUN_VMPL_OK = RunVmplResponse(0).encode()
 
 
 @functools.cache

@@ -155,6 +155,16 @@ class PhysicalMemory:
         if self._nzero:
             self._clear_zero(sfn)
 
+    def discard_run(self, sfn: int, count: int) -> None:
+        """:meth:`discard` of ``count`` pages from ``sfn`` on."""
+        pages = self._pages
+        for s in pages.keys() & range(sfn, sfn + count):
+            del pages[s]
+        self._plain.difference_update(range(sfn, sfn + count))
+        if self._nzero:
+            for s in range(sfn, sfn + count):
+                self._clear_zero(s)
+
     # -- plaintext-zero pages ---------------------------------------------------------------------
     def _is_zero(self, sfn: int) -> bool:
         z = self._zero
@@ -179,6 +189,27 @@ class PhysicalMemory:
         if not self._zero[sfn >> 3] >> (sfn & 7) & 1:
             self._zero[sfn >> 3] |= 1 << (sfn & 7)
             self._nzero += 1
+
+    def zero_plain_run(self, sfn: int, count: int) -> None:
+        """:meth:`zero_plain` of ``count`` pages from ``sfn`` on."""
+        pages = self._pages
+        for s in pages.keys() & range(sfn, sfn + count):
+            del pages[s]
+        self._plain.difference_update(range(sfn, sfn + count))
+        if self._zero is None:
+            self._zero = bytearray((self.npages + 7) >> 3)
+        z = self._zero
+        if not sfn & 7 and not count & 7:  # whole bitmap bytes
+            lo, hi = sfn >> 3, (sfn + count) >> 3
+            self._nzero += count - int.from_bytes(z[lo:hi], "little").bit_count()
+            z[lo:hi] = b"\xff" * (hi - lo)
+            return
+        n = 0
+        for s in range(sfn, sfn + count):
+            if not z[s >> 3] >> (s & 7) & 1:
+                z[s >> 3] |= 1 << (s & 7)
+                n += 1
+        self._nzero += n
 
     def statistics(self) -> MemoryStatistics:
         """Snapshot of the counters."""

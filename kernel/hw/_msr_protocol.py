@@ -384,9 +384,21 @@ def decode_msr(value: int) -> MsrMessage:
     :returns: the typed message.
     :raises GhcbProtocolError: unknown GHCBInfo, or reserved bits / bad field values.
     """
+    msg = _DECODED.get(value)
+    if msg is not None:
+        return msg
     if not 0 <= value <= _U64:
         raise GhcbProtocolError(f"MSR value {value:#x} is not 64-bit")
     cls = _BY_CODE.get(value & 0xFFF)
     if cls is None:
         raise GhcbProtocolError(f"unknown GHCB MSR protocol code {value & 0xFFF:#x}")
-    return cls._from_data(value >> 12)
+    msg = cls._from_data(value >> 12)
+    if cls in _MEMO_CLASSES and len(_DECODED) < 512:  # bounded: error fields can take any value
+        _DECODED[value] = msg
+    return msg
+
+
+#: Messages are frozen values, so a decoded one can be handed out again: the request-loop
+#: messages (a handful of distinct values each) are decoded once per value.
+_MEMO_CLASSES = frozenset({RunVmplRequest, RunVmplResponse, SevInfoRequest, HypervisorFeaturesRequest})
+_DECODED: dict[int, MsrMessage] = {}

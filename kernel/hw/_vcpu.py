@@ -104,7 +104,11 @@ class Vcpu:
         self._views = [GuestView(platform, v, index) for v in range(VMPL_COUNT)]
         self._owner_bits = A | (platform.asid << ASID_SHIFT)
         self._lock = threading.RLock()
-        self.n_vmgexit = self.n_switch = self.n_pvalidate = self.n_rmpadjust = 0
+        #: Held by the host thread executing an instruction stream on this vCPU (the guest driver
+        #: holds it for each operation); :meth:`preempt` needs it, so another VMPL is scheduled
+        #: only between two instructions of the running one, never in the middle of a VMGEXIT.
+        self.exec_lock = threading.RLock()
+        self.n_vmgexit = self.n_switch = self.n_pvalidate = self.n_rmpadjust = self.n_preempt = 0
 
     def __repr__(self) -> str:
         return f"<Vcpu {self.index} apic={self.apic_id} vmpl={self.vmpl}>"
@@ -250,6 +254,28 @@ class Vcpu:
             entry(self)
         finally:
             self._return_requested = False
+            if prev is not None:
+                self._stack.pop()
+            self._switch(prev)
+
+    def preempt(self, vmpl: int, handler: VmplEntry) -> None:
+        """Run ``vmpl`` between two instructions of the running VMPL, then resume it.
+
+        What the hypervisor does for an interrupt targeted at another VMPL (e.g. an IPI to the
+        SVSM): the running VMPL is suspended (its VMSA stays intact), ``vmpl`` is VMRUN and runs
+        ``handler(vcpu)`` on the calling thread, and the suspended VMPL resumes afterwards.  The
+        caller holds :attr:`exec_lock`.  An idle vCPU is started at ``vmpl`` and idles again.
+
+        :raises VmrunError: the VMSA of ``vmpl`` fails VMRUN's checks; nothing changed.
+        """
+        prev = self.vmpl
+        self._switch(vmpl)
+        self.n_preempt += 1
+        if prev is not None:
+            self._stack.append(prev)
+        try:
+            handler(self)
+        finally:
             if prev is not None:
                 self._stack.pop()
             self._switch(prev)

@@ -13,6 +13,7 @@ not hypervisor-owned -> #PF with bit 31 (RMP).  Host reads of private pages retu
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ._constants import (
@@ -76,7 +77,10 @@ class GuestView:
     def _check_private(self, gpa: int, write: bool) -> int:
         """Run the C=1 checks for the page holding ``gpa``; return its system frame."""
         gfn = gpa >> PAGE_SHIFT
-        sfn = self._translate(gfn, gpa, write, True)
+        npt = self.platform.npt
+        sfn = npt.get(gfn, gfn) if npt else gfn  # _translate, inlined: the hottest path of all
+        if sfn is None or not 0 <= gfn < self._npages or not 0 <= sfn < self._npages:
+            raise NestedPageFault(gpa, (PF_WRITE if write else 0) | NPF_ENC)
         rmp = self._rmp
         ci = sfn >> CHUNK_SHIFT
         c = rmp._attr.get(ci)
@@ -127,11 +131,10 @@ class GuestView:
         """
         off = gpa & _MASK
         if off + len(data) <= PAGE_SIZE:
-            sfn = self._check_write(gpa, c_bit)
             if c_bit:
-                self._mem.write_plain(sfn, off, data)
+                self._mem.write_plain(self._check_private(gpa, True), off, data)
             else:
-                self._mem.write_raw(sfn, off, data)
+                self._mem.write_raw(self._check_write(gpa, False), off, data)
             dirty = self.platform.dirty_log
             if dirty is not None:
                 dirty.add(gpa >> PAGE_SHIFT)
@@ -146,6 +149,25 @@ class GuestView:
         for addr, chunk in chunks:
             self.write(addr, chunk, c_bit=c_bit)
 
+    def write_fields(self, page_gpa: int, fields: Sequence[tuple[int, bytes]]) -> None:
+        """C=1 writes of several ``(offset, data)`` pieces inside the page at ``page_gpa``.
+
+        The page is checked once, as one TLB fill serves every access to a page until the
+        next invalidation; the pieces are written in order.
+
+        :raises ValueError: a piece leaves the page.
+        """
+        for off, data in fields:
+            if not 0 <= off <= PAGE_SIZE - len(data):
+                raise ValueError(f"field at {off:#x} (+{len(data)}) leaves the page")
+        sfn = self._check_private(page_gpa & ~_MASK, True)
+        write = self._mem.write_plain
+        for off, data in fields:
+            write(sfn, off, data)
+        dirty = self.platform.dirty_log
+        if dirty is not None:
+            dirty.add(page_gpa >> PAGE_SHIFT)
+
     def zero(self, gpa: int, size: int) -> None:
         """C=1 write of ``size`` zero bytes at ``gpa``, same checks as :meth:`write`.
 
@@ -156,10 +178,21 @@ class GuestView:
             raise ValueError("negative size")
         end = gpa + size
         pages = []
+        runs = []  # (gpa, sfn, page count) of whole 2 MiB chunks
         addr = gpa
+        rmp, chunk_pages = self._rmp, 1 << CHUNK_SHIFT
         while addr < end:
             n = min(end - addr, PAGE_SIZE - (addr & _MASK))
-            pages.append((addr, n, self._check_private(addr, True)))
+            sfn = self._check_private(addr, True)
+            gfn = addr >> PAGE_SHIFT
+            if (n == PAGE_SIZE and not self.platform.npt and not gfn & CHUNK_MASK and end - addr >= chunk_pages * PAGE_SIZE
+                    and (sfn >> CHUNK_SHIFT) not in rmp._attr and (sfn >> CHUNK_SHIFT) in rmp._big):  # fmt: skip
+                # One 2 MiB RMP entry and an identity NPT: every page of the chunk passes the
+                # same checks as its first one (same attributes, GPA = base + index).
+                runs.append((addr, sfn, chunk_pages))
+                addr += chunk_pages * PAGE_SIZE
+                continue
+            pages.append((addr, n, sfn))
             addr += n
         mem = self._mem
         dirty = self.platform.dirty_log
@@ -170,6 +203,10 @@ class GuestView:
                 mem.write_plain(sfn, addr & _MASK, bytes(n))
             if dirty is not None:
                 dirty.add(addr >> PAGE_SHIFT)
+        for addr, sfn, count in runs:
+            mem.zero_plain_run(sfn, count)
+            if dirty is not None:
+                dirty.update(range(addr >> PAGE_SHIFT, (addr >> PAGE_SHIFT) + count))
 
     def _check_write(self, gpa: int, c_bit: bool) -> int:
         if c_bit:

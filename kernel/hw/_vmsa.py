@@ -143,6 +143,18 @@ class VmsaView:
             raise AttributeError(f"VMSA has no register {name!r}") from None
         st.pack_into(self._memory.plaintext_page(self.sfn), off, value)
 
+    def get_many(self, names: tuple[str, ...]) -> tuple[int, ...]:
+        """Several scalar registers at once (one page lookup), in the order of ``names``."""
+        page = self._memory.plaintext_page(self.sfn)
+        return tuple([_SCALAR[n][1].unpack_from(page, _SCALAR[n][0])[0] for n in names])
+
+    def set_many(self, names: tuple[str, ...], values: tuple[int, ...]) -> None:
+        """Write several scalar registers at once (one page lookup)."""
+        page = self._memory.plaintext_page(self.sfn)
+        for n, v in zip(names, values, strict=True):
+            off, st = _SCALAR[n]
+            st.pack_into(page, off, v)
+
     def segment(self, name: str) -> tuple[int, int, int, int]:
         """(selector, attrib, limit, base) of segment ``name`` (es, cs, ..., tr)."""
         return _SEG.unpack_from(self._memory.plaintext_page(self.sfn), _SEGMENT[name])  # type: ignore[return-value]

@@ -421,6 +421,12 @@ class PageAllocator:
         """True if the page containing ``paddr`` belongs to the allocator."""
         return (paddr >> PAGE_SHIFT) in self._meta
 
+    def owns_any(self, paddr: int, length: int) -> bool:
+        """True if any page overlapping ``[paddr, paddr+length)`` belongs to the allocator."""
+        if length <= 0:
+            return False
+        return not self._meta.keys().isdisjoint(range(paddr >> PAGE_SHIFT, ((paddr + length - 1) >> PAGE_SHIFT) + 1))
+
     def page_info(self, paddr: int) -> PageInfo | None:
         """Decoded metadata of the page containing ``paddr``, or None if not owned."""
         pfn = paddr >> PAGE_SHIFT

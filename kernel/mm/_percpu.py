@@ -22,7 +22,6 @@ guard used on another CPU faults.  A thread says which CPU it runs as with
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import threading
 from collections.abc import Iterator
@@ -60,6 +59,24 @@ _current = threading.local()
 def current_cpu() -> PerCpuArea | None:
     """The CPU the calling thread runs as, or None."""
     return getattr(_current, "cpu", None)
+
+
+class _Activation:
+    """The ``with`` block of :meth:`PerCpuArea.activate` (a plain class: it runs on every SVSM call)."""
+
+    __slots__ = ("area", "prev")
+
+    def __init__(self, area: PerCpuArea) -> None:
+        self.area = area
+        self.prev: PerCpuArea | None = None
+
+    def __enter__(self) -> PerCpuArea:
+        self.prev = getattr(_current, "cpu", None)
+        _current.cpu = self.area
+        return self.area
+
+    def __exit__(self, *exc: object) -> None:
+        _current.cpu = self.prev
 
 
 def this_cpu() -> PerCpuArea:
@@ -178,15 +195,9 @@ class PerCpuArea:
         self.vmsa_paddr: int | None = None
 
     # -- current CPU --------------------------------------------------------
-    @contextlib.contextmanager
-    def activate(self) -> Iterator[PerCpuArea]:
+    def activate(self) -> _Activation:
         """Run the calling thread as this CPU for the ``with`` body (nests; restores the previous)."""
-        prev = getattr(_current, "cpu", None)
-        _current.cpu = self
-        try:
-            yield self
-        finally:
-            _current.cpu = prev
+        return _Activation(self)
 
     # -- temporary window ---------------------------------------------------
     def map_guest(self, paddr: int, size: int = PAGE_SIZE, *, huge: bool = False, writable: bool = True,

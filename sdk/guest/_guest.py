@@ -14,6 +14,7 @@ imported when first used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import struct
@@ -53,6 +54,17 @@ def _hw() -> Any:
     import svsm.kernel.hw as hw  # the hardware codecs; see the module docstring
 
     return hw
+
+
+@functools.cache
+def _run_vmpl_msr() -> tuple[int, int]:
+    """(RUN_VMPL(0) request, RUN_VMPL success response) as GHCB MSR values."""
+    hw = _hw()
+    return hw.RunVmplRequest(0).encode(), hw.RunVmplResponse(0).encode()
+
+
+#: The registers of the SVSM calling convention, in SvsmCallResult order.
+_CALL_REGS = ("rax", "rcx", "rdx", "r8", "r9")
 
 
 class GuestVcpu(Protocol):
@@ -156,6 +168,11 @@ class PagePool:
         with self._lock:
             self._free.append(gpa)
 
+    def give_many(self, pages: Iterable[int]) -> None:
+        """Return pages, as :meth:`give` one after the other would."""
+        with self._lock:
+            self._free.extend(pages)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._free)
@@ -237,8 +254,13 @@ class Guest:
         self.cpus = cpus
         self.apic_ids = tuple(apic_ids)
         self.use_ghcb = use_ghcb
-        if cpu.vmpl is None:
-            cpu.vmrun(vmpl)
+        #: One instruction stream per vCPU: callers on several host threads take turns.  It is
+        #: the vCPU's own execution lock, so the host interrupts the guest into another VMPL
+        #: only between two of these operations.
+        self._cpu_lock: Any = getattr(cpu, "exec_lock", None) or threading.RLock()
+        with self._cpu_lock:
+            if cpu.vmpl is None:
+                cpu.vmrun(vmpl)
         self.mem = cpu.view(vmpl)
         self.regs = cpu.vmsa(vmpl)
         from svsm.sdk.attestation import SNP_SECRETS_PAGE
@@ -257,8 +279,6 @@ class Guest:
         self._ghcb_gpa: int | None = None
         self.aps: dict[int, tuple[Guest, int, int]] = {}
         self.calls = 0
-        #: One instruction stream per vCPU: callers on several host threads take turns.
-        self._cpu_lock = threading.RLock()
 
     def statistics(self) -> GuestStatistics:
         """Calls made on this vCPU, pages accepted (shared by all vCPUs), free pool pages, APs started."""
@@ -276,17 +296,18 @@ class Guest:
             return self._svsm_call(protocol, call, rcx, rdx, r8, r9, max_retries)
 
     def _svsm_call(self, protocol: int, call: int, rcx: int, rdx: int, r8: int, r9: int, max_retries: int) -> SvsmCallResult:
-        regs = self.regs
+        regs, mem, caa = self.regs, self.mem, self.caa
+        inputs = (request_rax(protocol, call), rcx, rdx, r8, r9)
         for _ in range(max_retries + 1):
-            regs.rax, regs.rcx, regs.rdx, regs.r8, regs.r9 = request_rax(protocol, call), rcx, rdx, r8, r9
-            self.mem.write(self.caa, b"\x01")
+            regs.set_many(_CALL_REGS, inputs)
+            mem.write(caa, b"\x01")
             self._run_vmpl0()
-            pending = self.mem.read(self.caa, 1)[0]
-            self.mem.write(self.caa, b"\x00")
+            pending = mem.read(caa, 1)[0]
+            mem.write(caa, b"\x00")
             self.calls += 1
             if pending == 1:
                 raise CallNotServiced("the SVSM did not service the call")
-            out = SvsmCallResult(regs.rax, regs.rcx, regs.rdx, regs.r8, regs.r9)
+            out = SvsmCallResult(*regs.get_many(_CALL_REGS))
             if out.rax not in _RETRY_CODES:
                 return out
         return out
@@ -299,11 +320,13 @@ class Guest:
                 raise FatalError(f"SNP_RUN_VMPL refused: {g.sw_exit_info_1:#x}")
             return
         cpu = self.cpu
-        cpu.wrmsr(hw.MSR_GHCB, hw.RunVmplRequest(0).encode())
+        cpu.wrmsr(hw.MSR_GHCB, _run_vmpl_msr()[0])
         cpu.vmgexit()
-        resp = hw.decode_msr(cpu.rdmsr(hw.MSR_GHCB))
-        if not isinstance(resp, hw.RunVmplResponse) or resp.error:
-            raise FatalError(f"RUN_VMPL(0) refused by the hypervisor: {resp!r}")
+        value = cpu.rdmsr(hw.MSR_GHCB)
+        if value != _run_vmpl_msr()[1]:
+            resp = hw.decode_msr(value)
+            if not isinstance(resp, hw.RunVmplResponse) or resp.error:
+                raise FatalError(f"RUN_VMPL(0) refused by the hypervisor: {resp!r}")
         if self._ghcb_gpa is not None:
             cpu.wrmsr(hw.MSR_GHCB, self._ghcb_gpa)
 
@@ -412,13 +435,15 @@ class Guest:
         :returns: bytes newly accepted (they join the guest's page pool).
         """
         hw = _hw()
-        pages = [p for p in range(gpa, gpa + size, PAGE_SIZE) if p not in self.accepted and not self._reserved(p)]
-        want = set(pages)
+        pages = self._acceptable(gpa, size)
+        per_2m = PAGE_SIZE_2M // PAGE_SIZE
         psc, pv = [], []
         i = 0
         while i < len(pages):
             p = pages[i]
-            if p % PAGE_SIZE_2M == 0 and all(p + o in want for o in range(0, PAGE_SIZE_2M, PAGE_SIZE)):
+            # pages ascend in PAGE_SIZE steps: the whole 2 MiB block is wanted iff its last page
+            # sits 511 entries further on
+            if p % PAGE_SIZE_2M == 0 and i + per_2m <= len(pages) and pages[i + per_2m - 1] == p + PAGE_SIZE_2M - PAGE_SIZE:
                 psc.append(hw.PageStateChangeEntry(p >> 12, hw.PageStateChangeOp.PRIVATE, True))
                 pv.append(PvalidateEntry(p, huge=True))
                 i += PAGE_SIZE_2M // PAGE_SIZE
@@ -431,19 +456,40 @@ class Guest:
         self._psc(psc)
         self.pvalidate(pv)
         self.accepted.update(pages)
-        for p in pages:
-            self.pool.give(p)
+        self.pool.give_many(pages)
         return len(pages) * PAGE_SIZE
 
-    def _reserved(self, gpa: int) -> bool:
-        if not any(s <= gpa < e for s, e in self.ram):
-            return True
-        return any(s <= gpa < s + n for s, n in self.reserved)
+    def _acceptable(self, gpa: int, size: int) -> list[int]:
+        """The pages ``gpa + k * PAGE_SIZE`` below ``gpa + size`` in RAM, not reserved, not accepted."""
+        end = gpa + size
+        spans: list[tuple[int, int]] = []  # [lo, hi) address intervals, in RAM
+        for s, e in self.ram:
+            lo, hi = max(s, gpa), min(e, end)
+            if lo < hi:
+                spans.append((lo, hi))
+        for s, n in self.reserved:
+            cut = []
+            for lo, hi in spans:
+                if s + n <= lo or hi <= s:
+                    cut.append((lo, hi))
+                    continue
+                if lo < s:
+                    cut.append((lo, s))
+                if s + n < hi:
+                    cut.append((s + n, hi))
+            spans = cut
+        accepted = self.accepted
+        out: list[int] = []
+        for lo, hi in sorted(spans):
+            first = gpa + -(-(lo - gpa) // PAGE_SIZE) * PAGE_SIZE  # first page start >= lo
+            out.extend(p for p in range(first, hi, PAGE_SIZE) if p not in accepted)
+        return out
 
     # -- APs ----------------------------------------------------------------------------------------
     def sev_features(self) -> int:
         """SEV_FEATURES of this guest, from MSR SEV_STATUS (bit n+2 = feature n, n >= 1)."""
-        status = self.cpu.rdmsr(_hw().MSR_SEV_STATUS)
+        with self._cpu_lock:
+            status = self.cpu.rdmsr(_hw().MSR_SEV_STATUS)
         return 1 | ((status >> 3) << 1)
 
     def start_ap(self, apic_id: int) -> Guest:
@@ -485,8 +531,9 @@ class Guest:
         ap, vmsa_gpa, caa_gpa = self.aps.pop(apic_id)
         self.svsm_call(SVSM_CORE_PROTOCOL, SVSM_REQ_CORE_DELETE_VCPU, vmsa_gpa).raise_for_result()
         self._nae(hw.SwExitCode.SNP_AP_CREATION, 2 | self.vmpl << 16 | apic_id << 32, vmsa_gpa)
-        if ap.cpu.vmpl is not None:
-            ap.cpu.halt()
+        with ap._cpu_lock:
+            if ap.cpu.vmpl is not None:
+                ap.cpu.halt()
         self.pool.give(vmsa_gpa)
         self.pool.give(caa_gpa)
 
