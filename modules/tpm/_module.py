@@ -100,10 +100,23 @@ class VtpmService:
         else:
             self.tpm = Tpm(rng=rng, clock=self._clock)
             ctx.log.info("vTPM manufactured (no saved state)")
+        self.manifest = b""
+        self.persist(ctx)  # new seeds reach storage before anything is derived from them
+
+    def _provision(self, ctx: ModuleContext) -> None:
+        """EK certificates and the manifest, on first use (RSA prime search is slow in Python and
+        must not count against the module start deadline; COCONUT also creates its EK lazily)."""
+        if self.manifest or self.tpm is None:
+            return
         now = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=int(self._now))
         provision_ek(self.tpm, now if self._now > 946684800 else datetime.datetime(2026, 1, 1))
         self.manifest = create_ek(self.tpm, ek_template_rsa2048()).public.marshal()
         self.persist(ctx)
+
+    def service_manifest(self, ctx: ModuleContext) -> bytes | None:
+        """The RSA EK's TPMT_PUBLIC (made on first request)."""
+        self._provision(ctx)
+        return self.manifest or None
 
     def persist(self, ctx: ModuleContext) -> None:
         """Write the non-volatile state to storage if a command changed it."""
@@ -131,6 +144,7 @@ class VtpmService:
         if tpm is None or not tpm.powered:
             raise InvalidRequest("vTPM not powered on")
         self._tick(ctx)
+        self._provision(ctx)
         out = encode_vtpm_response(tpm.execute(req.command, req.locality))
         self.persist(ctx)
         return Reply(buffer=out + page[len(out):])
@@ -155,7 +169,7 @@ class VtpmService:
                             current.generation)
             return
         self.tpm = tpm
-        self.manifest = create_ek(tpm, ek_template_rsa2048()).public.marshal()
+        self.manifest = b""  # recomputed on the next request (restores also run under the start deadline)
         tpm.dirty = True
         self.persist(ctx)
 
@@ -194,7 +208,7 @@ def svsm_restore_state(state: bytes, ctx: ModuleContext) -> None:
 @hookimpl
 def svsm_service_manifest(ctx: ModuleContext) -> bytes | None:
     """The RSA EK's TPMT_PUBLIC (coconut-svsm.md 5.2)."""
-    return _SERVICE.manifest or None
+    return _SERVICE.service_manifest(ctx)
 
 
 @hookimpl

@@ -107,17 +107,29 @@ def test_rcx_zero_and_powered_off(service) -> None:
 
 
 def test_manifest_is_the_rsa_ek_public_and_stable_across_restarts() -> None:
+    from svsm.modules.tpm import EK_CERT_RSA_INDEX
     store: dict[str, bytes] = {}
     svc, ctx = VtpmService(), make_ctx(store)
     svc.start(ctx)
-    assert len(svc.manifest) == 314 and svc.manifest[:10] == ek_template_rsa2048().marshal()[:10]
-    assert "state" in store
+    assert "state" in store and EK_CERT_RSA_INDEX not in svc.tpm.nv  # start stays cheap: EK made lazily
+    manifest = svc.service_manifest(ctx)
+    assert len(manifest) == 314 and manifest[:10] == ek_template_rsa2048().marshal()[:10]
+    assert EK_CERT_RSA_INDEX in svc.tpm.nv
     again = VtpmService()
-    again.start(make_ctx(store, seed=8))  # a different RNG, but the seeds come from storage
-    assert again.manifest == svc.manifest
+    ctx2 = make_ctx(store, seed=8)  # a different RNG, but the seeds come from storage
+    again.start(ctx2)
+    assert again.service_manifest(ctx2) == manifest
     fresh = VtpmService()
-    fresh.start(make_ctx(seed=9))  # no stored state: a newly manufactured TPM has another EK
-    assert fresh.manifest != svc.manifest
+    ctx3 = make_ctx(seed=9)  # no stored state: a newly manufactured TPM has another EK
+    fresh.start(ctx3)
+    assert fresh.service_manifest(ctx3) != manifest
+
+
+def test_first_command_provisions_the_ek_certificates(service) -> None:
+    from svsm.modules.tpm import EK_CERT_ECC_INDEX
+    svc, ctx = service
+    call(svc, ctx, STARTUP)
+    assert EK_CERT_ECC_INDEX in svc.tpm.nv and svc.manifest
 
 
 def test_state_saved_after_state_changing_commands_only(service) -> None:
@@ -139,7 +151,7 @@ def test_save_and_restore_hooks_carry_volatile_state(service) -> None:
     other = VtpmService()
     other.start(make_ctx())
     other.restore(state, make_ctx())
-    assert other.tpm.started and other.manifest == svc.manifest
+    assert other.tpm.started and other.service_manifest(ctx) == svc.service_manifest(ctx)
     assert call(other, make_ctx(), GETRANDOM)[6:10] == bytes(4)
     with pytest.raises(InvalidFormat):
         other.restore(b"garbage", make_ctx())
@@ -156,7 +168,8 @@ def test_package_hooks_register_and_serve_through_pluggy() -> None:
     reply = pm.hook.svsm_handle_request(request=Request(protocol=2, call=1, rcx=0x1000, buffer=page_for(STARTUP)),
                                         ctx=ctx)
     assert decode_vtpm_response(reply.buffer) == bytes.fromhex("80010000000a00000000")
-    assert pm.hook.svsm_service_manifest(ctx=ctx) == tpm_module._module._SERVICE.manifest
+    manifest = pm.hook.svsm_service_manifest(ctx=ctx)
+    assert manifest == tpm_module._module._SERVICE.manifest and len(manifest) == 314
     state = pm.hook.svsm_save_state(ctx=ctx)
     pm.hook.svsm_restore_state(state=state, ctx=ctx)
     pm.hook.svsm_module_stop(ctx=ctx)
@@ -176,4 +189,4 @@ def test_stale_checkpoint_does_not_roll_back_nv() -> None:
     fresh = VtpmService()  # migration destination: nothing in storage, the snapshot wins
     fresh.start(make_ctx(seed=5))
     fresh.restore(checkpoint, make_ctx(seed=5))
-    assert fresh.tpm.started and fresh.manifest == svc.manifest
+    assert fresh.tpm.started and fresh.service_manifest(ctx) == svc.service_manifest(ctx)
