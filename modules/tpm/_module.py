@@ -87,7 +87,11 @@ class VtpmService:
         self._now = self._clock_fn()
 
     def start(self, ctx: ModuleContext) -> None:
-        """Load or manufacture the TPM, provision the EKs on first boot, power on (no Startup)."""
+        """Load the TPM from storage or manufacture one, and power it on (the guest sends Startup).
+
+        :raises StateError: the stored state is corrupt: the module must not start with a blank TPM
+            (that would overwrite the keys), so the start fails on purpose, as COCONUT panics.
+        """
         caps = ctx.capabilities
         rng = SeededRng(ctx.syscalls.random(48)) if "random" in caps else SeededRng(os.urandom(48))
         if "time" in caps:
