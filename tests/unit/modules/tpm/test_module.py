@@ -190,3 +190,11 @@ def test_stale_checkpoint_does_not_roll_back_nv() -> None:
     fresh.start(make_ctx(seed=5))
     fresh.restore(checkpoint, make_ctx(seed=5))
     assert fresh.tpm.started and fresh.service_manifest(ctx) == svc.service_manifest(ctx)
+
+
+def test_corrupt_stored_state_fails_the_start() -> None:
+    from svsm.modules.tpm import StateError
+    store = {"state": b"PYTPMST\x00" + bytes(60)}
+    with pytest.raises(StateError):
+        VtpmService().start(make_ctx(store))
+    assert store["state"].startswith(b"PYTPMST\x00" + bytes(8))  # the stored state is left alone
