@@ -112,3 +112,73 @@ def test_state_dir_moved_to_a_cvm_with_another_measurement_cannot_be_unsealed(tm
         assert cvm.measurement != first  # another memory layout is measured: another launch digest
         info = {m.name: m for m in host.modules()}
         assert info["persist"].state != "serving" and "failed authentication" in info["persist"].last_failure
+
+
+@pytest.fixture
+def anchor_for_chip(psp_dir):
+    """An anchor on loopback TCP trusting the chip of ``psp_dir`` (real VCEK-signed reports)."""
+    import os
+    import threading
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from svsm.kernel.hw.psp import Chip
+    from svsm.modules.persist import AnchorService, chain_verifier
+    from svsm.modules.persist._anchor_service import serve_tcp
+
+    ark, ask, vcek = Chip.load_or_create(psp_dir).chain_pem()
+    service = AnchorService(Ed25519PrivateKey.generate(), chain_verifier(ark, ask, [vcek]), clock=time.monotonic_ns,
+                            rng=os.urandom)
+    server = serve_tcp(service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield service, server.server_address[:2]
+    server.shutdown()
+    server.server_close()
+
+
+def _persist_behind(cvm, state_dir, address, key):
+    """What ``svsm run --state DIR --anchor HOST:PORT`` is asked to do (requests.md, PERSIST -> KCORE)."""
+    from svsm.kernel.hw.blockdev import ANCHOR_SERVICE, AnchorLink, open_state_disk
+    from svsm.kernel.ipc import ModuleHost, Providers
+
+    disk = open_state_disk(state_dir)
+    host = ModuleHost.from_installed(blocked=("migrate", "tpm"), mode="process",
+                                     providers=Providers(report=cvm.svsm.module_report,
+                                                         key_root=cvm.svsm.module_key_root, disk=disk))
+    host.register_service(ANCHOR_SERVICE, AnchorLink(*address, anchor_key=key))
+    return host, disk
+
+
+def test_clone_of_a_running_cvm_is_refused_and_an_old_image_is_a_rollback(tmp_path, psp_dir, anchor_for_chip) -> None:
+    import shutil
+
+    from svsm.kernel import boot
+    from svsm.kernel.hw.blockdev import STATE_IMAGE
+
+    service, address = anchor_for_chip
+    state, clone_state = tmp_path / "state", tmp_path / "clone"
+
+    def status(host):
+        return {m.name: m for m in host.modules()}["persist"]
+
+    with boot(psp_state_dir=psp_dir) as cvm:
+        host, disk = _persist_behind(cvm, state, address, service.public_key)
+        with host:
+            assert status(host).state == "serving"
+            host.providers.storage.backend_for("tpm").put("tpm", "nv", b"1")
+            shutil.copytree(state, clone_state)  # the host copies the state directory ...
+            host.providers.storage.backend_for("tpm").put("tpm", "nv", b"2")
+            with boot(psp_state_dir=psp_dir) as cvm2:  # ... and launches a second CVM from it
+                host2, disk2 = _persist_behind(cvm2, clone_state, address, service.public_key)
+                with host2:
+                    assert status(host2).state != "serving" and "CloneDetected" in status(host2).last_failure
+                disk2.close()
+        disk.close()
+    shutil.copy(clone_state / STATE_IMAGE, state / STATE_IMAGE)  # replay the older image
+    with boot(psp_state_dir=psp_dir) as cvm:
+        host, disk = _persist_behind(cvm, state, address, service.public_key)
+        with host:
+            assert "RollbackDetected" in status(host).last_failure
+        disk.close()
+    assert service.statistics().clones >= 1
