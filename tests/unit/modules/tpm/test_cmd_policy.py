@@ -219,3 +219,33 @@ def test_policy_template_restricts_create_primary(esys) -> None:
     with pytest.raises(TSS2_Exception) as e:
         esys.create_primary(TPM2B_SENSITIVE_CREATE(), other, session1=p)
     assert e.value.rc == 0x99D  # POLICY_FAIL, session 1
+
+
+def test_policy_name_hash_and_nv_written(esys) -> None:
+    srk = esys.create_primary(TPM2B_SENSITIVE_CREATE(), TPM2B_PUBLIC.parse("ecc256:aes128cfb",
+                                                                             objectAttributes=0x30072))[0]
+    attrs = TPMA_NV.AUTHREAD | TPMA_NV.POLICYWRITE | TPMA_NV.NO_DA
+    trial = _session(esys, TPM2_SE.TRIAL)
+    esys.policy_nv_written(trial, False)
+    policy = bytes(esys.policy_get_digest(trial))
+    nv = esys.nv_define_space(b"", TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
+        nvIndex=0x01000500, nameAlg=TPM2_ALG.SHA256, attributes=attrs, authPolicy=policy, dataSize=4)))
+    p = _session(esys)
+    esys.policy_nv_written(p, False)
+    esys.nv_write(nv, b"once", 0, auth_handle=nv, session1=p)  # write-once index
+    p = _session(esys)
+    esys.policy_nv_written(p, False)
+    with pytest.raises(TSS2_Exception) as e:
+        esys.nv_write(nv, b"twice", 0, auth_handle=nv, session1=p)
+    assert e.value.rc == 0x99D  # POLICY_FAIL: the index is written now
+    # PolicyNameHash binds the handles the command may use
+    sens = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(b"nh")))
+    tpl = TPM2B_PUBLIC.parse("keyedhash", objectAttributes=TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
+                             | TPMA_OBJECT.USERWITHAUTH)
+    priv, pub, *_ = esys.create(srk, sens, tpl)
+    obj = esys.load(srk, priv, pub)
+    name = bytes(esys.read_public(obj)[1])
+    trial = _session(esys, TPM2_SE.TRIAL)
+    esys.policy_name_hash(trial, hashlib.sha256(name).digest())
+    d = bytes(esys.policy_get_digest(trial))
+    assert d == hashlib.sha256(bytes(32) + struct.pack(">I", 0x170) + hashlib.sha256(name).digest()).digest()
