@@ -162,7 +162,10 @@ class PersistModule(Module):
         if store is None:
             raise InvalidRequest("persistent store not open")
         try:
-            store.heartbeat_if_due(HEARTBEAT_NS)
+            try:
+                store.heartbeat_if_due(HEARTBEAT_NS)
+            except AnchorError as exc:  # counted in the anchor client's statistics; retried next call
+                ctx.log.warning("persist: anchor heartbeat failed, lease may lapse: %s", exc)
             if op == "get":
                 return store.get(namespace, key)
             if op == "put":

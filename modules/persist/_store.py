@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from ._errors import (AnchorRequired, BadKey, IntegrityError, PersistError, QuotaExceeded,
+from ._errors import (AnchorRequired, BadKey, CloneDetected, IntegrityError, PersistError, QuotaExceeded,
                       RollbackDetected, StoreFull, StoreUnavailable)
 from ._format import (BLOCK_SIZE, HEADER_PREFIX, MAX_KEY, MAX_NAMESPACE, NULL_REF, SB_BODY, SB_HEADER,
                       SEAL_OVERHEAD, SUPERBLOCK_MAGIC, SUPERBLOCK_SLOTS, TAG_SIZE, FORMAT_VERSION,
@@ -558,13 +558,18 @@ class Store:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def heartbeat(self) -> None:
-        """Renew the anchor lease (call well within the lease period)."""
+        """Renew the anchor lease (call well within the lease period).
+
+        :raises CloneDetected: the lease was taken over; the store stops serving.
+        :raises AnchorError: the anchor is unreachable; the store keeps serving (the next commit's
+            anchor update decides), retry later.
+        """
         with self._lock:
             self._serving()
             if self._anchor is not None:
                 try:
                     self._anchor.heartbeat(self.store_id)
-                except StoreUnavailable as exc:
+                except (CloneDetected, RollbackDetected) as exc:  # fenced: another instance took over
                     self._fail(exc)
                     raise
                 self._anchor_contact = self._clock()
@@ -584,9 +589,10 @@ class Store:
     def close(self) -> None:
         """Stop serving and release the anchor lease."""
         with self._lock:
-            if self._anchor is not None and self._failed is None:
-                self._anchor.release(self.store_id)
+            serving = self._failed is None
             self._failed = self._failed or StoreUnavailable("store closed")
+            if self._anchor is not None and serving:
+                self._anchor.release(self.store_id)
 
     @property
     def failed(self) -> BaseException | None:

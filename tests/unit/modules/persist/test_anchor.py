@@ -157,6 +157,23 @@ def test_heartbeat_if_due_follows_the_store_clock(env, world) -> None:
     assert world.service.statistics().live_leases == 1
 
 
+def test_unreachable_anchor_on_heartbeat_keeps_the_store_serving(env, world) -> None:
+    down = {"on": False}
+
+    def flaky(msg):
+        if down["on"]:
+            raise AnchorError("network down")
+        return world.service.handle(msg)
+
+    s = env.open(anchor=world.client(exchange=flaky))
+    down["on"] = True
+    with pytest.raises(AnchorError):
+        s.heartbeat()
+    assert s.failed is None and s.get("tpm", "nv") is None
+    down["on"] = False
+    s.put("tpm", "nv", b"1")
+
+
 def test_crash_between_superblock_and_anchor_update_is_accepted(env, world) -> None:
     fail = {"advance": False}
 
