@@ -28,7 +28,8 @@ _CLI = "import sys; from svsm.kernel.cli import main; sys.exit(main(sys.argv[1:]
 
 def _spawn_destination(args: argparse.Namespace, port_file: pathlib.Path) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-c", _CLI, "run", "--incoming", "0", "--listen", args.listen, "--port-file", str(port_file),
-           "--memory", args.memory, "--vcpus", str(args.vcpus), "--json", "--after-steps", str(args.after_steps)]  # fmt: skip
+           "--memory", args.memory, "--vcpus", str(args.vcpus), "--json", "--after-steps", str(args.after_steps),
+           "--accept-timeout", "120"]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -60,7 +61,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             )  # fmt: skip
             captured: dict[str, Any] = {}
             rc = _run_source(mig, src_args, captured)
-            out, err = proc.communicate(timeout=300)
+            try:
+                # a source that failed before connecting leaves the destination waiting: do not wait long
+                out, err = proc.communicate(timeout=300 if rc == 0 else 20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
         finally:
             if proc.poll() is None:
                 proc.kill()

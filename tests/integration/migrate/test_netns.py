@@ -58,7 +58,8 @@ def test_migration_between_two_network_namespaces(tmp_path: pathlib.Path) -> Non
     with two_hosts(ip) as (dst_ns, src_ns):
         dst = subprocess.Popen(
             [ip, "netns", "exec", dst_ns, sys.executable, "-c", _CLI, "run", "--incoming", "0", "--listen", DST_ADDR,
-             "--port-file", str(port_file), "--memory", "24M", "--vcpus", "1", "--json", "--after-steps", "10"],
+             "--port-file", str(port_file), "--memory", "24M", "--vcpus", "1", "--json", "--after-steps", "10",
+             "--accept-timeout", "60"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
@@ -73,12 +74,12 @@ def test_migration_between_two_network_namespaces(tmp_path: pathlib.Path) -> Non
                  "--memory", "24M", "--vcpus", "1", "--json", "--warmup", "0.3"],
                 capture_output=True, text=True, timeout=240,
             )  # fmt: skip
+            assert src.returncode == 0, src.stderr[-3000:]
             out, err = dst.communicate(timeout=240)
         finally:
             if dst.poll() is None:
                 dst.kill()
                 dst.wait()
-        assert src.returncode == 0, src.stderr[-3000:]
         assert dst.returncode == 0, err[-3000:]
         s, d = json.loads(src.stdout), json.loads(out)
         assert s["migration"]["result"] == d["migration"]["result"] == "committed"
