@@ -16,13 +16,13 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from ._errors import FatalError, RequestError, ResultCode
-from ._module import PROJECT_NAME, Grant, ModuleContext, Reply, Request, load_manifest
+from ._errors import FatalError, InvalidFormat, RequestError, ResultCode
+from ._module import PROJECT_NAME, Grant, Manifest, ModuleContext, Reply, Request, load_manifest
 from ._syscalls import Syscalls, SyscallLogHandler
 from .abi import _messages as m
 from .abi._channel import CLOSED, NEED_DATA, AbiError, Channel, Recorder
 
-__all__ = ["ModuleRuntime", "instantiate", "make_plugin_manager"]
+__all__ = ["ModuleRuntime", "instantiate", "make_plugin_manager", "validate_module"]
 
 log = logging.getLogger("svsm.sdk.runtime")
 
@@ -37,6 +37,21 @@ def make_plugin_manager() -> pluggy.PluginManager:
 def instantiate(obj: Any) -> Any:
     """The plugin object to register for module object ``obj`` (a class is instantiated)."""
     return obj() if inspect.isclass(obj) else obj
+
+
+def validate_module(obj: Any) -> Manifest:
+    """The validated manifest of module object ``obj``, after checking its hook names against the specs.
+
+    :raises InvalidFormat: bad or missing manifest, unknown hook (e.g. a misspelt name).
+    """
+    manifest = load_manifest(obj)
+    pm = make_plugin_manager()
+    try:
+        pm.register(obj, name=manifest.name)
+        pm.check_pending()
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        raise InvalidFormat(f"module {manifest.name}: {exc}") from None
+    return manifest
 
 
 class _KernelGone(Exception):

@@ -1,7 +1,9 @@
 """Entry point of a sandboxed module process (the multiprocess spawn target).
 
 Runs in a fresh interpreter: confine the process, report the protections over the
-channel, and only then import the module's code and serve it.
+channel, and only then import the module's code, report its validated manifest
+(:class:`~svsm.sdk.abi.ManifestReport`) and serve it.  The kernel learns a module's
+manifest only this way: discovery never imports module code in the kernel process.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 
 import msgspec
 
-from svsm.sdk.abi import Channel, SandboxReport
+from svsm.sdk import InvalidFormat
+from svsm.sdk.abi import Channel, ManifestReport, SandboxReport
 
 from ._discovery import ModuleRef
 from ._sandbox import SandboxConfig, apply
@@ -37,7 +40,7 @@ def module_main(channel_fd: int, ref: dict[str, Any], cfg: dict[str, Any]) -> No
         config = msgspec.convert(cfg, SandboxConfig)
         module_ref = msgspec.convert(ref, ModuleRef)
         # Import everything the runtime needs while imports are still unrestricted.
-        from svsm.sdk._runtime import ModuleRuntime
+        from svsm.sdk._runtime import ModuleRuntime, validate_module
 
         protections = apply(config, channel_fd)
     except Exception as exc:  # report and die: no module code has run
@@ -47,7 +50,15 @@ def module_main(channel_fd: int, ref: dict[str, Any], cfg: dict[str, Any]) -> No
             os._exit(EXIT_SANDBOX_FAILED)
     sock.sendall(chan.send(SandboxReport(pid=os.getpid(), protections=protections)))
     try:
+        # Module code runs from here on, confined.  Read and validate what the kernel needs
+        # to know (manifest, hook names) here, never in the kernel process.
         obj = module_ref.resolve()
+        try:
+            manifest = validate_module(obj)
+        except InvalidFormat as exc:
+            sock.sendall(chan.send(ManifestReport(error=str(exc)[:4000])))
+            os._exit(EXIT_LOAD_FAILED)
+        sock.sendall(chan.send(ManifestReport(manifest=msgspec.msgpack.encode(msgspec.to_builtins(manifest)))))
         ModuleRuntime(obj, sock, forward_root_log=True).serve()
     except BaseException:  # noqa: BLE001 -- any failure ends the process; the kernel sees the exit
         try:  # the kernel shows the tail of this (untrusted) file in the module's last failure

@@ -1,10 +1,11 @@
-"""Finding, checking and measuring modules (pluggy entry points, project ``svsm``).
+"""Finding, checking and measuring modules (entry points ``svsm.modules``, project ``svsm``).
 
-Discovery reads the ``svsm.modules`` entry-point group through
-``PluginManager.load_setuptools_entrypoints``, skips blocked names, validates every
-hookimpl against :mod:`svsm.sdk.hookspecs` and calls ``check_pending()``, so a
-misspelt hook fails at boot.  Each module's code is measured (SHA-384 over its files)
-so the attestation services manifest names exactly what runs.
+Discovery reads the ``svsm.modules`` entry-point metadata, skips blocked names, locates
+and measures each module's files (SHA-384, so the attestation services manifest names
+exactly what runs) **without importing them**: a module's import-time code runs only in
+its sandboxed process, which validates the manifest and every hookimpl against
+:mod:`svsm.sdk.hookspecs` (``check_pending()``, so a misspelt hook fails at boot) and
+reports the manifest to the kernel.  Only in-process mode (tests) imports modules here.
 """
 
 from __future__ import annotations
@@ -12,25 +13,36 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import inspect
 import logging
 import os
 import pathlib
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
-import pluggy
 
-from svsm.sdk import InvalidFormat, Manifest, load_manifest
-from svsm.sdk._runtime import make_plugin_manager
+from svsm.sdk import InvalidFormat, Manifest
+from svsm.sdk._runtime import validate_module
 
 from ._policy import Policy, blocked_from_env
 
-__all__ = ["ENTRY_POINT_GROUP", "ModuleRef", "ModuleSpec", "discover", "measure_files", "measure_object", "spec_for"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "EntryPointModule",
+    "ModuleRef",
+    "ModuleSpec",
+    "discover",
+    "inspect_entry_point",
+    "locate",
+    "measure_files",
+    "measure_object",
+    "spec_for",
+]
 
 log = logging.getLogger("svsm.kernel.ipc.discovery")
 
@@ -173,13 +185,7 @@ def spec_for(obj: Any, *, source: str = "") -> ModuleSpec:
 
     :raises InvalidFormat: bad manifest, unknown hook, or code that cannot be located.
     """
-    manifest = load_manifest(obj)
-    pm = make_plugin_manager()
-    try:
-        pm.register(obj, name=manifest.name)
-        pm.check_pending()
-    except (pluggy.PluginValidationError, ValueError) as exc:
-        raise InvalidFormat(f"module {manifest.name}: {exc}") from None
+    manifest = validate_module(obj)
     ref = _ref_for(obj)
     return ModuleSpec(manifest, obj, ref, measure_object(obj), source or f"{ref.kind}:{ref.target}", _code_paths(obj, ref))
 
@@ -199,44 +205,143 @@ def _code_paths(obj: Any, ref: ModuleRef) -> tuple[str, ...]:
     return tuple(sorted(paths))
 
 
+def _find_spec(fullname: str, path: list[str] | None) -> Any:
+    """Locate ``fullname`` through the import system's finders without importing anything."""
+    if path is None:  # a top-level name: the interpreter's path, minus the cwd (a module process has another cwd)
+        cwd = os.getcwd()
+        # keep absolute directories and path-hook entries (editable installs), drop relative directories
+        paths = [p for p in sys.path if p and (p != cwd if os.path.isabs(p) else not os.path.exists(p))]
+        found = importlib.machinery.PathFinder.find_spec(fullname, paths)
+        if found is not None:
+            return found
+    for finder in sys.meta_path:
+        if finder is importlib.machinery.PathFinder or not hasattr(finder, "find_spec"):
+            continue
+        try:
+            found = finder.find_spec(fullname, path)
+        except (ImportError, ValueError, TypeError):
+            continue
+        if found is not None:
+            return found
+    return importlib.machinery.PathFinder.find_spec(fullname, path) if path is not None else None
+
+
+def locate(modname: str) -> tuple[pathlib.Path, bool, list[str]]:
+    """Where module ``modname`` lives, found without running any of its code (or its parents').
+
+    :returns: (its file, whether it is a package, the ``__init__.py`` files of its parent packages).
+    :raises InvalidFormat: it cannot be found, or it is a namespace package (no code file).
+    """
+    parts = modname.split(".")
+    if not all(p.isidentifier() for p in parts):
+        raise InvalidFormat(f"bad module name {modname!r}")
+    spec = _find_spec(parts[0], None)
+    parents: list[str] = []
+    for i in range(1, len(parts)):
+        if spec is None or spec.submodule_search_locations is None:
+            break
+        if spec.origin and spec.origin not in ("namespace", "built-in", "frozen"):
+            parents.append(str(pathlib.Path(spec.origin).resolve()))
+        spec = _find_spec(".".join(parts[: i + 1]), list(spec.submodule_search_locations))
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+        raise InvalidFormat(f"cannot locate the code of module {modname!r}")
+    return pathlib.Path(spec.origin).resolve(), spec.submodule_search_locations is not None, parents
+
+
+class EntryPointModule(msgspec.Struct, frozen=True):
+    """An installed module as the kernel knows it before its code runs: where it is and what it measures."""
+
+    ep_name: str
+    ref: ModuleRef
+    measurement: bytes
+    code_paths: tuple[str, ...]
+    source: str
+
+
+def inspect_entry_point(ep_name: str, value: str) -> EntryPointModule:
+    """Measure and locate entry point ``ep_name = value`` (``"pkg.mod"`` or ``"pkg.mod:attr"``) without importing it.
+
+    :raises InvalidFormat: a malformed value or code that cannot be located.
+    """
+    modname, _, attr = value.partition(":")
+    modname, attr = modname.strip(), attr.strip()
+    if attr and not all(a.isidentifier() for a in attr.split(".")):
+        raise InvalidFormat(f"bad entry point {ep_name} = {value!r}")
+    origin, is_pkg, parents = locate(modname)
+    if is_pkg:
+        files = sorted(f for f in origin.parent.rglob("*") if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc")
+        paths = {str(origin.parent)}
+    else:
+        files, paths = [origin], {str(origin)}
+    paths.update(parents)
+    return EntryPointModule(
+        ep_name,
+        ModuleRef("import", modname, attr),
+        measure_files(files, files[0].parent),
+        tuple(sorted(paths)),
+        f"entry point {ep_name}",
+    )
+
+
+def _probe_in_kernel(epm: EntryPointModule) -> tuple[Manifest, Any]:
+    """In-process mode only: import the module here (its code runs unsandboxed, like its hooks will)."""
+    obj = epm.ref.resolve()
+    return validate_module(obj), obj
+
+
 def discover(
     *,
     policy: Policy | None = None,
     blocked: Iterable[str] = (),
     group: str = ENTRY_POINT_GROUP,
+    probe: Callable[[list[EntryPointModule]], list[Manifest | InvalidFormat]] | None = None,
 ) -> tuple[list[ModuleSpec], dict[str, str]]:
-    """Load every installed module.
+    """Find every installed module (entry-point group ``svsm.modules``) and learn its manifest.
+
+    The kernel reads only the entry points' metadata and measures their files; the module's
+    code runs inside ``probe`` (the host spawns a sandboxed process per module, which validates
+    the manifest and the hook names).  Without ``probe`` (in-process mode) modules are imported
+    in this process.
 
     :param policy: denied modules are skipped.
-    :param blocked: names to skip, in addition to ``$SVSM_BLOCK_MODULES``.
+    :param blocked: entry-point names to skip, in addition to ``$SVSM_BLOCK_MODULES``.
+    :param probe: maps entry-point modules to their manifest or the :class:`InvalidFormat` that rejects them.
     :returns: (valid modules sorted by name, {name: reason} of those skipped or rejected).
     """
     policy = policy or Policy()
     block = set(blocked) | set(blocked_from_env())
-    pm = make_plugin_manager()
-    for name in block:
-        pm.set_blocked(name)
     skipped: dict[str, str] = {name: "blocked" for name in block}
-    try:
-        pm.load_setuptools_entrypoints(group)
-    except Exception as exc:  # one broken package must not stop the boot
-        log.error("loading %s entry points failed: %s", group, exc)
-        skipped["<entry points>"] = f"load failed: {type(exc).__name__}: {exc}"
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        skipped[getattr(exc, "plugin_name", None) or "<unknown>"] = f"unknown hook: {exc}"
-    found: list[ModuleSpec] = []
-    for ep_name, obj in pm.list_name_plugin():
-        if obj is None:
+    candidates: list[EntryPointModule] = []
+    seen: set[str] = set()
+    for ep in importlib.metadata.entry_points(group=group):
+        if ep.name in block or ep.name in seen:
             continue
+        seen.add(ep.name)
         try:
-            spec = spec_for(obj, source=f"entry point {ep_name}")
+            candidates.append(inspect_entry_point(ep.name, ep.value))
         except InvalidFormat as exc:
-            skipped[ep_name] = str(exc)
+            skipped[ep.name] = str(exc)
+    objs: list[Any] = [None] * len(candidates)
+    if probe is not None:
+        results = probe(candidates)
+    else:
+        results = []
+        for i, epm in enumerate(candidates):
+            try:
+                manifest, objs[i] = _probe_in_kernel(epm)
+                results.append(manifest)
+            except InvalidFormat as exc:
+                results.append(exc)
+            except Exception as exc:  # one broken package must not stop the boot
+                log.error("loading module %s failed: %s", epm.ep_name, exc)
+                results.append(InvalidFormat(f"load failed: {type(exc).__name__}: {exc}"))
+    found: list[ModuleSpec] = []
+    for epm, obj, res in zip(candidates, objs, results):
+        if isinstance(res, InvalidFormat):
+            skipped[epm.ep_name] = str(res)
             continue
-        if not policy.allows(spec.name):
-            skipped[spec.name] = "denied by policy"
+        if not policy.allows(res.name):
+            skipped[res.name] = "denied by policy"
             continue
-        found.append(spec)
+        found.append(ModuleSpec(res, obj, epm.ref, epm.measurement, epm.source, epm.code_paths))
     return sorted(found, key=lambda s: s.name), skipped

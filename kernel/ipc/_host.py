@@ -9,6 +9,7 @@ and a supervisor thread that restarts failed modules with backoff.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import logging
 import os
 import shutil
@@ -20,10 +21,11 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from svsm.sdk import Busy, InvalidFormat, InvalidRequest, UnsupportedProtocol
+from svsm.sdk import Busy, InvalidFormat, InvalidRequest, Manifest, UnsupportedProtocol
 from svsm.sdk.abi import Recorder
 
-from ._discovery import ModuleSpec, discover, spec_for
+from ._discovery import EntryPointModule, ModuleSpec, discover, spec_for
+from ._launch import Launched, ModuleFailure, launch_process, module_uid
 from ._lifecycle import ModuleState
 from ._measurements import MODULE_MEASUREMENTS_GUID, MeasurementEntry, encode_measurements
 from ._policy import Policy
@@ -178,21 +180,67 @@ class ModuleHost:
 
     @classmethod
     def from_installed(cls, *, blocked: Iterable[str] = (), policy: Policy | None = None, **kwargs: Any) -> ModuleHost:
-        """A host with every installed module (entry points ``svsm.modules``) the policy allows."""
-        specs, skipped = discover(policy=policy, blocked=blocked)
+        """A host with every installed module (entry points ``svsm.modules``) the policy allows.
+
+        In process mode no module code runs in the kernel: each module is started in its
+        sandboxed process, which reports the validated manifest (the process is then kept and
+        serves once the host starts); a module that fails to load or validate is skipped.
+        """
         host = cls(policy=policy, **kwargs)
-        host.skipped.update(skipped)
-        for spec in specs:
-            try:
-                host.add(spec)
-            except InvalidFormat as exc:
-                host.skipped[spec.name] = str(exc)
+        launched: dict[str, Launched] = {}
+        probe = None
+        if host.mode == "process":
+            host.kernel_undumpable = make_kernel_undumpable()  # before any module process exists
+            probe = lambda cands: host._probe(cands, launched)  # noqa: E731
+        try:
+            specs, skipped = discover(policy=policy, blocked=blocked, probe=probe)
+            host.skipped.update(skipped)
+            for spec in specs:
+                try:
+                    host.add(spec, launched=launched.get(spec.source))
+                    launched.pop(spec.source, None)  # adopted by its supervisor
+                except InvalidFormat as exc:
+                    host.skipped[spec.name] = str(exc)
+        finally:
+            for rest in launched.values():  # denied by policy or rejected by add(): never served
+                rest.link.kill()
+                rest.link.join(1.0)
         return host
 
+    def _probe(self, candidates: list[EntryPointModule], out: dict[str, Launched]) -> list[Manifest | InvalidFormat]:
+        """Start each candidate's sandboxed process (concurrently) and collect the manifests it reports."""
+        deadline = self._ctx.clock() + self._ctx.limits.start_timeout
+        lock = threading.Lock()
+
+        def one(epm: EntryPointModule) -> Manifest | InvalidFormat:
+            tmp = ".probe-" + hashlib.sha256(epm.ep_name.encode()).hexdigest()[:16]
+            try:
+                got = launch_process(epm, tmp, module_uid(epm.code_paths, self._ctx), self._ctx, deadline)
+            except ModuleFailure as exc:
+                shutil.rmtree(os.path.join(self._ctx.runtime_dir, tmp), ignore_errors=True)
+                return InvalidFormat(f"{epm.source}: {exc}")
+            target = os.path.join(self._ctx.runtime_dir, got.manifest.name)
+            with lock:  # the process keeps its directory (cwd and Landlock rules follow the inode)
+                try:
+                    if os.path.lexists(target):
+                        raise FileExistsError(target)
+                    os.rename(os.path.join(self._ctx.runtime_dir, tmp), target)
+                except OSError:
+                    got.link.kill()
+                    return InvalidFormat(f"module name {got.manifest.name} already in use")
+            out[epm.source] = got
+            return got.manifest
+
+        if not candidates:
+            return []
+        with concurrent.futures.ThreadPoolExecutor(min(8, len(candidates)), thread_name_prefix="svsm-probe") as pool:
+            return list(pool.map(one, candidates))
+
     # -- composition ------------------------------------------------------------------------------
-    def add(self, module: Any, *, mode: str | None = None) -> ModuleSupervisor:
+    def add(self, module: Any, *, mode: str | None = None, launched: Launched | None = None) -> ModuleSupervisor:
         """Add a module (object or spec) before or after :meth:`start`.
 
+        :param launched: its already started process (discovery); adopted by the first start.
         :raises InvalidFormat: invalid module, name taken, protocol already served, or denied by policy.
         """
         spec = module if isinstance(module, ModuleSpec) else spec_for(module)
@@ -203,7 +251,7 @@ class ModuleHost:
         for p in spec.manifest.protocols:
             if p.number in self._by_protocol:
                 raise InvalidFormat(f"protocol {p.number:#x} already served by {self._by_protocol[p.number].name}")
-        sup = ModuleSupervisor(spec, self.policy.grant(spec.manifest), mode or self.mode, self._ctx)
+        sup = ModuleSupervisor(spec, self.policy.grant(spec.manifest), mode or self.mode, self._ctx, launched)
         self._sups[spec.name] = sup
         for p in spec.manifest.protocols:
             self._by_protocol[p.number] = sup

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-
 from svsm.sdk import (
     Busy,
     InvalidParameter,
@@ -39,11 +38,17 @@ from ._child import CRASH_FILE
 from ._discovery import ModuleSpec
 from ._grants import GrantTable, MemoryWindow
 from ._lifecycle import Lifecycle, ModuleEvent, ModuleState
-from ._process import Link, spawn_process, spawn_thread
-from ._sandbox import SandboxConfig, others_can_read
+from ._launch import Launched, ModuleFailure, launch_process, module_uid
+from ._process import Link, spawn_thread
 from ._syscalls import Providers, SyscallHandler
 
-__all__ = ["Limits", "ModuleFailure", "ModuleInfo", "ModuleSupervisor", "SupervisorStatistics"]
+__all__ = [
+    "Limits",
+    "ModuleFailure",
+    "ModuleInfo",
+    "ModuleSupervisor",
+    "SupervisorStatistics",
+]
 
 log = logging.getLogger("svsm.kernel.ipc.supervisor")
 
@@ -71,10 +76,6 @@ class Limits:
     hook_timeout: float = 10.0
     #: cap on any manifest's request_timeout.
     request_timeout_cap: float = 60.0
-
-
-class ModuleFailure(Exception):
-    """Internal: the module must be killed (crash, hang, too many strikes)."""
 
 
 class ModuleInfo(NamedTuple):
@@ -135,9 +136,12 @@ class ModuleSupervisor:
     :param spec: the discovered module.
     :param granted: capabilities granted by policy.
     :param mode: ``"process"`` (sandboxed) or ``"inprocess"`` (a thread; tests only).
+    :param launched: a module process discovery started to learn the manifest; adopted by the first start.
     """
 
-    def __init__(self, spec: ModuleSpec, granted: frozenset[str], mode: str, ctx: HostContext) -> None:
+    def __init__(
+        self, spec: ModuleSpec, granted: frozenset[str], mode: str, ctx: HostContext, launched: Launched | None = None
+    ) -> None:
         if mode not in ("process", "inprocess"):
             raise ValueError(f"unknown module mode {mode!r}")
         self.spec = spec
@@ -156,8 +160,8 @@ class ModuleSupervisor:
         self._ids = itertools.count(1)
         # An unprivileged uid only if it can read the interpreter and this module's code;
         # otherwise the process keeps uid 0 with every capability dropped ("no-caps").
-        switch = os.geteuid() == 0 and ctx.uid_switch and others_can_read(list(spec.code_paths))
-        self._uid = ctx.uid_base + next(ctx._uids) if switch else None
+        self._uid = launched.uid if launched is not None else module_uid(spec.code_paths, ctx)
+        self._prelaunched = launched  # a process discovery already started (it read the manifest)
         self.protections: tuple[str, ...] = ()
         self.strikes = 0
         self._failure_times: list[float] = []
@@ -231,18 +235,20 @@ class ModuleSupervisor:
         deadline = self._ctx.clock() + self._ctx.limits.start_timeout
         self._deadline = deadline
         self.strikes = 0
-        self._chan = Channel("kernel", recorder=self._ctx.recorder)
-        self._link = self._spawn()
+        if self.mode == "inprocess":
+            self._chan = Channel("kernel", recorder=self._ctx.recorder)
+            self._link = self._spawn()
+            self.protections = ()
+        else:
+            launched, self._prelaunched = self._prelaunched, None
+            if launched is None:
+                launched = launch_process(self.spec, self.name, self._uid, self._ctx, deadline)
+            self._chan, self._link, self.protections = launched.chan, launched.link, launched.protections
+            if launched.manifest != self.manifest:
+                raise ModuleFailure("the module's manifest changed since discovery")
         self._link.sock.setblocking(False)
         self._pollin = select.poll()
         self._pollin.register(self._link.sock, select.POLLIN)
-        if self._link.sandboxed:
-            report = self._read(deadline)
-            if not isinstance(report, m.SandboxReport) or report.error:
-                raise ModuleFailure(f"sandbox failed: {getattr(report, 'error', type(report).__name__)}")
-            self.protections = tuple(self._verified(report.protections))
-        else:
-            self.protections = ()
         self._send(
             m.Hello(
                 abi_major=m.ABI_MAJOR,
@@ -272,42 +278,9 @@ class ModuleSupervisor:
         log.info("module %s serving (%s, pid %s)", self.name, self.mode, self.pid)
 
     def _spawn(self) -> Link:
-        if self.mode == "inprocess":
-            return spawn_thread(self.spec.obj, name=self.name, recorder=None)
-        private = os.path.join(self._ctx.runtime_dir, self.name)
-        os.makedirs(private, mode=0o700, exist_ok=True)
-        if self._uid is not None:
-            os.chown(private, self._uid, self._uid)
-        ro = [*self._ctx.read_only, *self.spec.code_paths]
-        cfg = SandboxConfig(
-            private_dir=private,
-            uid=self._uid,
-            address_space=self._ctx.address_space,
-            cpu_seconds=self._ctx.cpu_seconds,
-            open_files=self._ctx.open_files,
-            speculation_mitigations=self._ctx.speculation_mitigations,
-            read_only=ro,
-            list_only=[os.path.dirname(p) for p in self.spec.code_paths if p.endswith("__init__.py")],
-        )
-        # Spawned from the host's long-lived spawner thread: the child's PDEATHSIG fires when the
-        # *thread* that forked it exits, so a short-lived caller thread must not be its parent.
-        if self._ctx.spawner is None:
-            return spawn_process(self.spec.ref, cfg, name=self.name)
-        return self._ctx.spawner.submit(spawn_process, self.spec.ref, cfg, name=self.name).result()
-
-    def _verified(self, claimed: list[str]) -> list[str]:
-        """Keep only claims the kernel can confirm from /proc when it can check them."""
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                status = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            return list(claimed)
-        checks = {
-            "seccomp": status.get("Seccomp", "").strip() == "2",
-            "no-new-privs": status.get("NoNewPrivs", "").strip() == "1",
-            "uid": status.get("Uid", "0").split()[0] != "0",
-        }
-        return [p for p in claimed if checks.get(p, True)]
+        """In-process mode: serve the module object on a thread."""
+        obj = self.spec.obj if self.spec.obj is not None else self.spec.ref.resolve()
+        return spawn_thread(obj, name=self.name, recorder=None)
 
     def stop(self) -> None:
         """Run ``svsm_module_stop`` and end the process (or cancel a pending restart).
@@ -327,6 +300,10 @@ class ModuleSupervisor:
             if st is ModuleState.RESTARTING:
                 return
             if self._link is None:  # never started
+                if self._prelaunched is not None:
+                    self._prelaunched.link.kill()
+                    self._prelaunched.link.join(1.0)
+                    self._prelaunched = None
                 self.lifecycle.fire(ModuleEvent.EXITED)
                 return
             try:

@@ -41,6 +41,7 @@ from ._messages import ErrorFrame as ErrorFrame
 from ._messages import HelloAck as HelloAck
 from ._messages import HookResult as HookResult
 from ._messages import SandboxReport as SandboxReport
+from ._messages import ManifestReport as ManifestReport
 from ._messages import CallResult as CallResult
 from ._messages import SysLog as SysLog
 from ._messages import SysRandom as SysRandom
@@ -92,6 +93,7 @@ __all__ = [
     "MAX_TEXT",
     "MODULE_MESSAGES",
     "MalformedFrame",
+    "ManifestReport",
     "ManifestRequest",
     "ModuleMessage",
     "ModuleUnion",

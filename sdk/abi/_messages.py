@@ -44,6 +44,7 @@ __all__ = [
     "HelloAck",
     "HookResult",
     "SandboxReport",
+    "ManifestReport",
     "CallResult",
     "SysLog",
     "SysRandom",
@@ -232,6 +233,21 @@ class SandboxReport(ModuleMessage, tag="sbx"):
     error: Text = ""
 
 
+class ManifestReport(ModuleMessage, tag="mfst"):
+    """Sent once by the trusted bootstrap after importing the module inside the sandbox, before ``hello``.
+
+    ``manifest`` is the module's :class:`~svsm.sdk.Manifest` as msgpack (decoded by the kernel with
+    the manifest's own bounds); ``error`` says why the module could not be loaded or validated
+    (bad manifest, unknown hook name), after which the process exits.  The kernel never imports
+    module code to learn this.
+
+    .. versionadded:: ABI 1.1
+    """
+
+    manifest: Blob = b""
+    error: Text = ""
+
+
 class HookResult(ModuleMessage, tag="done"):
     """Completion of a lifecycle request (start, stop, save, restore, manifest, storage)."""
 
@@ -388,7 +404,7 @@ SYSCALLS = (
     SysService,
 )
 
-MODULE_MESSAGES = (HelloAck, HookResult, CallResult, SandboxReport, *SYSCALLS)
+MODULE_MESSAGES = (HelloAck, HookResult, CallResult, SandboxReport, *SYSCALLS, ManifestReport)
 
 #: Everything the kernel may send (the decoder type on the module side).
 KernelUnion = Union[KERNEL_MESSAGES]  # type: ignore[valid-type]
