@@ -229,14 +229,17 @@ class MigratableVm:
         """
         plat = self.platform
         fa, mem, frames = plat.firmware, plat.memory, self._frames
+        pages = list(pages)
+        for gfn, state, data in pages:  # every record is checked before any is applied
+            if (not isinstance(gfn, int) or gfn not in frames or state & ~PAGE_STATE_MASK
+                    or (state and not state & PAGE_ASSIGNED) or (data is not None and len(data) != PAGE)):  # fmt: skip
+                raise InvalidParameter("malformed page record")
         n = 0
         if self._dcache is None:
             self._dcache = {}  # from now on guest memory changes only here (the guest is not running)
         cache = self._dcache
         for gfn, state, data in pages:
             cache.pop((gfn - frames.start) // CHUNK_PAGES, None)
-            if gfn not in frames or state & ~PAGE_STATE_MASK or (data is not None and len(data) != PAGE):
-                raise InvalidParameter("malformed page record")
             gpa = gfn * PAGE
             sfn = plat.npt.get(gfn, gfn) if plat.npt else gfn
             if sfn is None:
@@ -249,8 +252,6 @@ class MigratableVm:
                 if data is not None:
                     mem.write_plain(sfn, 0, data)
             else:
-                if state:
-                    raise InvalidParameter("malformed page record")
                 fa.set_rmp(sfn * PAGE, assigned=False)
                 if data is None:
                     mem.discard(sfn)

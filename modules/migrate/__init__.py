@@ -13,6 +13,7 @@ from ._channel import CHANNEL_VERSION as CHANNEL_VERSION
 from ._channel import Channel as Channel
 from ._channel import ChannelError as ChannelError
 from ._channel import ChannelState as ChannelState
+from ._channel import ChannelStatistics as ChannelStatistics
 from ._channel import Evidence as Evidence
 from ._channel import HandshakeComplete as HandshakeComplete
 from ._channel import Record as Record
@@ -34,7 +35,7 @@ from ._port import Stream as Stream
 from ._port import VmPort as VmPort
 
 __all__ = [
-    "CHANNEL_VERSION", "Channel", "ChannelError", "ChannelState", "Evidence", "HandshakeComplete", "Record", "Role",
+    "CHANNEL_VERSION", "Channel", "ChannelError", "ChannelState", "ChannelStatistics", "Evidence", "HandshakeComplete", "Record", "Role",
     "MigrationAborted", "MigrationInDoubt", "MigrationOptions", "MigrationReport", "Progress", "make_channel",
     "migrate_destination", "migrate_source", "MemoryVm", "Phase", "diagram", "MeasurementPolicy", "make_verifier", "Stream",
     "VmPort",

@@ -33,7 +33,7 @@ import hmac
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -49,6 +49,7 @@ __all__ = [
     "Channel",
     "ChannelError",
     "ChannelState",
+    "ChannelStatistics",
     "Evidence",
     "HandshakeComplete",
     "MAX_FRAME",
@@ -143,6 +144,16 @@ _ENCODER = msgspec.msgpack.Encoder()
 # Frame kinds on the wire: one byte in front of every frame body.
 _KIND_HANDSHAKE = 0x01
 _KIND_RECORD = 0x02
+
+
+class ChannelStatistics(NamedTuple):
+    """Counters of one :class:`Channel` end."""
+
+    state: str
+    records_sent: int
+    records_received: int
+    bytes_sent: int
+    bytes_received: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,4 +412,8 @@ class Channel:
     def close(self) -> None:
         """Mark the channel closed: nothing more is sent."""
         self.state = ChannelState.CLOSED
+
+    def statistics(self) -> ChannelStatistics:
+        """Counters of this end (records sealed/opened are the sequence numbers)."""
+        return ChannelStatistics(self.state.value, self._send_seq, self._recv_seq, self.bytes_sent, self.bytes_received)
 

@@ -72,6 +72,9 @@ def test_handshake_binds_both_reports_and_opens_both_directions(fw: SnpFirmware)
     assert d.next_event() == Record(1, b"page batch")
     s.receive_data(d.send(2, b"ack"))
     assert s.next_event() == Record(2, b"ack")
+    st_s, st_d = s.statistics(), d.statistics()
+    assert st_s.records_sent == 1 and st_d.records_received == 1 and st_d.records_sent == 2  # Finished + ack
+    assert st_s.bytes_sent == st_d.bytes_received and st_s.state == "open"
 
 
 def test_destination_with_another_measurement_is_refused(fw: SnpFirmware) -> None:
