@@ -98,6 +98,7 @@ class CvmStatistics(NamedTuple):
     registry: Any
     core: Any
     hypervisor: Any
+    kernel_tasks: Any = None  #: :class:`~svsm.kernel._kernel_tasks.KernelTaskStatistics`
 
 
 class Cvm:
@@ -187,7 +188,7 @@ class Cvm:
         return CvmStatistics(
             s.dispatcher.statistics().by_protocol, s.loop.statistics().calls_per_cpu,
             s.allocator.statistics(), s.slab.statistics(), s.pvalidate_lock.statistics(),
-            s.registry.statistics(), s.core.statistics(), self.hypervisor.statistics(),
+            s.registry.statistics(), s.core.statistics(), self.hypervisor.statistics(), s.tasks.statistics(),
         )  # fmt: skip
 
     def shutdown(self, *, check_leaks: bool = True) -> None:
@@ -205,6 +206,14 @@ class Cvm:
                 if v.vmpl is not None:
                     v.halt()
         try:
+            tasks = getattr(self.svsm, "tasks", None)
+            if tasks is not None:
+                try:
+                    tasks.shutdown()
+                except Exception:
+                    if check_leaks:
+                        raise
+                    log.exception("kernel tasks failed while unwinding")
             if check_leaks:
                 self.svsm.shutdown()
         finally:

@@ -83,7 +83,7 @@ class KernelWork:
     on :attr:`done`, then reads :attr:`result` or re-raises :attr:`error`.
     """
 
-    __slots__ = ("fn", "done", "result", "error", "cpu", "_claimed", "_lock")
+    __slots__ = ("fn", "done", "result", "error", "cpu", "abandoned", "_claimed", "_lock")
 
     def __init__(self, fn: Callable[[Vcpu], Any]) -> None:
         self.fn = fn
@@ -92,6 +92,8 @@ class KernelWork:
         self.error: BaseException | None = None
         #: The vCPU it ran on.
         self.cpu: int | None = None
+        #: The submitter gave up on it (claimed it without running it).
+        self.abandoned = False
         self._claimed = False
         self._lock = threading.Lock()
 
@@ -308,6 +310,20 @@ class RequestLoop:
                 work.run(vcpu)
                 with self._lock:
                     self.kernel_work_done += 1
+
+    def drop_abandoned(self) -> int:
+        """Remove queued work its submitter gave up on; returns how many (kernel housekeeping)."""
+        dropped = 0
+        for _ in range(len(self.kernel_work)):
+            try:
+                work = self.kernel_work.popleft()
+            except IndexError:
+                break
+            if work.abandoned or work.done.is_set():
+                dropped += 1
+            else:
+                self.kernel_work.append(work)
+        return dropped
 
     def run_work_interrupted(self, vcpu: Vcpu, work: KernelWork) -> None:
         """The VMPL0 handler of a host-delivered interrupt: run ``work`` as this vCPU's SVSM.

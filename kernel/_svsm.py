@@ -64,6 +64,7 @@ from svsm.sdk.attestation import (
 from svsm.sdk.guest import SVSM_ATTEST_PROTOCOL, SVSM_CORE_PROTOCOL
 
 from ._cpu_ops import CpuOps as _CpuOps
+from ._kernel_tasks import KernelTasks
 from ._panic import Panicker, TerminationReason, termination_request_msr
 from ._requests import GhcbCallError, KernelWork, PerCpu, RequestLoop, SvsmGhcb, current_cpu
 
@@ -258,6 +259,11 @@ class Svsm:
         self.loop = RequestLoop(self.percpu, self.dispatcher, self.guest_vmpl, self.panicker, self.ghcb, self._clock)
         for v in self.platform.vcpus:
             v.register_vmpl_entry(0, self.loop.entry)
+        #: The kernel's scheduler and periodic work (started when the guest is prepared).
+        self.tasks = KernelTasks(
+            len(self.percpu), self._clock, lambda i: self.percpu[i].area.activate(),
+            reap=self.slab.trim, drop_abandoned=self.loop.drop_abandoned,
+        )  # fmt: skip
         #: Root of module keys (``Providers.key_root``): derived by the PSP from the VCEK, bound to
         #: the guest policy and the launch measurement, so a changed kernel gets other keys.
         self.module_key_root = self._derive_key(0, KEY_FIELDS_POLICY | KEY_FIELDS_MEASUREMENT)
@@ -378,6 +384,7 @@ class Svsm:
         if g.sw_exit_info_1:
             raise GhcbCallError("guest BSP registration", g.sw_exit_info_1, g.sw_exit_info_2)
         vcpu0.halt()
+        self.tasks.start()
 
     # -- callbacks of the protocols ---------------------------------------------------------------
     def _apic_to_cpu(self, apic_id: int) -> int | None:
@@ -540,6 +547,7 @@ class Svsm:
                     break
             else:
                 if self._clock() >= deadline and work.claim():
+                    work.abandoned = True
                     raise Busy("no vCPU reached VMPL0 to run kernel work")
                 work.done.wait(0.001)
             if not any(v.has_entry(0) for v in self.platform.vcpus) and work.claim():

@@ -198,7 +198,21 @@ def run_workload(cvm: Any, *, clock: Callable[[], float] = time.perf_counter, no
         hypervisor={"vmgexits": stats.hypervisor.vmgexits, "page_state_changes": stats.hypervisor.page_state_changes,
                     "guest_requests": stats.hypervisor.guest_requests, "errors": stats.hypervisor.errors},  # fmt: skip
         vtpm=vtpm,
+        scheduler=_scheduler_summary(stats.kernel_tasks),
     )
+
+
+def _scheduler_summary(kt: Any) -> dict[str, Any]:
+    """The kernel scheduler's figures for the summary (``scheduler`` in ``--json``)."""
+    from svsm.kernel.sched import TaskState
+
+    s = kt.scheduler
+    return {
+        "tasks_spawned": s.tasks_spawned, "tasks_by_state": {st.name.lower(): n for st, n in zip(TaskState, s.tasks_by_state, strict=True)},
+        "context_switches": sum(c.context_switches for c in s.cpus), "timers_fired": s.timers_fired,
+        "timers_pending": s.timers_pending, "failures": s.failures, "housekeeping_rounds": kt.housekeeping_rounds,
+        "slab_pages_reaped": kt.slab_pages_reaped,
+    }  # fmt: skip
 
 
 def _render(rep: WorkloadReport) -> None:
@@ -257,8 +271,9 @@ def _render(rep: WorkloadReport) -> None:
     res.add_row("hypervisor", ", ".join(f"{k}={v}" for k, v in rep.hypervisor.items()))
     if rep.scheduler:
         sc = rep.scheduler
-        res.add_row("scheduler", f"{sc['tasks_spawned']} tasks, {sc['timers_fired']} timer firings, "
-                    f"{sc['context_switches']} context switches, {sc['failures']} failures")  # fmt: skip
+        res.add_row("kernel scheduler", f"{sc['tasks_spawned']} tasks, {sc['context_switches']} context switches, "
+                    f"{sc['timers_fired']} timers fired, {sc['failures']} failures; housekeeping "
+                    f"{sc['housekeeping_rounds']} rounds, {sc['slab_pages_reaped']} slab pages reaped")  # fmt: skip
     con.print(res)
 
 

@@ -244,6 +244,8 @@ class Scheduler:
 
         :raises Cancelled: the scheduler is shutting down.
         """
+        if self._stopping:  # also when the deadline has passed already: a looping task must stop
+            raise Cancelled("scheduler shutting down")
         deadline = self.clock.now() + seconds
         wq = WaitQueue(self)
         handle = self.call_at(deadline, wq.wake_all)

@@ -237,6 +237,24 @@ def test_shutdown_cancels_blocked_and_unstarted_tasks(clock: FakeClock) -> None:
         s.spawn(print)
 
 
+def test_shutdown_stops_a_task_whose_sleeps_never_block(clock: FakeClock) -> None:
+    """A periodic task whose deadlines have always passed (sleep(0)) still sees Cancelled."""
+    s = Scheduler(1, clock=clock)
+    rounds: list[int] = []
+    looping = threading.Event()
+
+    def periodic() -> None:
+        while True:
+            s.sleep(0)
+            rounds.append(1)
+            looping.set()
+
+    t = s.spawn(periodic, name="periodic")
+    looping.wait()
+    s.shutdown(timeout=10)
+    assert t.state == TaskState.TERMINATED and t.cancelled and t.exception is None and rounds
+
+
 def test_task_cannot_shut_down_its_scheduler(sched: Scheduler) -> None:
     t = sched.spawn(sched.shutdown)
     with pytest.raises(SchedulerError):
