@@ -31,7 +31,7 @@ import msgspec
 from svsm.kernel.hw import HardwareFault, RmpEntry
 from svsm.sdk import FatalError, InvalidParameter, InvalidRequest
 
-from ._gate import RunGate
+from ._gate import GateState, RunGate
 from ._state import (
     PAGE_ASSIGNED,
     PAGE_PERMS_SHIFT,
@@ -80,7 +80,7 @@ class MigratableVm:
     :param gate: the run gate of its guest vCPUs (a destination's starts paused).
     :param module_host: where module states are saved/restored (default: the SVSM's).
     :param skip_modules: module names whose state does not move (the migration engine's own).
-    :param threads: hashing threads for :meth:`digests`.
+    :param threads: hashing threads for :meth:`digests` (default: usable CPUs, at most 4).
     :param clock: monotonic seconds (injected).
     """
 
@@ -91,7 +91,7 @@ class MigratableVm:
         gate: RunGate | None = None,
         module_host: Any = None,
         skip_modules: Iterable[str] = ("migrate",),
-        threads: int = 2,
+        threads: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cvm = cvm
@@ -99,7 +99,7 @@ class MigratableVm:
         self.gate = gate if gate is not None else RunGate(clock=clock)
         self.module_host = module_host if module_host is not None else cvm.svsm.module_host
         self._skip = frozenset(skip_modules)
-        self._threads = max(1, threads)
+        self._threads = default_threads() if threads is None else max(1, threads)
         self._clock = clock
         lay = cvm.layout
         self._frames = range(0, lay.svsm_base // PAGE)
@@ -347,8 +347,6 @@ class MigratableVm:
 
         :raises InvalidRequest: the guest is running (pause first).
         """
-        from svsm.kernel.migration._gate import GateState
-
         if self.gate.state is GateState.RUNNING:
             raise InvalidRequest("pause the guest before exporting its state")
         svsm, gv = self.cvm.svsm, self.cvm.svsm.guest_vmpl

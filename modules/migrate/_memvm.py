@@ -58,20 +58,25 @@ class MemoryVm:
                 self._dirty.add(gfn)
 
     def info(self) -> dict[str, Any]:
+        """:meth:`VmPort.info` on the dict."""
         return {"memory_size": self.n * _PAGE, "guest_frames": self.n, "vcpus": 1, "guest_vmpl": 2,
                 "modules": sorted(self.modules), "measurement": ""}  # fmt: skip
 
     def attest(self, report_data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+        """:meth:`VmPort.attest` on the dict."""
         return self._attester(report_data)
 
     def frames(self) -> range:
+        """:meth:`VmPort.frames` on the dict."""
         return range(self.n)
 
     def start_dirty_log(self) -> None:
+        """:meth:`VmPort.start_dirty_log` on the dict."""
         with self._lock:
             self._dirty = set()
 
     def dirty_frames(self) -> set[int]:
+        """:meth:`VmPort.dirty_frames` on the dict."""
         with self._lock:
             if self._dirty is None:
                 raise InvalidRequest("dirty logging is off")
@@ -79,11 +84,13 @@ class MemoryVm:
             return out
 
     def stop_dirty_log(self) -> None:
+        """:meth:`VmPort.stop_dirty_log` on the dict."""
         with self._lock:
             self._dirty = None
 
     # -- pages ---------------------------------------------------------------------------------------
     def read_pages(self, gfns: Sequence[int]) -> list[Page]:
+        """:meth:`VmPort.read_pages` on the dict."""
         with self._lock:
             out = []
             for g in gfns:
@@ -94,6 +101,7 @@ class MemoryVm:
             return out
 
     def write_pages(self, pages: Iterable[Page]) -> None:
+        """:meth:`VmPort.write_pages` on the dict."""
         with self._lock:
             for g, state, data in pages:
                 if not 0 <= g < self.n or (data is not None and len(data) != _PAGE):
@@ -104,14 +112,17 @@ class MemoryVm:
                     self.pages.pop(g, None)
 
     def chunk_count(self) -> int:
+        """:meth:`VmPort.chunk_count` on the dict."""
         return -(-self.n // self.chunk_pages)
 
     def chunk_frames(self, chunk: int) -> range:
+        """:meth:`VmPort.chunk_frames` on the dict."""
         if not 0 <= chunk < self.chunk_count():
             raise InvalidParameter("no such chunk")
         return range(chunk * self.chunk_pages, min((chunk + 1) * self.chunk_pages, self.n))
 
     def digests(self, chunks: Sequence[int] | None = None) -> list[bytes]:
+        """:meth:`VmPort.digests` on the dict."""
         out = []
         for c in range(self.chunk_count()) if chunks is None else chunks:
             h = hashlib.sha256(c.to_bytes(8, "little"))
@@ -122,6 +133,7 @@ class MemoryVm:
 
     # -- run state -----------------------------------------------------------------------------------
     def pause(self) -> float:
+        """:meth:`VmPort.pause` on the dict."""
         with self._lock:
             if self.state == "fenced":
                 raise InvalidRequest("fenced")
@@ -130,6 +142,7 @@ class MemoryVm:
         return 0.0
 
     def resume(self) -> None:
+        """:meth:`VmPort.resume` on the dict."""
         with self._lock:
             if self.state == "fenced":
                 raise InvalidRequest("fenced: the guest runs elsewhere")
@@ -137,13 +150,16 @@ class MemoryVm:
             self.resumes += 1
 
     def fence(self) -> None:
+        """:meth:`VmPort.fence` on the dict."""
         with self._lock:
             self.state = "fenced"
 
     def export_state(self) -> bytes:
+        """:meth:`VmPort.export_state` on the dict."""
         return msgspec.msgpack.encode({"registers": self.registers, "modules": self.modules})
 
     def import_state(self, blob: bytes) -> None:
+        """:meth:`VmPort.import_state` on the dict."""
         try:
             st = msgspec.msgpack.decode(blob, type=dict[str, dict[str, Any]])
         except (msgspec.MsgspecError, ValueError) as exc:
@@ -152,6 +168,7 @@ class MemoryVm:
         self.modules = dict(st["modules"])
 
     def fingerprint(self, digests: Sequence[bytes] | None = None) -> dict[str, str]:
+        """:meth:`VmPort.fingerprint` on the dict."""
         d = self.digests() if digests is None else digests
         return {"memory": hashlib.sha256(b"".join(d)).hexdigest(),
                 "state": hashlib.sha256(self.export_state()).hexdigest()}  # fmt: skip
