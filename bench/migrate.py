@@ -76,6 +76,11 @@ def run_one(memory: str, mode: str) -> dict[str, Any]:
                                 "--memory", memory, "--vcpus", "1", "--json", "--after-steps", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         try:
+            # Measure the tree as it is now, like the fresh destination process does (the image
+            # is cached per process, and the source tree may have changed since the last run).
+            from svsm.kernel._boot import kernel_image
+
+            kernel_image.cache_clear()
             with boot(vcpus=1, memory=memory) as cvm:
                 _fill(cvm)
                 vm = MigratableVm(cvm)
