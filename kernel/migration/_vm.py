@@ -266,10 +266,16 @@ class MigratableVm:
         start = self._frames.start + chunk * CHUNK_PAGES
         stop = min(start + CHUNK_PAGES, self._frames.stop)
         parts = []
-        for _, state, data in self.read_pages(range(start, stop)):
-            parts.append(_HDR.pack(state, data is not None))
-            if data is not None:
-                parts.append(data)
+        page, pack = self._page, _HDR.pack
+        try:
+            for g in range(start, stop):
+                _, state, data = page(g)
+                if data is None:
+                    parts.append(pack(state, 0))
+                else:
+                    parts += (pack(state, 1), data)
+        except HardwareFault as exc:
+            raise InvalidRequest(f"guest memory became unreadable: {exc}") from exc
         h.update(b"".join(parts))  # one large update: hashlib releases the GIL
         return h.digest()
 
