@@ -13,9 +13,11 @@ comment ``<!-- run -->`` (invisible in rendered Markdown)::
 * ``sh`` / ``bash`` / ``console`` / ``shell`` blocks run under ``bash -euo pipefail`` with the
   ``svsm`` console script's directory first on ``PATH``.
 * The blocks of one page share a temporary working directory and run in page order, so a page
-  can write files in one block (``svsm attest --out out``) and read them in the next.
+  can write files in one block (``svsm attest --out out``) and read them in the next.  The
+  blocks run in a background thread (``SVSM_DOCS_JOBS=N``: N pages side by side) and each test
+  waits for its block's result.
 * Options go inside the comment: ``<!-- run rc=1 -->`` expects that exit status,
-  ``<!-- run timeout=60 -->`` changes the 60 s limit, and ``<!-- run output=exact -->`` compares
+  ``<!-- run timeout=300 -->`` changes the 120 s limit, and ``<!-- run output=exact -->`` compares
   stdout with the ```` ```text ```` block that directly follows the example (for deterministic
   output only: digests and timings change with the code and the machine).
 * The examples use the same simulated chip as the rest of the test suite (the per-user
@@ -27,6 +29,7 @@ Pages scanned: ``README.md`` and ``docs/**/*.md``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import pathlib
@@ -52,7 +55,7 @@ class Block:
     lang: str
     code: str
     rc: int = 0
-    timeout: float = 60.0
+    timeout: float = 120.0
     expected: str | None = None  # stdout, with output=exact
 
     @property
@@ -111,7 +114,7 @@ def extract(page: pathlib.Path) -> list[Block]:
             if stop >= len(lines):
                 raise ValueError(f"{page}:{start + 1}: unterminated output block")
             expected = "\n".join(lines[start + 1 : stop]) + "\n"
-        blocks.append(Block(page, i + 2, lang, code, int(opts.get("rc", "0")), float(opts.get("timeout", "60")), expected))
+        blocks.append(Block(page, i + 2, lang, code, int(opts.get("rc", "0")), float(opts.get("timeout", "120")), expected))
         i = end + 1
     return blocks
 
@@ -138,10 +141,49 @@ def docs_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
+def run_block(block: Block, cwd: pathlib.Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run one block in ``cwd``; a timeout comes back as exit status -9 with a note on stderr."""
+    if block.lang == "python":
+        cmd = [sys.executable, "-c", block.code]
+    else:
+        cmd = [shutil.which("bash") or "bash", "-euo", "pipefail", "-c", block.code]
+    try:
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=block.timeout)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        return subprocess.CompletedProcess(cmd, -9, out, f"timed out after {block.timeout} s")
+
+
 @pytest.fixture(scope="session")
-def page_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[pathlib.Path, pathlib.Path]:
-    """One working directory per page, created on first use."""
-    return {}
+def results(request: pytest.FixtureRequest, docs_env: dict[str, str],
+            tmp_path_factory: pytest.TempPathFactory) -> dict[str, concurrent.futures.Future]:  # fmt: skip
+    """Run every *selected* block in a background thread, each page's blocks in page order.
+
+    ``SVSM_DOCS_JOBS=N`` runs up to N pages side by side (they are independent: each has its own
+    working directory).  The default is 1: the examples boot VMs and start module processes,
+    and on a small, busy machine parallel pages only make each block slower.
+    """
+    selected: dict[pathlib.Path, list[Block]] = {}
+    for item in request.session.items:
+        block = getattr(item, "callspec", None) and item.callspec.params.get("block")
+        if isinstance(block, Block):
+            selected.setdefault(block.page, []).append(block)
+    futures: dict[str, concurrent.futures.Future] = {b.id: concurrent.futures.Future() for bs in selected.values() for b in bs}
+
+    def run_page(blocks: list[Block]) -> None:
+        cwd = tmp_path_factory.mktemp(blocks[0].page.stem)
+        for block in sorted(blocks, key=lambda b: b.line):
+            try:
+                futures[block.id].set_result(run_block(block, cwd, docs_env))
+            except BaseException as exc:  # noqa: BLE001 -- handed to the test that waits for it
+                futures[block.id].set_exception(exc)
+
+    jobs = int(os.environ.get("SVSM_DOCS_JOBS", "1"))
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(selected) or 1)), thread_name_prefix="docs")
+    for blocks in selected.values():
+        pool.submit(run_page, blocks)
+    yield futures
+    pool.shutdown(wait=True)
 
 
 def test_markers_are_well_formed() -> None:
@@ -152,19 +194,9 @@ def test_markers_are_well_formed() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block", all_blocks(), ids=lambda b: b.id)
-def test_example(block: Block, docs_env: dict[str, str], page_dirs: dict[pathlib.Path, pathlib.Path],
-                 tmp_path_factory: pytest.TempPathFactory) -> None:  # fmt: skip
-    """Run one marked block; its exit status must be the expected one."""
-    cwd = page_dirs.get(block.page)
-    if cwd is None:
-        cwd = page_dirs[block.page] = tmp_path_factory.mktemp(block.page.stem)
-    if block.lang == "python":
-        cmd = [sys.executable, "-c", block.code]
-    else:
-        bash = shutil.which("bash")
-        assert bash, "bash is needed for shell examples"
-        cmd = [bash, "-euo", "pipefail", "-c", block.code]
-    proc = subprocess.run(cmd, cwd=cwd, env=docs_env, capture_output=True, text=True, timeout=block.timeout)
+def test_example(block: Block, results: dict[str, concurrent.futures.Future]) -> None:
+    """One marked block: its exit status (and, with output=exact, its stdout) as documented."""
+    proc = results[block.id].result()  # bounded: every block before it has its own timeout
     assert proc.returncode == block.rc, (
         f"{block.id} exited {proc.returncode}, expected {block.rc}\n"
         f"--- code\n{block.code}--- stdout\n{proc.stdout[-4000:]}--- stderr\n{proc.stderr[-4000:]}"
