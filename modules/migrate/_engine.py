@@ -290,9 +290,9 @@ def migrate_source(
             raise MigrationAborted("destination state differs from the source")
         rep.fingerprint = mine
         # -- the commit decision: after this line the guest never runs here again -------------------
-        vm.fence()
-        phase = advance(Role.SOURCE, phase, "fenced")
+        phase = advance(Role.SOURCE, phase, "fenced")  # decided: even a failing fence never resumes
         rep.result = "fenced"
+        vm.fence()
         link.send(Commit())
         phase = _expect(link, Role.SOURCE, phase, Committed)[0]
         rep.result = "committed"

@@ -135,3 +135,19 @@ def test_destination_with_another_measurement_is_refused(ident, make_vm, migrate
     s, d = migrate_pair(src, dst, good, good)
     assert isinstance(s, MigrationAborted) and isinstance(d, MigrationAborted)
     assert src.state == "running" and src.pauses == 0 and not dst.pages
+
+
+def test_a_failing_fence_never_resumes_the_source(ident, make_vm, migrate_pair) -> None:
+    i = ident()
+    src, dst = make_vm(i, 16), make_vm(i, 16, paused=True)
+    _fill(src, 16)
+
+    def broken_fence() -> None:
+        src.state = "fenced"  # half done, then the kernel fails
+        raise OSError("fence failed half way")
+
+    src.fence = broken_fence  # type: ignore[method-assign]
+    s, d = migrate_pair(src, dst, i, i)
+    assert isinstance(s, MigrationReport) and s.result == "fenced" and s.reason
+    assert src.resumes == 0 and src.state == "fenced"
+    assert type(d).__name__ == "MigrationInDoubt" and dst.state == "paused"  # nobody runs the guest
