@@ -8,8 +8,6 @@ the TLB-flush counter.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any
 
 from svsm.kernel.hw import VMSA, HardwareFault, PageStateChangeEntry, PageStateChangeOp, Platform
 from svsm.kernel.protocols import VmsaSummary
@@ -28,26 +26,33 @@ class CpuOps:
         self.tlb_flushes = 0
         self._lock = threading.Lock()
 
-    def _retry_sizem(self, fn: Callable[[], Any], gpa: int) -> Any:
-        try:
-            return fn()
-        except HardwareFault as exc:
-            # #NPF SIZEM: the host PSMASHes the 2 MiB entry and the instruction is retried.
-            if not getattr(exc, "size_mismatch", False):
-                raise
-            entry = PageStateChangeEntry((gpa >> 12) & ~511, PageStateChangeOp.PSMASH, True)
-            self.platform.hypervisor.page_state_change(entry)
-            return fn()
+    def _psmash(self, exc: HardwareFault, gpa: int) -> None:
+        """#NPF SIZEM: the host PSMASHes the 2 MiB entry so the instruction can be retried.
+
+        :raises HardwareFault: ``exc`` again if it is any other fault.
+        """
+        if not getattr(exc, "size_mismatch", False):
+            raise exc
+        entry = PageStateChangeEntry((gpa >> 12) & ~511, PageStateChangeOp.PSMASH, True)
+        self.platform.hypervisor.page_state_change(entry)
 
     def pvalidate(self, cpu: int, gpa: int, huge: bool, validate: bool) -> tuple[int, bool]:
         v = self.platform.vcpus[cpu]
-        r = self._retry_sizem(lambda: v.pvalidate(gpa, int(huge), validate, vmpl=0), gpa)
+        try:
+            r = v.pvalidate(gpa, int(huge), validate, vmpl=0)
+        except HardwareFault as exc:
+            self._psmash(exc, gpa)
+            r = v.pvalidate(gpa, int(huge), validate, vmpl=0)
         return int(r.rc), bool(r.carry)
 
     def rmpadjust(self, cpu: int, gpa: int, huge: bool, target_vmpl: int, perms: int, vmsa: bool) -> int:
         v = self.platform.vcpus[cpu]
         attrs = target_vmpl | perms << 8 | (1 << 16 if vmsa else 0)
-        return int(self._retry_sizem(lambda: v.rmpadjust(gpa, int(huge), attrs, vmpl=0), gpa).rc)
+        try:
+            return int(v.rmpadjust(gpa, int(huge), attrs, vmpl=0).rc)
+        except HardwareFault as exc:
+            self._psmash(exc, gpa)
+        return int(v.rmpadjust(gpa, int(huge), attrs, vmpl=0).rc)
 
     def zero(self, cpu: int, gpa: int, size: int) -> None:
         self.platform.vcpus[cpu].view(0).zero(gpa, size)

@@ -55,6 +55,11 @@ def current_cpu() -> int | None:
 
 _Q = struct.Struct("<Q")
 _OFF = {n: getattr(VMSA, n).offset for n in ("rax", "rcx", "rdx", "r8", "r9", "sev_features", "guest_exit_code")}
+#: VMSA offsets of RequestParams' inputs, in its order (RAX, RCX, RDX, R8, R9, SEV_FEATURES).
+_INPUT_OFFS = tuple(_OFF[n] for n in ("rax", "rcx", "rdx", "r8", "r9", "sev_features"))
+_EXIT_CODE_OFF, _RAX_OFF, _RCX_OFF, _R8_OFF = _OFF["guest_exit_code"], _OFF["rax"], _OFF["rcx"], _OFF["r8"]
+_Q2 = struct.Struct("<QQ")
+assert _OFF["rdx"] == _RCX_OFF + 8  # RCX and RDX are written together
 #: Bytes of the guest VMSA read per call: up to and including GUEST_EXIT_CODE.
 _VMSA_READ = _OFF["guest_exit_code"] + 8
 #: The hypervisor's RUN_VMPL success answer (GHCB MSR value).
@@ -354,7 +359,7 @@ class RequestLoop:
         vmsa, caa = ctx
         mem = vcpu.view(0)
         regs = mem.read(vmsa, _VMSA_READ)
-        if _Q.unpack_from(regs, _OFF["guest_exit_code"])[0] != VMEXIT_VMGEXIT:
+        if _Q.unpack_from(regs, _EXIT_CODE_OFF)[0] != VMEXIT_VMGEXIT:
             with self._lock:
                 self._not_pending += 1
             return  # the guest did not exit with VMGEXIT: nothing to serve
@@ -364,15 +369,7 @@ class RequestLoop:
             return
         mem.write(caa, b"\0")
         q = _Q.unpack_from
-        params = RequestParams(
-            vcpu.index,
-            q(regs, _OFF["rax"])[0],
-            q(regs, _OFF["rcx"])[0],
-            q(regs, _OFF["rdx"])[0],
-            q(regs, _OFF["r8"])[0],
-            q(regs, _OFF["r9"])[0],
-            q(regs, _OFF["sev_features"])[0],
-        )
+        params = RequestParams(vcpu.index, *[q(regs, off)[0] for off in _INPUT_OFFS])
         t0 = self._clock()
         try:
             self.dispatcher.dispatch(params)
@@ -385,8 +382,7 @@ class RequestLoop:
             log.debug("CPU %d %r -> %#x (%s)", vcpu.index, params, rax, type(exc).__name__, exc_info=exc)
         rcx, rdx, r8 = params.outputs()
         # RCX, RDX, R8 and then RAX, into the guest VMSA page (one RMP check for the page)
-        mem.write_fields(vmsa, ((_OFF["rcx"], _Q.pack(rcx) + _Q.pack(rdx)), (_OFF["r8"], _Q.pack(r8)),
-                                (_OFF["rax"], _Q.pack(rax))))  # fmt: skip
+        mem.write_fields(vmsa, ((_RCX_OFF, _Q2.pack(rcx, rdx)), (_R8_OFF, _Q.pack(r8)), (_RAX_OFF, _Q.pack(rax))))
         pc.calls += 1
         pc.busy_seconds += self._clock() - t0
 

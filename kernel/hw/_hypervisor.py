@@ -200,7 +200,7 @@ class Hypervisor(HostMemoryManager):
         """RUN_VMPL: switch the vCPU (calls the SVSM entry for VMPL0)."""
         src = vcpu.vmpl
         assert src is not None
-        if msg.vmpl >= VMPL_COUNT or not (msg.vmpl in vcpu.suspended_vmpls or vcpu.can_run(msg.vmpl)):
+        if msg.vmpl >= VMPL_COUNT or not (msg.vmpl in vcpu._stack or vcpu.can_run(msg.vmpl)):
             return RunVmplResponse(1)
         vcpu.ghcb_msr[src] = _RUN_VMPL_OK
         vcpu.run_vmpl(msg.vmpl)

@@ -181,8 +181,13 @@ class Vcpu:
         sfn = self.vmsa_sfn[vmpl]
         if sfn is None:
             raise VmrunError(f"vCPU {self.index}: no VMSA for VMPL{vmpl}")
-        e, _ = self.platform.rmp.raw(sfn)
-        if not e & A or (e & ASID_MASK) >> ASID_SHIFT != self.platform.asid or not e & VMSA:
+        rmp = self.platform.rmp
+        c = rmp._attr.get(sfn >> CHUNK_SHIFT)  # RMP lookup inlined (twice per SVSM call)
+        if c is not None:
+            e = c[sfn & CHUNK_MASK]
+        else:
+            e, _ = rmp.raw(sfn)
+        if e & (A | ASID_MASK | VMSA) != self._owner_bits | VMSA:
             raise VmrunError(f"vCPU {self.index}: page {sfn:#x} is not an RMP VMSA page of this guest")
         page = self.platform.memory.plaintext_page(sfn)
         if page[_VMPL_OFF] != vmpl:
@@ -205,11 +210,13 @@ class Vcpu:
         return True
 
     def _switch(self, vmpl: int | None) -> None:
-        rmp = self.platform.rmp
-        if self.vmpl is not None and self.vmsa_sfn[self.vmpl] is not None:
-            rmp.set_busy(self.vmsa_sfn[self.vmpl], False)  # type: ignore[arg-type]
+        busy = self.platform.rmp._busy  # RMP.set_busy, inlined
+        if self.vmpl is not None:
+            cur = self.vmsa_sfn[self.vmpl]
+            if cur is not None:
+                busy.discard(cur)
         if vmpl is not None:
-            rmp.set_busy(self._vmrun_check(vmpl), True)
+            busy.add(self._vmrun_check(vmpl))
         self.vmpl = vmpl
         self.n_switch += 1
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 from svsm.kernel.sync import RWLock
@@ -269,11 +269,13 @@ class CoreProtocol:
 
     def _pvalidate(self, params: RequestParams) -> None:
         with self.pvalidate_lock.read():
-            self._walk(params, self._pvalidate_one)
+            # no VMSA/CAA can be registered or moved while we hold the lock: look them up once
+            protected = self.registry.protected_ranges()
+            self._walk(params, lambda cpu, raw: self._pvalidate_one(cpu, raw, protected))
 
-    def _pvalidate_one(self, cpu: int, raw: int) -> None:
+    def _pvalidate_one(self, cpu: int, raw: int, protected: Sequence[tuple[int, int]] | None = None) -> None:
         e = PvalidateEntry.from_raw(raw)
-        if not self._mem.valid_region(e.gpa, e.size):
+        if not self._mem.valid_region(e.gpa, e.size, protected):
             raise InvalidAddress(f"PVALIDATE of {e.gpa:#x} outside guest memory or on a VMSA/CAA")
         if not e.validate:
             # Rescind: the guest loses access first, then the page is invalidated (upstream order).

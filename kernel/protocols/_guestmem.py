@@ -87,9 +87,17 @@ class GuestMemory:
             return False
         return self.svsm_owned is None or not self.svsm_owned(gpa, length)
 
-    def valid_region(self, gpa: int, length: int) -> bool:
-        """``valid_phys_region``: in the guest map and not overlapping a registered VMSA/CAA."""
-        return self.in_guest_map(gpa, length) and not self._registry.collides(gpa, length)
+    def valid_region(self, gpa: int, length: int, protected: Sequence[tuple[int, int]] | None = None) -> bool:
+        """``valid_phys_region``: in the guest map and not overlapping a registered VMSA/CAA.
+
+        :param protected: the registry's :meth:`~VcpuRegistry.protected_ranges`, taken once by a
+            caller that checks many ranges while the registry cannot change; default: ask it.
+        """
+        if not self.in_guest_map(gpa, length):
+            return False
+        if protected is None:
+            return not self._registry.collides(gpa, length)
+        return not any(gpa < s + n and s < gpa + length for s, n in protected)
 
     def check(self, gpa: int, length: int, *, allow_registered: bool = False) -> None:
         """:raises InvalidAddress: the range is not a valid guest buffer."""

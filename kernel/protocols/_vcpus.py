@@ -100,6 +100,16 @@ class VcpuRegistry:
                 return True
         return False
 
+    def protected_ranges(self) -> tuple[tuple[int, int], ...]:
+        """(start, length) of every registered VMSA page and CAA header, now.
+
+        For a caller that checks many ranges while no registration can change (PVALIDATE holds
+        the PVALIDATE_LOCK for reading; every change of the registry takes it for writing).
+        """
+        with self._lock:
+            return tuple(r for rec in self._by_vmsa.values()
+                         for r in ((rec.vmsa_gpa, PAGE_SIZE), (rec.caa_gpa, CA_HEADER_SIZE)))  # fmt: skip
+
     def collides(self, gpa: int, length: int) -> bool:
         """True if ``[gpa, gpa+length)`` overlaps a registered VMSA page or CAA header."""
         with self._lock:

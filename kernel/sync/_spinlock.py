@@ -145,12 +145,43 @@ class SpinLock(Generic[T]):
         mutex.release()
 
     def __enter__(self) -> LockGuard[T]:
-        return self.lock()
+        # lock()'s uncontended path, inlined: ``with lock:`` is the kernel's hot path
+        me = _get_ident()
+        if self._owner == me or self._checker.enabled:
+            return self.lock()
+        mutex = self._mutex
+        mutex.acquire()
+        ticket = self._current
+        self._current = ticket + 1
+        if ticket == self._holder:
+            mutex.release()
+        else:
+            try:
+                self._contentions += 1
+                self._waiters += 1
+                while self._holder != ticket:
+                    self._cond.wait()
+                self._waiters -= 1
+            finally:
+                mutex.release()
+        self._owner = me
+        self._acquisitions += 1
+        return LockGuard(self)
 
     def __exit__(self, *exc: object) -> None:
         # The guard may have been released early inside the block (RAII drop).
-        if self._owner == _get_ident():
+        if self._owner != _get_ident():
+            return
+        if self._checker.enabled:
             self._unlock()
+            return
+        self._owner = None  # _unlock(), inlined
+        mutex = self._mutex
+        mutex.acquire()
+        self._holder += 1
+        if self._waiters:
+            self._cond.notify_all()
+        mutex.release()
 
     # -- inspection ---------------------------------------------------------
     @property
