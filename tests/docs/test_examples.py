@@ -35,6 +35,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -142,16 +143,21 @@ def docs_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def run_block(block: Block, cwd: pathlib.Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run one block in ``cwd``; a timeout comes back as exit status -9 with a note on stderr."""
+    """Run one block in ``cwd``; a timeout kills its process group (exit status -9, noted on stderr)."""
     if block.lang == "python":
         cmd = [sys.executable, "-c", block.code]
     else:
         cmd = [shutil.which("bash") or "bash", "-euo", "pipefail", "-c", block.code]
-    try:
-        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=block.timeout)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
-        return subprocess.CompletedProcess(cmd, -9, out, f"timed out after {block.timeout} s")
+    # its own session, so that a timeout also kills what it started (module processes, servers)
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:  # fmt: skip
+        try:
+            out, err = proc.communicate(timeout=block.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            err += f"\ntimed out after {block.timeout} s"
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="session")
