@@ -80,6 +80,7 @@ class ModuleRuntime:
         self._sock = sock
         self._chan = Channel("module", recorder=recorder)
         self._rbuf = bytearray(256 * 1024)
+        self._rview = memoryview(self._rbuf)
         self.syscalls = Syscalls(self._syscall)
         self.ctx: ModuleContext | None = None
         self._forward_root_log = forward_root_log
@@ -106,14 +107,15 @@ class ModuleRuntime:
         self._sock.sendall(self._chan.send(msg))
 
     def _next(self) -> Any:
+        chan, rbuf, recv = self._chan, self._rview, self._sock.recv_into
         while True:
             try:
-                ev = self._chan.next_event()
+                ev = chan.next_event() if chan.buffered() else NEED_DATA
+                if ev is NEED_DATA:  # the hot path: one read holds one whole frame, decoded in place
+                    ev = chan.receive_frame(rbuf[: recv(rbuf)])
             except AbiError as exc:
                 raise FatalError(f"kernel sent a bad frame: {exc}") from None
             if ev is NEED_DATA:
-                n = self._sock.recv_into(self._rbuf)
-                self._chan.receive_data(memoryview(self._rbuf)[:n] if n else b"")
                 continue
             if ev is CLOSED:
                 raise _KernelGone()

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from svsm.sdk import Busy, InvalidFormat, InvalidRequest, Manifest, UnsupportedProtocol
+from svsm.sdk import Busy, InvalidFormat, InvalidRequest, Manifest, RequestError, UnsupportedProtocol
 from svsm.sdk.abi import Recorder
 
 from ._discovery import EntryPointModule, ModuleSpec, discover, spec_for
@@ -367,8 +367,6 @@ class ModuleHost:
 
         :returns: (RAX, RCX, RDX, R8) as the guest would see them.
         """
-        from svsm.sdk import RequestError
-
         params = _Params(protocol, call, rcx, rdx, r8, r9)
         try:
             self.handle_request(params, memory if memory is not None else _NoMemory())

@@ -163,6 +163,7 @@ class ModuleSupervisor:
         self._link: Link | None = None
         self._chan: Channel | None = None
         self._rbuf = bytearray(256 * 1024)
+        self._rview = memoryview(self._rbuf)
         self._ids = itertools.count(1)
         # An unprivileged uid only if it can read the interpreter and this module's code;
         # otherwise the process keeps uid 0 with every capability dropped ("no-caps").
@@ -437,24 +438,29 @@ class ModuleSupervisor:
         """The next valid frame; rejects (and strikes) invalid ones."""
         self._deadline = deadline
         assert self._chan is not None and self._link is not None
-        chan, sock = self._chan, self._link.sock
+        chan, sock, rbuf = self._chan, self._link.sock, self._rview
         while True:
             try:
-                ev = chan.next_event()
-            except AbiError as exc:
-                self._strike(f"{type(exc).__name__}: {exc}")
-                continue
-            if ev is NEED_DATA:
+                if chan.buffered():
+                    ev = chan.next_event()
+                    if ev is not NEED_DATA:
+                        if ev is CLOSED:
+                            raise ModuleFailure("channel closed (process exited)")
+                        return ev
                 left = deadline - self._ctx.clock()
                 if left <= 0 or (left < _SLICE and not self._wait(select.POLLIN, left)):
                     raise ModuleFailure("deadline missed (hung)")
                 try:
-                    n = sock.recv_into(self._rbuf)  # blocks at most one slice (SO_RCVTIMEO)
+                    n = sock.recv_into(rbuf)  # blocks at most one slice (SO_RCVTIMEO)
                 except BlockingIOError:
                     continue
                 except OSError as exc:
                     raise ModuleFailure(f"channel read failed: {exc}") from None
-                chan.receive_data(memoryview(self._rbuf)[:n] if n else b"")
+                ev = chan.receive_frame(rbuf[:n])  # one read, one frame: decoded in place
+            except AbiError as exc:
+                self._strike(f"{type(exc).__name__}: {exc}")
+                continue
+            if ev is NEED_DATA:
                 continue
             if ev is CLOSED:
                 raise ModuleFailure("channel closed (process exited)")
@@ -549,10 +555,12 @@ class ModuleSupervisor:
         finally:
             if grant is not None:
                 self.grants.revoke(grant.id)
-        for reg in ("rcx", "rdx", "r8"):
-            v = getattr(res, reg)
-            if v is not None:
-                setattr(params, reg, v & 0xFFFF_FFFF_FFFF_FFFF)
+        if res.rcx is not None:
+            params.rcx = res.rcx & 0xFFFF_FFFF_FFFF_FFFF
+        if res.rdx is not None:
+            params.rdx = res.rdx & 0xFFFF_FFFF_FFFF_FFFF
+        if res.r8 is not None:
+            params.r8 = res.r8 & 0xFFFF_FFFF_FFFF_FFFF
         if res.code:
             if res.code not in _VALID_CODES and not (
                 ResultCode.PROTOCOL_BASE <= res.code < ResultCode.PROTOCOL_BASE + 0x1000

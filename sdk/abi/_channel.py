@@ -158,6 +158,37 @@ class Channel:
             self._recorder("in", msg)
         return msg
 
+    def buffered(self) -> bool:
+        """True if bytes of an unread frame (or a frame being skipped) are held."""
+        return self._pos != len(self._buf) or bool(self._skip)
+
+    def receive_frame(self, data: bytes | bytearray | memoryview) -> Any:
+        """:meth:`receive_data` then :meth:`next_event`, for the bytes of one read.
+
+        The hot path: when nothing is buffered and ``data`` is exactly one frame under the cap
+        (one call, one read), it is decoded in place without being copied into the buffer.
+        Same results and exceptions as the two calls.
+        """
+        n = len(data)
+        if n > 4 and self._pos == len(self._buf) and not self._skip:
+            (size,) = FRAME_HEADER.unpack_from(data, 0)
+            if size + 4 == n and size <= self.max_frame:
+                self._bytes_in += n
+                view = memoryview(data)[4:]
+                try:
+                    msg = self._decoder.decode(view)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    self._rejected += 1
+                    raise MalformedFrame(str(exc)[:200]) from None
+                finally:
+                    view.release()
+                self._frames_in += 1
+                if self._recorder is not None:
+                    self._recorder("in", msg)
+                return msg
+        self.receive_data(data)
+        return self.next_event()
+
     def _advance(self, n: int) -> None:
         self._pos += n
         if self._pos == len(self._buf):

@@ -16,7 +16,9 @@ from svsm.sdk.abi import (
     CallRequest,
     CallResult,
     Channel,
+    FRAME_HEADER,
     FrameTooLarge,
+    MAX_FRAME,
     Hello,
     MalformedFrame,
     SysLog,
@@ -160,3 +162,28 @@ def test_fuzz_module_side_decoder(body: bytes) -> None:
     except MalformedFrame:
         return
     assert ev is not NEED_DATA
+
+
+def test_receive_frame_fast_path_matches_the_buffered_path() -> None:
+    k = Channel("kernel")
+    frames = [bytes(k.send(CallRequest(id=i, protocol=5, call=0, rcx=i))) for i in range(3)]
+    fast = Channel("module")
+    # one read = one frame: decoded in place
+    assert fast.receive_frame(frames[0]).id == 0 and not fast.buffered()
+    # a split frame: NEED_DATA, then the rest completes it
+    assert fast.receive_frame(frames[1][:3]) is NEED_DATA and fast.buffered()
+    assert fast.receive_frame(frames[1][3:]).id == 1
+    # two frames in one read: the first now, the second stays buffered
+    assert fast.receive_frame(frames[2] + frames[0]).id == 2 and fast.buffered()
+    assert fast.next_event().id == 0 and not fast.buffered()
+    # malformed body and oversized prefix raise as before; the stream stays usable
+    with pytest.raises(MalformedFrame):
+        fast.receive_frame(FRAME_HEADER.pack(3) + b"\xc1\xc1\xc1")
+    with pytest.raises(FrameTooLarge):
+        fast.receive_frame(FRAME_HEADER.pack(MAX_FRAME + 1) + b"xx")
+    assert fast.buffered()  # still skipping the oversized body
+    fast.receive_data(b"\0" * (MAX_FRAME - 1))
+    assert fast.receive_frame(frames[1]).id == 1
+    assert fast.receive_frame(b"") is CLOSED
+    s = fast.statistics()
+    assert (s.frames_in, s.rejected) == (5, 2)
