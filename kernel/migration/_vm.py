@@ -106,6 +106,7 @@ class MigratableVm:
         self._mem = self.platform.memory
         self.fenced = False
         self._attr_cache: dict[int, tuple[bool, int]] = {}
+        self._import_kw: dict[int, dict[str, Any]] = {}
         #: Chunk digests of a destination (memory changes only through write_pages until resume).
         self._dcache: dict[int, bytes] | None = None
         self._last_state: MachineState | None = None
@@ -245,9 +246,12 @@ class MigratableVm:
             if sfn is None:
                 raise InvalidRequest(f"guest frame {gfn:#x} is unmapped by the hypervisor")
             if state & PAGE_ASSIGNED:
-                perms = (_VMPL_PERMS_ALL, *((state >> (PAGE_PERMS_SHIFT + 8 * i)) & 0xFF for i in range(3)))
-                fa.set_rmp(sfn * PAGE, assigned=True, gpa=gpa, validated=bool(state & PAGE_VALIDATED),
-                           vmsa=bool(state & PAGE_VMSA), perms=perms)  # fmt: skip
+                kw = self._import_kw.get(state)
+                if kw is None:
+                    perms = (_VMPL_PERMS_ALL, *((state >> (PAGE_PERMS_SHIFT + 8 * i)) & 0xFF for i in range(3)))
+                    kw = self._import_kw[state] = {"assigned": True, "validated": bool(state & PAGE_VALIDATED),
+                                                   "vmsa": bool(state & PAGE_VMSA), "perms": perms}  # fmt: skip
+                fa.set_rmp(sfn * PAGE, gpa=gpa, **kw)
                 mem.zero_plain(sfn)  # plaintext form without decrypting the old DRAM first
                 if data is not None:
                     mem.write_plain(sfn, 0, data)
