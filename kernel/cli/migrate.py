@@ -163,9 +163,12 @@ def _migrate_main(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         cvm, _host = _boot_and_modules(stack, args, {"vcpus": args.vcpus, "memory": memory, "guest_vmpl": args.guest_vmpl})
+        try:
+            vm = MigratableVm(cvm, fence_record=args.fence_file)
+        except GuestFenced as exc:
+            raise UsageError(str(exc)) from None
         guest = cvm.guest
         guest.accept_memory(0, cvm.layout.svsm_base)
-        vm = MigratableVm(cvm)
         wl = GuestWorkload.create(guest, _vtpm(guest), pages=args.workload_pages, pages_per_step=args.pages_per_step)
         stop, errors = threading.Event(), []
 
@@ -293,5 +296,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=float, default=0.5, help="seconds the workload runs before migrating")
     p.add_argument("--max-rounds", type=int, default=8, help="pre-copy rounds before stop-and-copy anyway")
     p.add_argument("--converge-pages", type=int, default=256, help="stop once a round's dirty set is this small")
+    p.add_argument("--fence-file", metavar="PATH", type=pathlib.Path,
+                   help="record the commit here; a later run with this file refuses to start the guest")  # fmt: skip
     _add_trust_options(p)
     p.set_defaults(func=_migrate_main)

@@ -56,7 +56,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             src_args = argparse.Namespace(
                 to=f"{args.listen}:{port}", vcpus=args.vcpus, memory=args.memory, guest_vmpl=2, modules="process",
                 workload_pages=args.workload_pages, pages_per_step=4, steps_per_second=None, warmup=args.warmup,
-                max_rounds=8, converge_pages=256, allow_measurement=[], ark=None, json=True, no_progress=args.no_progress,
+                max_rounds=8, converge_pages=256, fence_file=None, allow_measurement=[], ark=None, json=True, no_progress=args.no_progress,
                 progress_with_json=True,
             )  # fmt: skip
             captured: dict[str, Any] = {}

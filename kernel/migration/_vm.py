@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import logging
 import os
+import pathlib
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,7 +33,7 @@ import msgspec
 from svsm.kernel.hw import HardwareFault, RmpEntry
 from svsm.sdk import FatalError, InvalidParameter, InvalidRequest
 
-from ._gate import GateState, RunGate
+from ._gate import GateState, GuestFenced, RunGate
 from ._state import (
     PAGE_ASSIGNED,
     PAGE_PERMS_SHIFT,
@@ -82,6 +84,9 @@ class MigratableVm:
     :param skip_modules: module names whose state does not move (the migration engine's own).
     :param threads: hashing threads for :meth:`digests` (default: usable CPUs, at most 4).
     :param clock: monotonic seconds (injected).
+    :param fence_record: a file that :meth:`fence` writes (atomically, fsynced) and whose
+        existence makes this constructor refuse: a restarted source never runs a migrated guest.
+    :raises GuestFenced: ``fence_record`` exists (the guest was migrated away earlier).
     """
 
     def __init__(
@@ -93,7 +98,11 @@ class MigratableVm:
         skip_modules: Iterable[str] = ("migrate",),
         threads: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fence_record: pathlib.Path | None = None,
     ) -> None:
+        if fence_record is not None and fence_record.exists():
+            raise GuestFenced(f"{fence_record} says this guest was migrated away")
+        self._fence_record = fence_record
         self.cvm = cvm
         self.platform = cvm.platform
         self.gate = gate if gate is not None else RunGate(clock=clock)
@@ -332,7 +341,15 @@ class MigratableVm:
         self._dcache = None  # the guest writes again: digests must be recomputed
 
     def fence(self) -> None:
-        """Never run this guest again: refuse the gate, drop its VMSAs, retire its keys."""
+        """Never run this guest again: record it, refuse the gate, drop its VMSAs, retire its keys."""
+        if self._fence_record is not None:
+            rec = {"measurement": self.cvm.measurement.hex(), "fenced": "migrated away"}
+            tmp = self._fence_record.with_name(self._fence_record.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(rec, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._fence_record)
         self.gate.fence()
         self.fenced = True
         gv = self.cvm.svsm.guest_vmpl

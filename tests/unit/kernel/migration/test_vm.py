@@ -183,3 +183,14 @@ def test_write_pages_round_trip_of_valid_records(fresh_destination) -> None:
             (0x202, PAGE_ASSIGNED, None), (0x203, PAGE_ASSIGNED | PAGE_VALIDATED, None)]
     dvm.write_pages(recs)
     assert dvm.read_pages([r[0] for r in recs]) == recs
+
+
+def test_fence_record_survives_a_restart(pair, tmp_path) -> None:
+    src, _ = pair
+    rec = tmp_path / "fence.json"
+    vm = MigratableVm(src, fence_record=rec)
+    vm.pause()
+    vm.fence()
+    assert rec.exists() and src.measurement.hex() in rec.read_text()
+    with pytest.raises(GuestFenced):
+        MigratableVm(src, fence_record=rec)  # a restarted source refuses the guest
