@@ -58,6 +58,7 @@ class VcpuState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     :ivar guest_owned: the guest supplied the VMSA page (CREATE_VCPU): it travels with guest
         memory.  Otherwise the SVSM owns the page and :attr:`vmsa` carries its bytes.
     :ivar ghcb_msr: the GHCB MSR of the guest VMPL.
+    :ivar host_ghcb_gfn: see the field comment.
     """
 
     index: Annotated[int, msgspec.Meta(ge=0, le=255)]
@@ -67,6 +68,9 @@ class VcpuState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     guest_owned: bool
     vmsa: Annotated[bytes, msgspec.Meta(min_length=_PAGE, max_length=_PAGE)] | None
     ghcb_msr: _U64
+    #: The GHCB frame the source's hypervisor has registered for the guest VMPL (0: none): host
+    #: state that the VMM migrates alongside, so the guest's next VMGEXIT finds its GHCB known.
+    host_ghcb_gfn: _U64 = 0
 
 
 class GuestKeys(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

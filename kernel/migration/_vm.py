@@ -378,6 +378,7 @@ class MigratableVm:
             raise InvalidRequest("pause the guest before exporting its state")
         svsm, gv = self.cvm.svsm, self.cvm.svsm.guest_vmpl
         vcpus = []
+        ghcbs = getattr(self.platform.hypervisor, "ghcb_gfn", {})
         for v in self.platform.vcpus:
             cur = svsm.percpu[v.index].current() if v.index < len(svsm.percpu) else None
             if cur is None:
@@ -387,7 +388,8 @@ class MigratableVm:
             rec = svsm.registry.get(vmsa_gpa)
             owned = bool(rec and rec.guest_owned)
             data = None if owned else v.vmsa(gv).to_bytes()
-            vcpus.append(VcpuState(v.index, v.apic_id, vmsa_gpa, caa, owned, data, v.ghcb_msr[gv]))
+            vcpus.append(VcpuState(v.index, v.apic_id, vmsa_gpa, caa, owned, data, v.ghcb_msr[gv],
+                                   int(ghcbs.get((v.apic_id, gv), 0))))  # fmt: skip
         ctx = self.cvm.psp_context
         keys = GuestKeys(gv, [bytes(k) for k in ctx.vmpcks[gv:]], list(ctx.seqnos[gv:]), bytes(ctx.vmrk))
         modules = []
@@ -431,6 +433,10 @@ class MigratableVm:
         if v.apic_id != vs.apic_id:
             raise InvalidParameter("vCPU topology differs")
         v.ghcb_msr[gv] = vs.ghcb_msr
+        if vs.host_ghcb_gfn:
+            if vs.host_ghcb_gfn not in self._frames:
+                raise InvalidParameter("GHCB outside guest memory")
+            self.platform.hypervisor.ghcb_gfn[(v.apic_id, gv)] = vs.host_ghcb_gfn
         pc = svsm.percpu[vs.index]
         cur = pc.current()
         if not vs.vmsa_gpa:
