@@ -5,6 +5,12 @@ writes).  When it also holds ``manifest.bin`` (a services attestation through th
 binding REPORT_DATA = SHA-512(nonce || manifest) is checked, with ``--nonce`` or else
 ``nonce.bin``; without a manifest ``--nonce`` must equal REPORT_DATA (zero-padded).
 Exit status 0 when everything verifies, 1 (FAILED) when anything does not.
+
+The chain in ``DIR`` comes from whoever produced the report, so it proves nothing unless its
+root is one the verifier already trusts.  The trusted roots are the ``--ark`` files, or by
+default the ARK of the local simulated chip (``--chip-dir``, default the PSP state directory),
+the way a real verifier pins AMD's published ARK.  ``--no-pin`` checks only the chain's own
+consistency and says so.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--measurement", help="hex; the expected launch digest")
     p.add_argument("--ark", type=pathlib.Path, action="append",
                    help="trusted root (PEM; repeatable): DIR/ark.pem must be one of them")
+    p.add_argument("--state-dir", type=pathlib.Path,
+                   help="simulated chips' directory (as for svsm attest); its --chip's ARK is trusted when no --ark is given")
+    p.add_argument("--chip", default="default", help="the simulated chip whose ARK is trusted by default")
+    p.add_argument("--no-pin", action="store_true",
+                   help="trust whatever ARK DIR holds (checks only the chain's consistency; insecure)")
     p.set_defaults(func=_run)  # fmt: skip
 
 
@@ -40,14 +51,15 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         files = {n: (args.dir / n).read_bytes() for n in ("report.bin", "ark.pem", "ask.pem", "vcek.pem")}
-        for path in args.ark or ():
+        roots = list(args.ark or ())
+        if not roots and not args.no_pin:
+            roots = [_default_ark(args.state_dir, args.chip)]
+        for path in roots:
             path.stat()
     except OSError as exc:
         raise UsageError(f"{exc.filename}: {exc.strerror}") from exc
     try:
-        trusted = None
-        if args.ark:
-            trusted = [x509.load_pem_x509_certificate(path.read_bytes()) for path in args.ark]
+        trusted = [x509.load_pem_x509_certificate(path.read_bytes()) for path in roots] or None
         chain = load_chain(files["ark.pem"], files["ask.pem"], files["vcek.pem"])
         report = verify_report(files["report.bin"], chain, trusted_arks=trusted)
         nonce = bytes.fromhex(args.nonce).ljust(64, b"\0") if args.nonce is not None else None
@@ -69,11 +81,23 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"bad hex: {exc}") from exc
     if args.json:
-        print(json.dumps({"verified": True, "report": report_to_dict(report)}, indent=2))
+        print(json.dumps({"verified": True, "root_pinned": trusted is not None, "report": report_to_dict(report)}, indent=2))
     else:
         from rich.console import Console
 
         console = Console()
         console.print(report_table(report, title="SEV-SNP attestation report (verified)"))
         console.print("[bold green]OK[/]: ARK -> ASK -> VCEK chain and report signature verify")
+        if trusted is None:
+            console.print("[bold yellow]WARNING[/]: --no-pin: the ARK was not checked against a trusted root")
     return ExitCode.OK
+
+
+def _default_ark(state_dir: pathlib.Path | None, chip: str) -> pathlib.Path:
+    """The ARK of the local simulated chip: the root a verifier on this host trusts by default."""
+    from svsm.kernel.hw.psp import default_state_dir
+
+    path = (state_dir / chip if state_dir is not None else default_state_dir(chip)) / "ark.pem"
+    if not path.exists():
+        raise UsageError(f"no trusted root: {path} does not exist; pass --ark PEM (or --no-pin to skip the check)")
+    return path

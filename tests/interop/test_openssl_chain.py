@@ -79,10 +79,12 @@ def test_openssl_verifies_report_signature(attested: pathlib.Path, tmp_path: pat
     assert bad.returncode != 0
 
 
-def test_svsm_verify(attested: pathlib.Path, direct: pathlib.Path, tmp_path: pathlib.Path) -> None:
+def test_svsm_verify(attested: pathlib.Path, direct: pathlib.Path, tmp_path: pathlib.Path,
+                     tmp_path_factory: pytest.TempPathFactory) -> None:  # fmt: skip
+    pin = ["--state-dir", str(tmp_path_factory.getbasetemp()), "--chip", "psp-chip"]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["verify", str(attested), "--json", "--nonce", "00112233"]) == 0
+        assert main(["verify", str(attested), "--json", "--nonce", "00112233", *pin]) == 0
     doc = json.loads(out.getvalue())
     nonce = bytes.fromhex("00112233").ljust(64, b"\0")
     bound = hashlib.sha512(nonce + (attested / "manifest.bin").read_bytes()).hexdigest()
@@ -90,19 +92,35 @@ def test_svsm_verify(attested: pathlib.Path, direct: pathlib.Path, tmp_path: pat
     assert doc["report"]["vmpl"] == 0
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["verify", str(direct), "--json", "--nonce", "00112233"]) == 0
+        assert main(["verify", str(direct), "--json", "--nonce", "00112233", *pin]) == 0
     assert json.loads(out.getvalue())["report"]["report_data"] == nonce.hex()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        assert main(["verify", str(attested)]) == 0
-        assert main(["verify", str(attested), "--nonce", "ff"]) == 1
-        assert main(["verify", str(direct), "--nonce", "ff"]) == 1
+        assert main(["verify", str(attested), *pin]) == 0
+        assert main(["verify", str(attested), "--nonce", "ff", *pin]) == 1
+        assert main(["verify", str(direct), "--nonce", "ff", *pin]) == 1
     for name in ("report.bin", "ark.pem", "ask.pem", "vcek.pem"):
         (tmp_path / name).write_bytes((attested / name).read_bytes())
     report = bytearray((attested / "report.bin").read_bytes())
     report[0x50] ^= 1  # REPORT_DATA
     (tmp_path / "report.bin").write_bytes(bytes(report))
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        assert main(["verify", str(tmp_path)]) == 1
+        assert main(["verify", str(tmp_path), *pin]) == 1
+
+
+def test_svsm_verify_trusts_only_the_local_chip_by_default(attested: pathlib.Path, tmp_path: pathlib.Path,
+                                                           tmp_path_factory: pytest.TempPathFactory) -> None:  # fmt: skip
+    """A report whose chain ends in some other ARK (another chip, or the host's own) is refused."""
+    other = tmp_path_factory.mktemp("other-chips")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["attest", "--direct", "--out", str(tmp_path), "--state-dir", str(other), "--chip", "rogue"]) == 0
+        pin = ["--state-dir", str(tmp_path_factory.getbasetemp()), "--chip", "psp-chip"]
+        assert main(["verify", str(tmp_path), *pin]) == 1
+        assert main(["verify", str(attested), *pin]) == 0
+        assert main(["verify", str(tmp_path), "--state-dir", str(other), "--chip", "nochip"]) == 2  # no root to trust
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["verify", str(tmp_path), "--no-pin", "--json"]) == 0
+    assert json.loads(out.getvalue())["root_pinned"] is False
 
 
 def test_attest_is_stable_across_runs(attested: pathlib.Path, direct: pathlib.Path, tmp_path: pathlib.Path,
