@@ -30,6 +30,7 @@ from svsm.sdk import InvalidFormat, Manifest
 from svsm.sdk._runtime import validate_module
 
 from ._policy import Policy, blocked_from_env
+from ._ref import ModuleRef
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -48,35 +49,6 @@ log = logging.getLogger("svsm.kernel.ipc.discovery")
 
 #: Entry-point group a module package registers under.
 ENTRY_POINT_GROUP = "svsm.modules"
-
-
-class ModuleRef(msgspec.Struct, frozen=True):
-    """How a module process finds its module object without the kernel's memory.
-
-    ``kind="import"``: ``target`` is ``"package.module"`` and ``attr`` a dotted attribute
-    path inside it (empty: the module itself).  ``kind="file"``: ``target`` is a source
-    file path (a module defined in a test file).
-    """
-
-    kind: Literal["import", "file"]
-    target: str
-    attr: str = ""
-
-    def resolve(self) -> Any:
-        """Import and return the module object (runs module code: call inside the sandbox)."""
-        if self.kind == "import":
-            obj: Any = importlib.import_module(self.target)
-        else:
-            name = "svsm_module_" + hashlib.sha256(self.target.encode()).hexdigest()[:16]
-            spec = importlib.util.spec_from_file_location(name, self.target)
-            if spec is None or spec.loader is None:
-                raise InvalidFormat(f"cannot load {self.target}")
-            obj = importlib.util.module_from_spec(spec)
-            sys.modules[name] = obj
-            spec.loader.exec_module(obj)
-        for part in filter(None, self.attr.split(".")):
-            obj = getattr(obj, part)
-        return obj
 
 
 @dataclass(frozen=True)

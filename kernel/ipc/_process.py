@@ -1,30 +1,28 @@
-"""Starting a module: a sandboxed process (multiprocess, spawn) or, for tests, a thread.
+"""Starting a module: a sandboxed process (fork+exec of a fresh interpreter) or, for tests, a thread.
 
-Spawn, never fork: a forked child would inherit a copy of the kernel's memory (PSP
-keys, guest plaintext).  The spawn launcher is multiprocess's, with two changes:
-the child gets an empty environment and only the channel and bootstrap pipe fds,
-and no resource-tracker process is started.
+Exec, never a bare fork: a forked child would inherit a copy of the kernel's memory (PSP
+keys, guest plaintext).  The child gets an empty environment and only the channel fd; its
+bootstrap (import path, module ref, sandbox config) is the first frame on that channel.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
+import select
+import signal
 import socket
+import sys
 import threading
 from typing import Any, Protocol
 
 import msgspec
-import multiprocess
-from multiprocess import popen_spawn_posix, spawn, util
-from multiprocess.context import reduction, set_spawning_popen
 
 from svsm.sdk._runtime import ModuleRuntime
-from svsm.sdk.abi import Recorder
+from svsm.sdk.abi import FRAME_HEADER, Recorder
 
-from ._child import module_main
-from ._discovery import ModuleRef
+from ._child import Bootstrap
+from ._ref import ModuleRef
 from ._sandbox import SandboxConfig
 
 __all__ = ["Link", "ProcessLink", "ThreadLink", "spawn_process", "spawn_thread"]
@@ -49,37 +47,6 @@ class Link(Protocol):
     def exitcode(self) -> int | None: ...
 
 
-class _SandboxPopen(popen_spawn_posix.Popen):
-    """multiprocess's spawn launcher with an empty environment and no resource tracker."""
-
-    def _launch(self, process_obj: Any) -> None:
-        prep_data = spawn.get_preparation_data(process_obj._name)
-        # The child needs only module_main (imported by name), never the parent's __main__:
-        # re-running a script in the child would be kernel-chosen code with the kernel's view.
-        prep_data.pop("init_main_from_path", None)
-        prep_data.pop("init_main_from_name", None)
-        fp = io.BytesIO()
-        set_spawning_popen(self)
-        try:
-            reduction.dump(prep_data, fp)
-            reduction.dump(process_obj, fp)
-        finally:
-            set_spawning_popen(None)
-        parent_r, child_w = os.pipe()
-        child_r, parent_w = os.pipe()
-        try:
-            cmd = spawn.get_command_line(tracker_fd=None, pipe_handle=child_r)
-            fds = tuple(sorted({*self._fds, *process_obj._svsm_fds, child_r, child_w}))
-            self.pid = _spawn_clean(spawn.get_executable(), cmd, fds)
-            self.sentinel = parent_r
-            with open(parent_w, "wb", closefd=False) as f:
-                f.write(fp.getbuffer())
-        finally:
-            self.finalizer = util.Finalize(self, util.close_fds, (parent_r, parent_w))
-            os.close(child_r)
-            os.close(child_w)
-
-
 def _spawn_clean(path: str, args: list[str], passfds: tuple[int, ...]) -> int:
     import _posixsubprocess
     import subprocess
@@ -97,70 +64,88 @@ def _spawn_clean(path: str, args: list[str], passfds: tuple[int, ...]) -> int:
         os.close(errpipe_write)
 
 
-class _SandboxProcess(multiprocess.context.SpawnProcess):  # type: ignore[name-defined,misc]
-    _start_method = "spawn"
-    _svsm_fds: tuple[int, ...] = ()
-
-    @staticmethod
-    def _Popen(process_obj: Any) -> _SandboxPopen:
-        return _SandboxPopen(process_obj)
-
-
 class ProcessLink:
-    """A module in its own sandboxed process."""
+    """A module in its own sandboxed process (a child of the kernel, watched through a pidfd)."""
 
     sandboxed = True
 
-    def __init__(self, proc: Any, sock: socket.socket) -> None:
-        self._proc = proc
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid: int | None = pid
         self.sock = sock
-        self.pid: int | None = proc.pid
+        self._pidfd = os.pidfd_open(pid)
+        self._status: int | None = None
+        self._lock = threading.Lock()
+
+    def _reap(self, block: bool) -> None:
+        with self._lock:
+            if self._status is not None:
+                return
+            try:
+                pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)  # type: ignore[arg-type]
+            except ChildProcessError:
+                pid, status = -1, 0
+            if pid:
+                self._status = os.waitstatus_to_exitcode(status) if pid > 0 else -1
+                os.close(self._pidfd)
 
     def is_alive(self) -> bool:
-        return bool(self._proc.is_alive())
+        self._reap(False)
+        return self._status is None
 
     def kill(self) -> None:
         """SIGKILL the process and close the channel."""
-        try:
-            self._proc.kill()
-        except (OSError, ValueError):
-            log.debug("kill of %s: already gone", self.pid)
+        with self._lock:
+            if self._status is None:
+                try:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                except OSError:
+                    log.debug("kill of %s: already gone", self.pid)
         self.sock.close()
 
     def join(self, timeout: float) -> None:
-        self._proc.join(timeout)
+        """Wait up to ``timeout`` seconds for the process to end, and reap it."""
+        with self._lock:
+            if self._status is not None:
+                return
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+        if poller.poll(max(0.0, timeout) * 1000):
+            self._reap(True)
 
     @property
     def exitcode(self) -> int | None:
-        return self._proc.exitcode
-
-    @property
-    def sentinel(self) -> int:
-        """An fd readable when the process ends (``multiprocess.connection.wait``)."""
-        return int(self._proc.sentinel)
+        self._reap(False)
+        return self._status
 
 
 def spawn_process(ref: ModuleRef, config: SandboxConfig, *, name: str) -> ProcessLink:
     """Start a sandboxed module process; the sandbox is applied before module code is imported.
 
+    A fresh interpreter (``python -I``: no environment, no cwd on the import path) with only
+    the channel fd, which reads its :class:`Bootstrap` as the first frame on the channel.
+
     :returns: the link; the first frame from the process is a ``SandboxReport``.
     """
     kernel_end, module_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        proc = _SandboxProcess(
-            target=module_main,
-            args=(module_end.fileno(), msgspec.to_builtins(ref), msgspec.to_builtins(config)),
-            name=f"svsm-module-{name}",
-            daemon=True,
+        fd = module_end.fileno()
+        boot = msgspec.msgpack.encode(
+            # the kernel's import path minus cwd-relative entries (path-hook entries such as editable installs stay)
+            Bootstrap(path=[p for p in sys.path if p and (os.path.isabs(p) or not os.path.exists(p))], ref=ref, config=config)
         )
-        proc._svsm_fds = (module_end.fileno(),)
-        proc.start()
+        argv = [sys.executable, "-I", "-c", f"from svsm.kernel.ipc._child import bootstrap; bootstrap({fd})"]
+        pid = _spawn_clean(sys.executable, argv, (fd,))
     except BaseException:
         kernel_end.close()
         raise
     finally:
         module_end.close()
-    return ProcessLink(proc, kernel_end)
+    link = ProcessLink(pid, kernel_end)
+    try:
+        kernel_end.sendall(FRAME_HEADER.pack(len(boot)) + boot)
+    except OSError:
+        log.debug("module process %s exited before reading its bootstrap", pid)
+    return link
 
 
 class ThreadLink:
