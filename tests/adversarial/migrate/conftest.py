@@ -100,10 +100,11 @@ class Proxy:
     :param action: ``action(index, frame) -> list of frames to forward`` (frame = length prefix + body).
     """
 
-    def __init__(self, target_port: int, action: Callable[[int, bytes], list[bytes]]) -> None:
+    def __init__(self, target_port: int, action: Callable[[int, bytes], list[bytes]],
+                 back: Callable[[int, bytes], list[bytes]] | None = None) -> None:  # fmt: skip
         self.srv = listen("127.0.0.1", 0)
         self.port = self.srv.getsockname()[1]
-        self.target, self.action = target_port, action
+        self.target, self.action, self.back = target_port, action, back or (lambda i, f: [f])
         self.frames = 0
         threading.Thread(target=self._run, daemon=True).start()
 
@@ -111,34 +112,34 @@ class Proxy:
         with contextlib.suppress(OSError):
             a = accept_one(self.srv, timeout=30, io_timeout=30)
             b = connect("127.0.0.1", self.target, io_timeout=30)
-            threading.Thread(target=self._pipe_back, args=(b, a), daemon=True).start()
-            buf = b""
-            try:
-                while True:
-                    data = a.recv(1 << 20)
-                    if not data:
-                        break
-                    buf += data
-                    while len(buf) >= 4:
-                        (n,) = struct.unpack(">I", buf[:4])
-                        if len(buf) < 4 + n:
-                            break
-                        frame, buf = buf[: 4 + n], buf[4 + n :]
-                        for out in self.action(self.frames, frame):
-                            b.sendall(out)
-                        self.frames += 1
-            finally:
-                for s in (a, b):
-                    with contextlib.suppress(OSError):
-                        s.shutdown(socket.SHUT_RDWR)
-                    s.close()
+            threading.Thread(target=self._relay, args=(b, a, self.back, None), daemon=True).start()
+            self._relay(a, b, self.action, self)
 
     @staticmethod
-    def _pipe_back(b: socket.socket, a: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := b.recv(1 << 20):
-                a.sendall(data)
-            a.shutdown(socket.SHUT_RDWR)
+    def _relay(src: socket.socket, dst: socket.socket, action: Callable[[int, bytes], list[bytes]], count: Any) -> None:
+        buf, i = b"", 0
+        try:
+            while True:
+                data = src.recv(1 << 20)
+                if not data:
+                    break
+                buf += data
+                while len(buf) >= 4:
+                    (n,) = struct.unpack(">I", buf[:4])
+                    if len(buf) < 4 + n:
+                        break
+                    frame, buf = buf[: 4 + n], buf[4 + n :]
+                    for out in action(i, frame):
+                        dst.sendall(out)
+                    i += 1
+                    if count is not None:
+                        count.frames = i
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture

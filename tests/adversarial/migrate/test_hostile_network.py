@@ -70,3 +70,21 @@ def test_lost_commit_leaves_the_destination_in_doubt_and_the_source_fenced(scene
     assert isinstance(d, MigrationInDoubt), d
     assert isinstance(s, MigrationReport) and s.result == "fenced" and s.reason
     assert scene.svm.fenced and scene.dvm.gate.state.value == "paused"  # nobody runs the guest
+
+
+def test_tampered_vote_from_the_destination_resumes_the_source(scene, proxy) -> None:
+    from svsm.modules.migrate._wire import CODES, Prepared
+
+    def flip_prepared(i, f):
+        if len(f) > 5 and f[4] == 0x02 and f[5] == CODES[Prepared]:
+            b = bytearray(f)
+            b[-1] ^= 0x80
+            return [bytes(b)]
+        return [f]
+
+    s, d = scene.migrate(through=lambda port: proxy(port, lambda i, f: [f], back=flip_prepared).port)
+    assert isinstance(s, MigrationAborted), s
+    # the destination voted and then lost the source: in doubt, it does not run the guest either
+    assert isinstance(d, MigrationInDoubt), d
+    assert not scene.svm.fenced and scene.dvm.gate.state.value == "paused"
+    assert scene.guest_still_runs_on_source()
