@@ -210,13 +210,14 @@ class Vcpu:
         return True
 
     def _switch(self, vmpl: int | None) -> None:
+        new = self._vmrun_check(vmpl) if vmpl is not None else None  # a failed VMRUN changes nothing
         busy = self.platform.rmp._busy  # RMP.set_busy, inlined
         if self.vmpl is not None:
             cur = self.vmsa_sfn[self.vmpl]
             if cur is not None:
                 busy.discard(cur)
-        if vmpl is not None:
-            busy.add(self._vmrun_check(vmpl))
+        if new is not None:
+            busy.add(new)
         self.vmpl = vmpl
         self.n_switch += 1
 

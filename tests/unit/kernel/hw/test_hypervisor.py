@@ -378,3 +378,31 @@ def _attach_to_another_platform(p):  # type: ignore[no-untyped-def]
 
     other = Platform(memory_size=1 << 20)
     p.hypervisor.attach(other)
+
+
+def test_vmpl_interrupt_only_between_instructions() -> None:
+    """deliver_vmpl_interrupt: refused while another thread executes on the vCPU, or when the
+    vCPU already runs that VMPL; otherwise the handler runs at that VMPL and the guest resumes."""
+    import threading
+
+    plat = make_guest(memory_size=8 << 20, private=[(0, 64 * PAGE_SIZE)])
+    bsp, hv = plat.vcpus[0], plat.hypervisor
+    bsp.vmrun(0)
+    ran: list[int | None] = []
+    assert not hv.deliver_vmpl_interrupt(bsp, 0, lambda v: ran.append(v.vmpl))  # already at VMPL0
+    bsp.halt()
+    held, release = threading.Event(), threading.Event()
+
+    def guest_instruction() -> None:
+        with bsp.exec_lock:
+            held.set()
+            release.wait()
+
+    th = threading.Thread(target=guest_instruction)
+    th.start()
+    held.wait()
+    assert not hv.deliver_vmpl_interrupt(bsp, 0, lambda v: ran.append(v.vmpl))
+    release.set()
+    th.join()
+    assert hv.deliver_vmpl_interrupt(bsp, 0, lambda v: ran.append(v.vmpl))
+    assert ran == [0] and bsp.vmpl is None and hv.n_vmpl_interrupts == 1

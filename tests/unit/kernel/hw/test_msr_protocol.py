@@ -78,3 +78,19 @@ def test_fuzz_decode(value: int) -> None:
     except GhcbProtocolError:
         return
     assert decode_msr(msg.encode()) == msg
+
+
+def test_memoised_decodes_are_the_same_values_and_errors_still_raise() -> None:
+    """The request-loop messages are decoded once per value; nothing else changes."""
+    for value, msg in ((0x016, RunVmplRequest(0)), ((2 << 32) | 0x016, RunVmplRequest(2)), (0x017, RunVmplResponse(0)),
+                       ((5 << 32) | 0x017, RunVmplResponse(5))):  # fmt: skip
+        assert decode_msr(value) == msg and decode_msr(value) == msg and decode_msr(value).encode() == value
+    with pytest.raises(GhcbProtocolError):
+        decode_msr((1 << 12) | 0x016)  # reserved bits of RUN_VMPL, never cached
+    with pytest.raises(GhcbProtocolError):
+        decode_msr((1 << 12) | 0x016)
+    from svsm.kernel.hw import _msr_protocol
+
+    for err in range(2000):  # an adversary's error codes cannot grow the memo without bound
+        decode_msr((err << 32) | 0x017)
+    assert len(_msr_protocol._DECODED) <= 512

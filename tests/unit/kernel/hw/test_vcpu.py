@@ -141,3 +141,30 @@ def test_vmgexit_records_exit_code_in_vmsa(p) -> None:  # type: ignore[no-untype
     bsp.vmsa().guest_exit_code = 0x1234
     msr_call(bsp, RunVmplRequest(0))
     assert codes == [0x403] and bsp.vmsa(1).guest_exit_info_1 == 0
+
+
+def test_preempt_runs_another_vmpl_between_instructions_and_resumes(p) -> None:  # type: ignore[no-untyped-def]
+    bsp = p.vcpus[0]
+    bsp.vmrun(1)
+    guest_sfn, svsm_sfn = bsp.vmsa_sfn[1], bsp.vmsa_sfn[0]
+    seen = []
+
+    def handler(v: Vcpu) -> None:
+        seen.append((v.vmpl, v.suspended_vmpls, svsm_sfn in p.rmp._busy, guest_sfn in p.rmp._busy))
+
+    with bsp.exec_lock:
+        bsp.preempt(0, handler)
+    assert seen == [(0, (1,), True, False)]
+    assert bsp.vmpl == 1 and bsp.suspended_vmpls == () and guest_sfn in p.rmp._busy and svsm_sfn not in p.rmp._busy
+    bsp.halt()
+    with bsp.exec_lock:  # an idle vCPU is started at the VMPL and idles again
+        bsp.preempt(0, handler)
+    assert seen[-1] == (0, (), True, False) and bsp.vmpl is None and svsm_sfn not in p.rmp._busy
+
+
+def test_preempt_to_an_unrunnable_vmpl_changes_nothing(p) -> None:  # type: ignore[no-untyped-def]
+    bsp = p.vcpus[0]
+    bsp.vmrun(1)
+    with bsp.exec_lock, pytest.raises(VmrunError):
+        bsp.preempt(2, lambda v: pytest.fail("ran"))
+    assert bsp.vmpl == 1 and bsp.suspended_vmpls == () and bsp.vmsa_sfn[1] in p.rmp._busy

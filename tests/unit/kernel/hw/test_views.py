@@ -177,3 +177,55 @@ def test_zero_then_host_write_after_unassign(p) -> None:  # type: ignore[no-unty
     assert p.hypervisor.rmpupdate(0x20000, 0, assigned=False).rc == 0
     p.host.write(0x20000, b"host")
     assert p.host.read(0x20000, PAGE_SIZE) == b"host" + ct[4:]
+
+
+def _huge_private(p, gpa: int) -> None:  # type: ignore[no-untyped-def]
+    """A 2 MiB RMP entry at ``gpa``, assigned and validated by the SVSM (PVALIDATE 2 MiB)."""
+    from svsm.kernel.hw import RmpPageSize
+
+    assert p.hypervisor.rmpupdate(gpa, gpa, assigned=True, page_size=RmpPageSize.SIZE_2M).rc == 0
+    assert p.vcpus[0].pvalidate(gpa, RmpPageSize.SIZE_2M, True, vmpl=0).rc == 0
+
+
+def test_zero_of_a_2mib_rmp_entry_is_one_run() -> None:
+    """Whole 2 MiB chunks under one RMP entry: same result as page by page, dirty log included."""
+    p = make_guest(memory_size=8 << 20, private=[(0, 64 * PAGE_SIZE)])
+    p.vcpus[0].vmrun(0)
+    big = 2 << 20
+    _huge_private(p, big)
+    v = p.guest_view(0)
+    v.write(big + 5 * PAGE_SIZE, b"old plaintext")
+    p.dirty_log = set()
+    v.zero(0x10000, PAGE_SIZE)  # a 4 KiB entry, then the chunk
+    v.zero(big, 2 << 20)
+    assert v.read(big + 5 * PAGE_SIZE, 13) == bytes(13) and v.read(big + (2 << 20) - 8, 8) == bytes(8)
+    assert p.memory.statistics().zero_pages == 513
+    assert p.dirty_log == {0x10} | set(range(big >> 12, (big >> 12) + 512))
+    v.zero(big, 2 << 20)  # again: nothing to count twice
+    assert p.memory.statistics().zero_pages == 513
+
+
+def test_zero_of_a_2mib_entry_still_checks_permissions() -> None:
+    p = make_guest(memory_size=8 << 20, private=[(0, 64 * PAGE_SIZE)])
+    p.vcpus[0].vmrun(0)
+    big = 2 << 20
+    _huge_private(p, big)
+    p.guest_view(0).write(big + PAGE_SIZE, b"keep")
+    with pytest.raises(NestedPageFault):  # VMPL1 has no permissions on the chunk
+        p.guest_view(1).zero(big, 2 << 20)
+    assert p.guest_view(0).read(big + PAGE_SIZE, 4) == b"keep" and p.memory.statistics().zero_pages == 0
+
+
+def test_write_fields_one_page(p) -> None:  # type: ignore[no-untyped-def]
+    v = p.guest_view(0)
+    p.dirty_log = set()
+    v.write_fields(0x3000, ((0x10, b"ab"), (0x20, b"cd"), (0x10, b"AB")))  # in order: the last wins
+    assert v.read(0x3010, 2) == b"AB" and v.read(0x3020, 2) == b"cd" and p.dirty_log == {3}
+    with pytest.raises(ValueError):
+        v.write_fields(0x3000, ((PAGE_SIZE - 1, b"xy"),))
+    with pytest.raises(NestedPageFault):  # VMPL1 may not write it: nothing written
+        p.guest_view(1).write_fields(0x3000, ((0x10, b"zz"),))
+    assert v.read(0x3010, 2) == b"AB"
+    p.firmware.set_rmp(0x50000, assigned=True, gpa=0x50000, validated=False)
+    with pytest.raises(VmmCommunicationException):
+        v.write_fields(0x50000, ((0, b"x"),))

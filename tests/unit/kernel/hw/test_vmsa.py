@@ -76,3 +76,15 @@ def test_matches_sev_snp_measure_vmsa() -> None:
     assert s.rflags == 0x2 and s.g_pat == 0x0007040600070406 and s.rdx == 0x800F12
     assert s.sev_features == 0x21 and s.xcr0 == 1 and s.mxcsr == 0x1F80 and s.x87_fcw == 0x37F
     assert (s.es.attrib, s.es.limit) == (0x93, 0xFFFF) and (s.tr.attrib, s.ldtr.attrib) == (0x8B, 0x82)
+
+
+def test_get_many_set_many_are_the_attribute_accessors() -> None:
+    p = make_guest()
+    v = p.vcpus[0].vmsa(0)
+    names = ("rax", "rcx", "rdx", "r8", "r9", "vmpl")
+    v.set_many(names, (1, 2, 3, 4, 5, 0))
+    assert v.get_many(names) == (v.rax, v.rcx, v.rdx, v.r8, v.r9, v.vmpl) == (1, 2, 3, 4, 5, 0)
+    with pytest.raises(ValueError):
+        v.set_many(("rax",), (1, 2))
+    with pytest.raises(KeyError):
+        v.get_many(("nope",))

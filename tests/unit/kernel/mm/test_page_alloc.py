@@ -412,3 +412,13 @@ def test_file_pages_are_reference_counted() -> None:
     assert not pa.page_info(p).refcount  # type: ignore[union-attr]
     with pytest.raises(DoubleFree):
         pa.put_file_page(p)
+
+
+def test_owns_any_is_owns_over_the_range() -> None:
+    pa = make(8)
+    assert pa.owns_any(BASE, PAGE_SIZE) and pa.owns_any(BASE - 1, 2) and pa.owns_any(BASE + 8 * PAGE_SIZE - 1, 100)
+    assert not pa.owns_any(BASE - PAGE_SIZE, PAGE_SIZE) and not pa.owns_any(BASE + 8 * PAGE_SIZE, 1 << 20)
+    assert not pa.owns_any(BASE, 0)
+    for start, length in ((BASE - 3 * PAGE_SIZE, 5 * PAGE_SIZE), (BASE + 7 * PAGE_SIZE + 5, 3), (0, BASE)):
+        want = any(pa.owns(p) for p in range(start - start % PAGE_SIZE, start + length, PAGE_SIZE))
+        assert pa.owns_any(start, length) == want

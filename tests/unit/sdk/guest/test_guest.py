@@ -174,3 +174,32 @@ def test_statistics(cvm: Any) -> None:
     after = g.statistics()
     assert after.calls >= before.calls + 2 and after.aps == 1 and after.accepted_pages == 256
     assert after.free_pages < before.free_pages
+
+
+def test_acceptable_pages_are_ram_minus_reserved_minus_accepted() -> None:
+    """accept_memory's page list (computed by interval) is the per-page definition."""
+    import types
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from svsm.sdk.guest import Guest
+
+    page = 0x1000
+    ranges = st.lists(st.tuples(st.integers(0, 64), st.integers(0, 16)), max_size=4)
+
+    @settings(max_examples=200, deadline=None)
+    @given(ranges, ranges, st.sets(st.integers(0, 80)), st.integers(0, 70), st.integers(0, 40), st.booleans())
+    def check(ram: Any, reserved: Any, accepted: Any, start: int, n: int, unaligned: bool) -> None:
+        ram_r, cur = [], 0
+        for gap, length in ram:  # disjoint, ascending RAM ranges
+            ram_r.append(((cur + gap) * page, (cur + gap + length) * page))
+            cur += gap + length
+        res = [(s * page + (0x800 if unaligned else 0), n_ * page) for s, n_ in reserved]
+        g = types.SimpleNamespace(ram=tuple(ram_r), reserved=tuple(res), accepted={a * page for a in accepted})
+        gpa, size = start * page + (0x10 if unaligned and start % 3 == 0 else 0), n * page
+        want = [p for p in range(gpa, gpa + size, page) if p not in g.accepted
+                and any(s <= p < e for s, e in g.ram) and not any(s <= p < s + k for s, k in g.reserved)]
+        assert Guest._acceptable(g, gpa, size) == want  # type: ignore[arg-type]
+
+    check()
