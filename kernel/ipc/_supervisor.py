@@ -8,6 +8,11 @@ the module does wrong is a *strike*, answered with an :class:`~svsm.sdk.abi.Erro
 too many strikes, a deadline missed or the process gone is a *failure*: the process
 is killed, the request in flight answers BUSY, and the module restarts with backoff
 (or is disabled after a crash loop).
+
+Why this file is over 600 lines: it is one class whose methods share one lock and one
+channel state (deadline, strikes, ids, the command in progress); splitting the channel I/O,
+the guest-call path and the kernel-invoked hooks into separate files would spread that lock
+discipline over several files.  Process launch (spawn + reports) lives in ``_launch``.
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ class Limits:
     #: restart backoff: base * 2**(failures-1), capped.
     backoff_base: float = 0.05
     backoff_max: float = 5.0
-    #: seconds for spawn + handshake + start (restarts run one at a time on the supervisor thread).
+    #: seconds for spawn + handshake + start (each restart runs on its own thread).
     start_timeout: float = 20.0
     #: seconds for a stop / save / restore / manifest / storage exchange.
     hook_timeout: float = 10.0
@@ -183,6 +188,7 @@ class ModuleSupervisor:
         self._deadline = 0.0  # of the exchange in progress
         self._pollin: Any = None
         self._command: str | None = None  # name of the kernel command in progress
+        self._restarting = False  # a restart thread owns the start
 
     # -- state -----------------------------------------------------------------------
     @property
@@ -377,22 +383,35 @@ class ModuleSupervisor:
         return f" [{lines[-1][:200]!r}]" if lines else ""
 
     def poll(self) -> None:
-        """Supervisor tick: notice a dead idle process; restart when the backoff expired."""
+        """Supervisor tick: notice a dead idle process; start a restart when the backoff expired.
+
+        The restart itself (spawn, handshake, start: up to ``start_timeout``) runs on its own
+        thread, so a module stuck in ``svsm_module_start`` delays nobody else's restart.
+        """
         if not self._lock.acquire(blocking=False):
             return
         try:
             st = self.state
             if st is ModuleState.SERVING and self._link is not None and not self._link.is_alive():
                 self._fail(f"exited with status {self._link.exitcode}")
-            elif st is ModuleState.RESTARTING and self._ctx.clock() >= self._next_restart:
+            elif st is ModuleState.RESTARTING and not self._restarting and self._ctx.clock() >= self._next_restart:
                 self.lifecycle.fire(ModuleEvent.RESPAWNED)
                 self._restarts += 1
-                try:
-                    self._start_locked()
-                except ModuleFailure as exc:
-                    self._fail(str(exc))
+                self._restarting = True
+                threading.Thread(target=self._restart, name=f"svsm-restart-{self.name}", daemon=True).start()
         finally:
             self._lock.release()
+
+    def _restart(self) -> None:
+        with self._lock:
+            try:
+                if self.state is not ModuleState.SPAWNED:  # stopped meanwhile
+                    return
+                self._start_locked()
+            except ModuleFailure as exc:
+                self._fail(str(exc))
+            finally:
+                self._restarting = False
 
     # -- channel I/O --------------------------------------------------------------------------
     def _next_id(self) -> int:
@@ -508,9 +527,11 @@ class ModuleSupervisor:
             raise UnsupportedCall(f"{self.name}: protocol {params.protocol:#x} has no call {params.call}")
         if self._command is not None:
             raise Busy(f"module {self.name} is running command {self._command!r}")
+        if self._restarting:  # never wait for a restart (up to start_timeout) on a vCPU
+            raise Busy(f"module {self.name} is restarting")
         with self._lock:
             st = self.state
-            if st is ModuleState.RESTARTING:
+            if st is ModuleState.RESTARTING or self._restarting:
                 raise Busy(f"module {self.name} is restarting")
             if st is not ModuleState.SERVING:
                 raise UnsupportedProtocol(f"module {self.name} is {st.value}")
