@@ -3,7 +3,8 @@
 ``DIR`` holds ``report.bin``, ``ark.pem``, ``ask.pem`` and ``vcek.pem`` (what ``svsm attest``
 writes).  When it also holds ``manifest.bin`` (a services attestation through the SVSM), the
 binding REPORT_DATA = SHA-512(nonce || manifest) is checked, with ``--nonce`` or else
-``nonce.bin``; without a manifest ``--nonce`` must equal REPORT_DATA (zero-padded).
+``nonce.bin``, and the report must be a VMPL0 one (the SVSM's: at VMPL1-3 the guest OS picks
+REPORT_DATA, so it could bind any manifest it likes); without a manifest ``--nonce`` must equal REPORT_DATA (zero-padded).
 Exit status 0 when everything verifies, 1 (FAILED) when anything does not.
 
 The chain in ``DIR`` comes from whoever produced the report, so it proves nothing unless its
@@ -65,6 +66,10 @@ def _run(args: argparse.Namespace) -> int:
         nonce = bytes.fromhex(args.nonce).ljust(64, b"\0") if args.nonce is not None else None
         manifest_path = args.dir / "manifest.bin"
         if manifest_path.exists():
+            # A services manifest means something only in a report the SVSM asked for: at any
+            # other VMPL the guest OS chose REPORT_DATA itself, and with it the "manifest".
+            if report.vmpl != 0:
+                raise VerificationError(f"a services manifest needs a VMPL0 report, this one is VMPL{report.vmpl}")
             if nonce is None and (args.dir / "nonce.bin").exists():
                 nonce = (args.dir / "nonce.bin").read_bytes()
             if nonce is not None:
