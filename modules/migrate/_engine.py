@@ -132,8 +132,9 @@ class MigrationReport:
 
     @property
     def throughput(self) -> float:
-        """Bytes per second over the whole migration."""
-        return self.bytes_sent / self.total_time if self.total_time > 0 else 0.0
+        """Migration bytes per second over the whole migration (sent by a source, received by a destination)."""
+        moved = self.bytes_received if self.role == "destination" else self.bytes_sent
+        return moved / self.total_time if self.total_time > 0 else 0.0
 
 
 class _Link:
