@@ -55,6 +55,56 @@ def error_response(rc: int) -> bytes:
     return _HDR_ERR + u32(rc)
 
 
+_U32_FROM = struct.Struct(">I").unpack_from
+_U32_PACK = struct.Struct(">I").pack
+_RSP_HEADER = _HEADER.pack
+#: ">I", ">II", ">III": the command handles, unpacked at once
+_HANDLES = {n: struct.Struct(">" + "I" * n) for n in (1, 2, 3)}
+_ST_NO_SESSIONS, _ST_SESSIONS, _CC_STARTUP = ST.NO_SESSIONS, ST.SESSIONS, CC.Startup
+_RS_PW, _RH_LOCKOUT = RH.PW, RH.LOCKOUT
+#: attributes a TPM_RS_PW entry must not have (reserved bits, audit, encrypt, decrypt)
+_PW_BAD_ATTRS = TPMA_SESSION.RESERVED | TPMA_SESSION.audit | TPMA_SESSION.encrypt | TPMA_SESSION.decrypt
+#: the response auth entry of a password session: empty nonce, continueSession, empty HMAC
+_PW_RESPONSE = b"\x00\x00\x01\x00\x00"
+_AUTH_HEAD = struct.Struct(">IH")
+
+
+def _auth_entry(cmd: bytes, p: int, end: int, n: int) -> tuple[int, bytes, int, bytes, int]:
+    """Parse auth entry ``n`` at ``cmd[p:end]``: (sessionHandle, nonce, attrs, hmac, next offset).
+
+    :raises TpmError: SIZE / INSUFFICIENT tagged with session ``n``.
+    """
+    if p + 9 <= end:  # the common case, all in bounds: no Reader
+        sh, ns = _AUTH_HEAD.unpack_from(cmd, p)
+        q = p + 6 + ns
+        if ns <= 64 and q + 3 <= end:
+            ms = cmd[q + 1] << 8 | cmd[q + 2]
+            e = q + 3 + ms
+            if ms <= 64 and e <= end:
+                return sh, cmd[p + 6:q], cmd[q], cmd[q + 3:e], e
+    ar = Reader(cmd, p, end)  # something is off: the Reader finds which error, in order
+    try:
+        sh = ar.u32()
+        nonce = ar.tpm2b(64)
+        attrs = ar.u8()
+        mac = ar.tpm2b(64)
+    except TpmError as e:
+        raise TpmError(rc_session(e.rc, n)) from None
+    return sh, nonce, attrs, mac, ar.pos
+
+
+def _cp_hasher(tpm: "Tpm", cc: int, ctx: Ctx, params: bytes) -> Callable[[int], bytes]:
+    """cpHash(alg) = H_alg(commandCode || Names of the handles || parameters), memoised per alg."""
+    cache: dict[int, bytes] = {}
+
+    def cp_hash(alg: int) -> bytes:
+        v = cache.get(alg)
+        if v is None:
+            v = cache[alg] = H(alg, u32(cc), *(tpm.name_of(h, e) for h, e in zip(ctx.handles, ctx.ent)), params)
+        return v
+    return cp_hash
+
+
 class TpmStatistics(NamedTuple):
     """Counters for :meth:`Tpm.statistics`."""
 
@@ -236,56 +286,72 @@ class Tpm(EntityMixin):
     def _execute(self, cmd: bytes, locality: int) -> bytes:
         if not self.powered:  # a real TPM does not answer; transports check power first (mssim: size 0)
             raise TpmError(RC.FAILURE)
-        if len(cmd) < 10:
-            raise TpmError(RC.BAD_TAG if len(cmd) < 2 else RC.COMMAND_SIZE)
+        n_cmd = len(cmd)
+        if n_cmd < 10:
+            raise TpmError(RC.BAD_TAG if n_cmd < 2 else RC.COMMAND_SIZE)
         tag, size, cc = _HEADER.unpack_from(cmd)
-        r = Reader(cmd, 10)
-        if tag not in (ST.NO_SESSIONS, ST.SESSIONS):
+        if tag != _ST_NO_SESSIONS and tag != _ST_SESSIONS:
             raise TpmError(RC.BAD_TAG)
-        if size != len(cmd) or size > MAX_COMMAND_SIZE:
+        if size != n_cmd or size > MAX_COMMAND_SIZE:
             raise TpmError(RC.COMMAND_SIZE)
         spec = COMMANDS.get(cc)
         if spec is None:
             raise TpmError(RC.COMMAND_CODE)
-        if not self.started and cc != CC.Startup:
-            raise TpmError(RC.INITIALIZE)
-        if self.started and cc == CC.Startup:
+        if self.started == (cc == _CC_STARTUP):  # not started: only Startup; started: anything else
             raise TpmError(RC.INITIALIZE)
         ctx = Ctx(spec, locality)
-        for i, kind in enumerate(spec.handles):
-            try:
-                h = r.u32()
-            except TpmError:
-                raise TpmError(rc_handle(RC.INSUFFICIENT, i + 1)) from None
-            ctx.handles.append(h)
-            ctx.ent.append(self._resolve(kind, h, i))
+        kinds = spec.handles
+        pos = 10
+        if kinds:
+            nh = len(kinds)
+            if n_cmd >= 10 + 4 * nh:  # all handles present: unpack at once, resolve in order
+                handles = ctx.handles = list(_HANDLES[nh].unpack_from(cmd, 10))
+                resolve = self._resolve
+                ctx.ent = [resolve(kind, h, i) for i, (kind, h) in enumerate(zip(kinds, handles))]
+                pos += 4 * nh
+            else:
+                r = Reader(cmd, 10)
+                for i, kind in enumerate(kinds):
+                    try:
+                        h = r.u32()
+                    except TpmError:
+                        raise TpmError(rc_handle(RC.INSUFFICIENT, i + 1)) from None
+                    ctx.handles.append(h)
+                    ctx.ent.append(self._resolve(kind, h, i))
+                pos = r.pos
         n_auth = spec.n_auth
         sessions: list[AuthEntry] = []
-        if tag == ST.SESSIONS:
+        all_pw = True
+        if tag == _ST_SESSIONS:
             if spec.no_sessions:
                 raise TpmError(RC.AUTH_CONTEXT)
-            auth_size = r.u32()
-            if auth_size < 9 or auth_size > r.remaining():
+            if pos + 4 > n_cmd:
+                raise TpmError(RC.INSUFFICIENT)
+            auth_size = _U32_FROM(cmd, pos)[0]
+            pos += 4
+            if auth_size < 9 or auth_size > n_cmd - pos:
                 raise TpmError(RC.AUTHSIZE)
-            ar = Reader(cmd, r.pos, r.pos + auth_size)
-            r.pos += auth_size
-            while ar.remaining():
+            p = pos
+            pos = end = pos + auth_size
+            while p < end:
                 n = len(sessions) + 1
                 if n > 3:
                     raise TpmError(rc_session(RC.SIZE, n))
-                try:
-                    sh = ar.u32()
-                    nonce = ar.tpm2b(64)
-                    attrs = ar.u8()
-                    mac = ar.tpm2b(64)
-                except TpmError as e:
-                    raise TpmError(rc_session(e.rc, n)) from None
-                sessions.append(AuthEntry(sh, nonce, attrs, mac, self._session_for(sh, nonce, attrs, n, sessions)))
+                sh, nonce, attrs, mac, p = _auth_entry(cmd, p, end, n)
+                if sh == _RS_PW and not nonce and not attrs & _PW_BAD_ATTRS:
+                    s = None  # what _session_for answers for a well-formed password entry
+                else:
+                    s = self._session_for(sh, nonce, attrs, n, sessions)
+                    if s is not None:
+                        all_pw = False
+                sessions.append(AuthEntry(sh, nonce, attrs, mac, s))
         elif n_auth:
             raise TpmError(RC.AUTH_MISSING)
         if len(sessions) < n_auth:
             raise TpmError(RC.AUTH_MISSING)
-        params = cmd[r.pos:]
+        if all_pw:
+            return self._execute_plain(cmd, pos, tag, cc, spec, ctx, sessions)
+        params = cmd[pos:]
         dec_idx = enc_idx = audit_idx = -1
         for i, (_sh, _n, attrs, _m, s) in enumerate(sessions):
             if attrs & TPMA_SESSION.audit:
@@ -396,6 +462,60 @@ class Tpm(EntityMixin):
             self._command_audit(cc, cp_hash, out)
         body = hbytes + u32(len(out)) + out + b"".join(auth_area)
         return u16(ST.SESSIONS) + u32(10 + len(body)) + b"\x00\x00\x00\x00" + body
+
+    def _execute_plain(self, cmd: bytes, pos: int, tag: int, cc: int, spec: Any, ctx: Ctx,
+                       sessions: list[AuthEntry]) -> bytes:
+        """The rest of :meth:`_execute` when every auth entry is TPM_RS_PW (or there is none).
+
+        Password entries carry no audit/encrypt/decrypt bits (checked when parsed), so there is
+        no parameter encryption, no nonce to roll and no HMAC: the general path reduced to what
+        it does in that case, with the same checks in the same order.
+        """
+        n_auth = spec.n_auth
+        if len(sessions) > n_auth:  # an extra password entry can only be there for audit/enc/dec
+            raise TpmError(rc_session(RC.ATTRIBUTES, n_auth + 1))
+        params = cmd[pos:]
+        audited = cc in self.audit_commands
+        cp_hash = _cp_hasher(self, cc, ctx, params)
+        handles, ents = ctx.handles, ctx.ent
+        for i in range(n_auth):
+            entry = sessions[i]
+            h, ent = handles[i], ents[i]
+            if (ent is None or ent.__class__ is int) and h != _RH_LOCKOUT:
+                # a hierarchy, PCR or other permanent handle: not DA-protected, no role checks
+                ctx.auth_kinds.append(None)
+                auth = self.auths.get(h, b"")
+                mac = entry.mac
+                if (mac or auth) and not _hmac.compare_digest(mac.rstrip(b"\x00"), auth.rstrip(b"\x00")):
+                    raise TpmError(rc_session(RC.BAD_AUTH, i + 1))
+            else:
+                self._authorize(ctx, i, entry.handle, entry.nonce, entry.attrs, entry.mac, None, cp_hash, b"")
+        if spec.params:
+            pr = Reader(params)
+            values = []
+            for i, fn in enumerate(spec.params):
+                try:
+                    values.append(fn(pr))
+                except TpmError as e:
+                    raise TpmError(rc_param(e.rc, i + 1)) from None
+            if pr.pos != pr.end:
+                raise TpmError(RC.SIZE)
+            out = spec.fn(self, ctx, *values)
+        else:
+            if params:
+                raise TpmError(RC.SIZE)
+            out = spec.fn(self, ctx)
+        if 0x11F <= cc <= 0x146:  # see _n_ok_commands_tail
+            self.dirty = True
+        self.exclusive_audit = None
+        if audited:
+            self._command_audit(cc, cp_hash, out)
+        if spec.rhandle and ctx.out_handle is not None:
+            out = _U32_PACK(ctx.out_handle) + out if tag == _ST_NO_SESSIONS else \
+                b"".join((_U32_PACK(ctx.out_handle), _U32_PACK(len(out)), out, _PW_RESPONSE * len(sessions)))
+        elif tag != _ST_NO_SESSIONS:
+            out = b"".join((_U32_PACK(len(out)), out, _PW_RESPONSE * len(sessions)))
+        return _RSP_HEADER(tag, 10 + len(out), 0) + out
 
     def _command_audit(self, cc: int, cp_hash: Callable[[int], bytes], out: bytes) -> None:
         """Extend the command audit digest (a fresh digest bumps auditCounter, which persists)."""

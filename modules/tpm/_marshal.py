@@ -19,6 +19,7 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _I32 = struct.Struct(">i")
+_U32_FROM = _U32.unpack_from
 
 u8 = _U8.pack
 u16 = _U16.pack
@@ -73,18 +74,32 @@ class Reader:
         self.pos = p + n
         return p
 
+    # The readers below inline _take: they run several times per command.
     def u8(self) -> int:
         """Read a u8."""
-        p = self._take(1)
+        p = self.pos
+        if p >= self.end:
+            raise TpmError(RC.INSUFFICIENT)
+        self.pos = p + 1
         return self.data[p]
 
     def u16(self) -> int:
         """Read a big-endian u16."""
-        return _U16.unpack_from(self.data, self._take(2))[0]
+        p = self.pos
+        q = p + 2
+        if q > self.end:
+            raise TpmError(RC.INSUFFICIENT)
+        self.pos = q
+        d = self.data
+        return d[p] << 8 | d[p + 1]
 
     def u32(self) -> int:
         """Read a big-endian u32."""
-        return _U32.unpack_from(self.data, self._take(4))[0]
+        p = self.pos
+        if p + 4 > self.end:
+            raise TpmError(RC.INSUFFICIENT)
+        self.pos = p + 4
+        return _U32_FROM(self.data, p)[0]
 
     def u64(self) -> int:
         """Read a big-endian u64."""
@@ -96,8 +111,12 @@ class Reader:
 
     def raw(self, n: int) -> bytes:
         """Read ``n`` raw bytes."""
-        p = self._take(n)
-        return bytes(self.data[p:p + n])
+        p = self.pos
+        q = p + n
+        if q > self.end:
+            raise TpmError(RC.INSUFFICIENT)
+        self.pos = q
+        return bytes(self.data[p:q])
 
     def tpm2b(self, limit: int = 0xFFFF) -> bytes:
         """Read a TPM2B and return its buffer.
@@ -105,10 +124,21 @@ class Reader:
         :param limit: largest size the structure allows.
         :raises TpmError: SIZE if the size exceeds ``limit``, INSUFFICIENT if the bytes run out.
         """
-        n = self.u16()
+        p = self.pos
+        end = self.end
+        if p + 2 > end:
+            raise TpmError(RC.INSUFFICIENT)
+        d = self.data
+        n = d[p] << 8 | d[p + 1]
         if n > limit:
+            self.pos = p + 2
             raise TpmError(RC.SIZE)
-        return self.raw(n)
+        q = p + 2 + n
+        if q > end:
+            self.pos = p + 2
+            raise TpmError(RC.INSUFFICIENT)
+        self.pos = q
+        return bytes(d[p + 2:q])
 
     def sized(self) -> "Reader":
         """Read a u16 size and return a sub-reader over exactly that many bytes (TPM2B of a struct)."""
