@@ -133,6 +133,8 @@ class ModuleRuntime:
     # -- main loop ---------------------------------------------------------------
     def serve(self) -> None:
         """Handshake, then answer kernel requests until :class:`~svsm.sdk.abi.Stop` or EOF."""
+        logger = logging.getLogger(f"svsm.module.{self.manifest.name}")
+        handler: SyscallLogHandler | None = None
         try:
             hello = self._next()
             if not isinstance(hello, m.Hello):
@@ -146,9 +148,12 @@ class ModuleRuntime:
                 return
             caps = frozenset(hello.capabilities)
             self.syscalls.capabilities = caps
-            logger = logging.getLogger(f"svsm.module.{self.manifest.name}")
-            if "log" in caps and not logger.handlers:
-                logger.addHandler(SyscallLogHandler(self.syscalls))
+            if "log" in caps:
+                # replace a handler an earlier runtime of this name left (in-process hosts share loggers)
+                for old in [h for h in logger.handlers if isinstance(h, SyscallLogHandler)]:
+                    logger.removeHandler(old)
+                handler = SyscallLogHandler(self.syscalls)
+                logger.addHandler(handler)
                 logger.propagate = False
                 if self._forward_root_log:  # a module process: everything it logs goes to the kernel
                     root = logging.getLogger()
@@ -173,6 +178,10 @@ class ModuleRuntime:
                     self._send(self._lifecycle(ev))
         except (_KernelGone, ConnectionError):
             return
+        finally:
+            if handler is not None:  # its channel is gone: a later runtime of this name logs through its own
+                logger.removeHandler(handler)
+                logger.propagate = True
 
     def _lifecycle(self, ev: Any) -> m.HookResult:
         if isinstance(ev, m.Start):
