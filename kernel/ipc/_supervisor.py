@@ -421,7 +421,16 @@ class ModuleSupervisor:
         """Write one frame; a module that stops reading cannot stall us past the deadline."""
         assert self._chan is not None and self._link is not None
         sock = self._link.sock
-        view = memoryview(self._chan.send(msg))
+        frame = self._chan.send(msg)
+        try:
+            sent = sock.send(frame)  # the common case: the whole frame at once
+            if sent == len(frame):
+                return
+            view = memoryview(frame)[sent:]
+        except BlockingIOError:
+            view = memoryview(frame)
+        except OSError as exc:
+            raise ModuleFailure(f"channel write failed: {exc}") from None
         try:
             while view:
                 try:
