@@ -210,7 +210,7 @@ class ModuleSupervisor:
             self.mode,
             self.pid,
             self.protections,
-            tuple(sorted(c.value for c in self.manifest.capabilities)),
+            tuple(sorted([*(c.value for c in self.manifest.capabilities), *(f"svc:{x}" for x in self.manifest.services)])),
             tuple(sorted(self.granted)),
             tuple(p.number for p in self.manifest.protocols),
             self.spec.measurement.hex(),

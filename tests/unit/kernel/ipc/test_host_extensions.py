@@ -118,6 +118,8 @@ def test_policy_can_deny_a_service() -> None:
     with _host(policy=pol) as h:
         h.register_service("vm", lambda m, op, p: called.append(op) or b"")
         assert "svc:vm" not in h.module("mover").granted
+        info = h.module("mover").info()
+        assert "svc:vm" in info.requested and "svc:vm" not in info.granted  # svsm modules list strikes it out
         assert h.command("mover", "relay", b"vm:x:") == b"denied"
         assert called == []
 
