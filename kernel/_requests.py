@@ -42,7 +42,8 @@ from svsm.sdk.guest import CallingAreaHeader
 
 from ._panic import Panicker, SvsmPanic
 
-__all__ = ["PerCpu", "RequestLoop", "SvsmGhcb", "RequestLoopStatistics", "GhcbCallError", "KernelWork", "current_cpu"]
+__all__ = ["PerCpu", "RequestLoop", "SvsmGhcb", "RequestLoopStatistics", "GhcbCallError", "KernelWork", "KernelContext",
+           "current_cpu"]
 
 log = logging.getLogger("svsm.kernel.requests")
 
@@ -121,6 +122,63 @@ class KernelWork:
             self.done.set()
 
 
+class KernelContext:
+    """A vCPU's VMPL0 kernel context (its SVSM GHCB and GHCB MSR): one user at a time.
+
+    The vCPU's request loop holds it while it runs SVSM code and *parks* it (:meth:`parked`)
+    while its thread waits for a module; kernel work from another thread may use the vCPU then,
+    as upstream runs other kernel tasks on a CPU whose request loop is blocked.
+    """
+
+    __slots__ = ("_lock", "owner", "is_parked")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.owner: int | None = None
+        #: The vCPU's thread waits for a module with the context parked.
+        self.is_parked = False
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the context.  :returns: False if ``blocking`` is False and it is in use."""
+        if not self._lock.acquire(blocking):
+            return False
+        self.owner = threading.get_ident()
+        return True
+
+    def release(self) -> None:
+        """Give it back (the holder only)."""
+        self.owner = None
+        self._lock.release()
+
+    def held_by_me(self) -> bool:
+        """True on the thread that holds it."""
+        return self.owner == threading.get_ident()
+
+    def parked(self) -> _Parked:
+        """``with ctx.parked():`` -- let others use the context while this thread waits."""
+        return _Parked(self)
+
+
+class _Parked:
+    __slots__ = ("ctx", "held")
+
+    def __init__(self, ctx: KernelContext) -> None:
+        self.ctx = ctx
+        self.held = False
+
+    def __enter__(self) -> None:
+        ctx = self.ctx
+        self.held = ctx.held_by_me()
+        if self.held:
+            ctx.is_parked = True
+            ctx.release()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            self.ctx.acquire()
+            self.ctx.is_parked = False
+
+
 class PerCpu:
     """The SVSM's state for one vCPU (upstream ``PerCpu``): its guest VMSA/CAA and GHCB.
 
@@ -142,6 +200,8 @@ class PerCpu:
         self.generation = 0
         self.calls = 0
         self.busy_seconds = 0.0
+        #: This vCPU's VMPL0 kernel context.
+        self.context = KernelContext()
 
     def attach(self, vmsa_gpa: int | None, caa_gpa: int | None) -> None:
         """Serve the guest VMSA/CAA pair (None, None: no guest on this CPU)."""
@@ -280,6 +340,14 @@ class RequestLoop:
         pc = self.percpu[vcpu.index]
         if self.panicker.panicked is not None:
             raise self.panicker.panicked
+        ctx = pc.context
+        ctx.acquire()  # kernel work borrowing this vCPU finishes first
+        try:
+            self._entry(vcpu, pc)
+        finally:
+            ctx.release()
+
+    def _entry(self, vcpu: Vcpu, pc: PerCpu) -> None:
         outer = current_cpu()
         _tls.cpu = vcpu.index
         try:
@@ -330,12 +398,42 @@ class RequestLoop:
                 self.kernel_work.append(work)
         return dropped
 
+    def parked(self, cpu: int) -> _Parked:
+        """The dispatcher's ``park``: CPU ``cpu``'s context, parked while it waits for a module."""
+        return self.percpu[cpu].context.parked()
+
     def run_work_interrupted(self, vcpu: Vcpu, work: KernelWork) -> None:
         """The VMPL0 handler of a host-delivered interrupt: run ``work`` as this vCPU's SVSM.
 
         Called through :meth:`Hypervisor.deliver_vmpl_interrupt`; the guest on that vCPU (if
         any) resumes afterwards.  Work already claimed elsewhere is left alone.
         """
+        ctx = self.percpu[vcpu.index].context
+        if not ctx.acquire(blocking=False):
+            return
+        try:
+            self._run_borrowed(vcpu, work)
+        finally:
+            ctx.release()
+
+    def run_work_parked(self, vcpu: Vcpu, work: KernelWork) -> bool:
+        """Run ``work`` on a vCPU that is in the SVSM with its context parked (its thread waits
+        for a module): the vCPU is at VMPL0 already, nothing is switched.
+
+        :returns: False if the vCPU is not parked now or its context is in use (try another).
+        """
+        ctx = self.percpu[vcpu.index].context
+        if not ctx.is_parked or not ctx.acquire(blocking=False):
+            return False
+        try:
+            if not ctx.is_parked:  # its thread came back before we got the context
+                return False
+            self._run_borrowed(vcpu, work)
+            return True
+        finally:
+            ctx.release()
+
+    def _run_borrowed(self, vcpu: Vcpu, work: KernelWork) -> None:
         if not work.claim():
             return
         pc = self.percpu[vcpu.index]

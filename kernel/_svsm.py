@@ -257,6 +257,7 @@ class Svsm:
         self.dispatcher.register(SVSM_CORE_PROTOCOL, self.core)
         self.dispatcher.register(SVSM_ATTEST_PROTOCOL, self.attest)
         self.loop = RequestLoop(self.percpu, self.dispatcher, self.guest_vmpl, self.panicker, self.ghcb, self._clock)
+        self.dispatcher.park = self.loop.parked
         for v in self.platform.vcpus:
             v.register_vmpl_entry(0, self.loop.entry)
         #: The kernel's scheduler and periodic work (started when the guest is prepared).
@@ -514,13 +515,16 @@ class Svsm:
     def run_at_vmpl0(self, fn: Callable[[Vcpu], Any], *, timeout: float = 10.0) -> Any:
         """Run kernel work that needs a vCPU at VMPL0 (its GHCB, e.g. a guest request to the PSP).
 
-        As upstream, the SVSM issues VMGEXITs only from the vCPU it is running on:
+        As upstream, the SVSM issues VMGEXITs only from the vCPU it is running on, one user of
+        a vCPU's VMPL0 context (:class:`~svsm.kernel._requests.KernelContext`) at a time:
 
         * on a vCPU thread inside the SVSM (a guest call in flight): right there;
         * otherwise the work is queued for the next vCPU that enters the SVSM (its request loop
-          runs it after the guest's call), and the SVSM asks the host to interrupt a vCPU into
-          VMPL0 between two guest instructions (or to start an idle one); the guest on it
-          resumes afterwards.  Whichever happens first runs it, once.
+          runs it after the guest's call), and meanwhile it is offered to every vCPU: one that
+          is in the SVSM waiting for a module lends its parked context (as upstream runs other
+          kernel tasks on a CPU whose request loop is blocked), and the host is asked to
+          interrupt one that runs the guest into VMPL0 between two guest instructions (or to
+          start an idle one; the guest resumes afterwards).  Whichever comes first runs it, once.
 
         :param fn: ``fn(vcpu)``, called at VMPL0 on the chosen vCPU.
         :param timeout: seconds (injected clock) to wait for a vCPU before giving up.
@@ -531,7 +535,14 @@ class Svsm:
         """
         cpu = current_cpu()
         if cpu is not None:
-            return fn(self.platform.vcpus[cpu])
+            ctx = self.percpu[cpu].context
+            if ctx.held_by_me():
+                return fn(self.platform.vcpus[cpu])
+            ctx.acquire()  # our request loop is parked (waiting for a module): take it back
+            try:
+                return fn(self.platform.vcpus[cpu])
+            finally:
+                ctx.release()
         if self.panicker.panicked is not None:
             raise InvalidRequest("the SVSM panicked")
         work = KernelWork(fn)
@@ -541,6 +552,9 @@ class Svsm:
         while not work.done.is_set():
             for v in self.platform.vcpus:
                 if work.done.is_set():
+                    break
+                if self.loop.run_work_parked(v, work):
+                    work.done.wait()
                     break
                 if v.has_entry(0) and hv.deliver_vmpl_interrupt(v, 0, lambda vc: self.loop.run_work_interrupted(vc, work)):
                     work.done.wait()  # it ran in our handler, or another vCPU has claimed it

@@ -16,7 +16,8 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from svsm.sdk import UnsupportedProtocol
 from svsm.sdk.guest import SVSM_ATTEST_PROTOCOL, SVSM_CORE_PROTOCOL
@@ -136,6 +137,8 @@ class Dispatcher:
     :param handlers: protocol number -> kernel handler (core, attestation).
     :param module_host: the module runtime, or None when no modules run.
     :param memory_for: builds the per-request :class:`GuestMemoryWindow` for the module host.
+    :param park: ``park(cpu)`` is entered around a module request: the vCPU's kernel context is
+        parked while its thread waits for the module (other kernel work may use it meanwhile).
     """
 
     def __init__(
@@ -143,10 +146,12 @@ class Dispatcher:
         handlers: dict[int, Handler],
         module_host: ModuleHost | None = None,
         memory_for: Callable[[RequestParams], GuestMemoryWindow] | None = None,
+        park: Callable[[int], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self._handlers = dict(handlers)
         self.module_host = module_host
         self._memory_for = memory_for
+        self.park = park
         self._lock = threading.Lock()
         self._by_protocol: Counter[int] = Counter()
         self._ok = 0
@@ -185,7 +190,11 @@ class Dispatcher:
                     raise UnsupportedProtocol("no guest-memory window for module requests")
                 window = self._memory_for(params)
                 try:
-                    self.module_host.handle_request(params, window)
+                    if self.park is not None:
+                        with self.park(params.cpu):
+                            self.module_host.handle_request(params, window)
+                    else:
+                        self.module_host.handle_request(params, window)
                 finally:
                     revoke = getattr(window, "revoke", None)
                     if revoke is not None:

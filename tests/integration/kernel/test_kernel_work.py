@@ -111,3 +111,52 @@ def test_work_errors_reach_the_submitter() -> None:
         with pytest.raises(KeyError):
             cvm.svsm.run_at_vmpl0(bad)
         assert cvm.svsm.run_at_vmpl0(lambda v: (v.index, v.vmpl)) == (0, 0)
+
+
+class SlowModule:
+    """Protocol 9: call 0 blocks until released (the vCPU's request loop waits for the module)."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.reports: list[bytes] = []
+        self.svsm: Any = None
+
+    def serves(self, protocol: int) -> bool:
+        return protocol == 9
+
+    def protocol_versions(self, protocol: int) -> tuple[int, int] | None:
+        return (1, 1) if protocol == 9 else None
+
+    def handle_request(self, params: Any, memory: Any) -> None:
+        if params.call == 1:  # a syscall served on the vCPU's own thread while parked
+            self.reports.append(self.svsm.module_report(b"\x44" * 64))
+            return
+        self.entered.set()
+        self.release.wait()
+
+    def service_manifests(self) -> list[Any]:
+        return []
+
+
+def test_kernel_work_borrows_the_context_of_a_vcpu_waiting_for_a_module() -> None:
+    """One vCPU, its thread inside the SVSM waiting for a module: no host interrupt can reach
+    it (the guest's instruction stream is in a VMGEXIT) and no guest call comes, yet kernel work
+    from another thread runs on its parked VMPL0 context."""
+    mod = SlowModule()
+    with boot(vcpus=1, memory="12M", hypervisor=RefusingHost(), module_host=mod) as cvm:
+        mod.svsm = cvm.svsm
+        g = cvm.guest
+        result: list[Any] = []
+        th = threading.Thread(target=lambda: result.append(g.svsm_call(9, 0)))
+        th.start()
+        mod.entered.wait()
+        assert cvm.svsm.percpu[0].context.is_parked
+        rep = AttestationReport.from_bytes(cvm.svsm.module_report(b"\x33" * 64))
+        assert rep.report_data == b"\x33" * 64 and rep.vmpl == 0
+        mod.release.set()
+        th.join()
+        assert result[0].rax == 0 and not cvm.svsm.percpu[0].context.is_parked
+        assert cvm.hypervisor.n_vmpl_interrupts == 0 and cvm.svsm.loop.kernel_work_done == 1
+        # a syscall of the module on the vCPU's own thread, with the context parked
+        assert g.svsm_call(9, 1).rax == 0
+        assert AttestationReport.from_bytes(mod.reports[0]).report_data == b"\x44" * 64
