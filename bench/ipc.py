@@ -3,7 +3,8 @@
 Prints, in one run: the per-call time through ``ModuleHost`` (encode, frame, sandboxed
 process, decode, reply) and the time of a bare Python round trip between two processes
 over a socketpair with the same number of bytes each way, their ratio (goal <= 1.3),
-module start time (spawn -> serving), and RSS/PSS per module process.
+module start time (spawn -> serving), kernel-service throughput with 512 KiB batches
+(what migration moves guest pages through), and RSS/PSS per module process.
 
     python bench/ipc.py [--calls N]
 """
@@ -33,6 +34,41 @@ class NoOp(Module):
     @hookimpl
     def svsm_handle_request(self, request):
         return Reply(rcx=request.rcx)
+
+
+class Pump(Module):
+    """Moves 512 KiB batches through a kernel service, like the migrate module moving guest pages."""
+
+    MANIFEST = Manifest(name="pump", version="1", services=["vm"])
+
+    @hookimpl
+    def svsm_module_command(self, name, payload, ctx):
+        blob = b"x" * BATCH
+        for _ in range(int(payload)):
+            if name == "read":
+                ctx.syscalls.service("vm", "read", b"")
+            else:
+                ctx.syscalls.service("vm", "write", blob)
+        return b""
+
+
+BATCH = 512 * 1024
+
+
+def service_throughput(batches: int = 200) -> tuple[float, float]:
+    """MiB/s of (kernel -> module, module -> kernel) 512 KiB service replies/payloads."""
+    from svsm.kernel.ipc import ModuleHost
+
+    page = b"p" * BATCH
+    out = []
+    with ModuleHost([Pump], mode="process") as host:
+        host.register_service("vm", lambda module, op, payload: page if op == "read" else b"")
+        for op in ("read", "write"):
+            host.command("pump", op, b"4")
+            t = time.perf_counter()
+            host.command("pump", op, str(batches).encode())
+            out.append(batches * BATCH / (1 << 20) / (time.perf_counter() - t))
+    return out[0], out[1]
 
 
 def _echo_child(sock: socket.socket) -> None:
@@ -150,6 +186,8 @@ def main() -> None:
     print(f"codec per call (dict / array_like): {dict_codec * 1e6:6.2f} / {array_codec * 1e6:.2f} us"
           f"  ({(dict_codec - array_codec) / ours:.1%} of a call: array_like not adopted)")
     print(f"module start (spawn -> serving): {statistics.median(starts) * 1e3:8.1f} ms median of {len(starts)}")
+    down, up = service_throughput()
+    print(f"kernel service, 512 KiB batches: {down:8.0f} MiB/s kernel->module, {up:.0f} MiB/s module->kernel")
     print(f"module process memory:           RSS {rss / 1024:.1f} MiB, PSS {pss / 1024:.1f} MiB")
     print(f"protections in force:            {', '.join(protections)}")
 
