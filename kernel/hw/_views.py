@@ -168,6 +168,25 @@ class GuestView:
         if dirty is not None:
             dirty.add(page_gpa >> PAGE_SHIFT)
 
+    def exchange(self, gpa: int, data: bytes) -> bytes:
+        """C=1 ``xchg``: write ``data`` at ``gpa`` and return what was there (one page).
+
+        One locked read-modify-write access, so one RMP check with write intent.
+
+        :raises ValueError: the range leaves the page.
+        """
+        off = gpa & _MASK
+        if off + len(data) > PAGE_SIZE:
+            raise ValueError("an exchange stays inside one page")
+        sfn = self._check_private(gpa, True)
+        mem = self._mem
+        old = mem.read_plain(sfn, off, len(data))
+        mem.write_plain(sfn, off, data)
+        dirty = self.platform.dirty_log
+        if dirty is not None:
+            dirty.add(gpa >> PAGE_SHIFT)
+        return old
+
     def zero(self, gpa: int, size: int) -> None:
         """C=1 write of ``size`` zero bytes at ``gpa``, same checks as :meth:`write`.
 

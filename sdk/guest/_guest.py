@@ -302,8 +302,7 @@ class Guest:
             regs.set_many(_CALL_REGS, inputs)
             mem.write(caa, b"\x01")
             self._run_vmpl0()
-            pending = mem.read(caa, 1)[0]
-            mem.write(caa, b"\x00")
+            pending = mem.exchange(caa, b"\x00")[0]  # Linux: xchg(&caa->call_pending, 0)
             self.calls += 1
             if pending == 1:
                 raise CallNotServiced("the SVSM did not service the call")

@@ -229,3 +229,15 @@ def test_write_fields_one_page(p) -> None:  # type: ignore[no-untyped-def]
     p.firmware.set_rmp(0x50000, assigned=True, gpa=0x50000, validated=False)
     with pytest.raises(VmmCommunicationException):
         v.write_fields(0x50000, ((0, b"x"),))
+
+
+def test_exchange_is_one_checked_read_modify_write(p) -> None:  # type: ignore[no-untyped-def]
+    v = p.guest_view(0)
+    v.write(0x4000, b"\x01rest")
+    p.dirty_log = set()
+    assert v.exchange(0x4000, b"\x00") == b"\x01" and v.read(0x4000, 5) == b"\x00rest" and p.dirty_log == {4}
+    with pytest.raises(ValueError):
+        v.exchange(0x4FFF, b"ab")
+    with pytest.raises(NestedPageFault):  # VMPL1 may not write: nothing changes
+        p.guest_view(1).exchange(0x4000, b"\x07")
+    assert v.read(0x4000, 1) == b"\x00"
