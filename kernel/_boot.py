@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import pathlib
 import random
@@ -175,7 +176,10 @@ class Cvm:
                 stack.callback(disk.close)
             providers = Providers(report=self.svsm.module_report, key_root=self.svsm.module_key_root, disk=disk)
             blocked = ("migrate",) if state_dir is not None else ("persist", "migrate")
-            host = stack.enter_context(ModuleHost.from_installed(mode=mode, blocked=blocked, providers=providers))
+            extra: dict[str, Any] = {}
+            if "scheduler" in inspect.signature(ModuleHost).parameters:  # supervision as a kernel task
+                extra["scheduler"] = self.svsm.tasks.scheduler
+            host = stack.enter_context(ModuleHost.from_installed(mode=mode, blocked=blocked, providers=providers, **extra))
             self.svsm.attach_module_host(host)
             stack.callback(self.svsm.attach_module_host, None)
             for info in host.modules():
