@@ -165,10 +165,11 @@ class ModuleRuntime:
                     self.plugin.ctx = self.ctx  # Module subclasses read self.ctx
                 except AttributeError:
                     log.debug("module object does not take a ctx attribute")
+            nxt, call, send, CallRequest = self._next, self._call, self._send, m.CallRequest
             while True:
-                ev = self._next()
-                if isinstance(ev, m.CallRequest):
-                    self._send(self._call(ev))
+                ev = nxt()
+                if ev.__class__ is CallRequest:
+                    send(call(ev))
                 elif isinstance(ev, m.Stop):
                     self._send(self._hook(ev.id, "svsm_module_stop"))
                     return

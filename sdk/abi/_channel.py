@@ -160,7 +160,7 @@ class Channel:
 
     def buffered(self) -> bool:
         """True if bytes of an unread frame (or a frame being skipped) are held."""
-        return self._pos != len(self._buf) or bool(self._skip)
+        return bool(self._buf) or bool(self._skip)  # a fully read buffer is always cleared
 
     def receive_frame(self, data: bytes | bytearray | memoryview) -> Any:
         """:meth:`receive_data` then :meth:`next_event`, for the bytes of one read.
@@ -170,7 +170,7 @@ class Channel:
         Same results and exceptions as the two calls.
         """
         n = len(data)
-        if n > 4 and self._pos == len(self._buf) and not self._skip:
+        if n > 4 and not self._buf and not self._skip:
             (size,) = FRAME_HEADER.unpack_from(data, 0)
             if size + 4 == n and size <= self.max_frame:
                 self._bytes_in += n
