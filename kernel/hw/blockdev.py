@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from svsm.sdk import Busy, InvalidParameter, SvsmError
+from svsm.sdk import Busy, InvalidParameter, InvalidRequest, SvsmError
 
 __all__ = [
     "BLOCK_SIZE",
@@ -421,6 +421,9 @@ class BlockDevice:
 class DiskAdapter:
     """The device as the kernel's ``disk`` syscalls see it: byte offsets, whole blocks only.
 
+    This is the syscall boundary: whatever a module asks for, or the host's image does, ends as a
+    ``RequestError`` (a result code for the module), never as another exception in the kernel.
+
     :param device: the block device to serve.
     """
 
@@ -429,27 +432,43 @@ class DiskAdapter:
 
     def _blocks(self, offset: int, size: int) -> tuple[int, int]:
         bs = self.device.block_size
-        if offset % bs or size % bs:
+        if offset < 0 or size < 0 or offset % bs or size % bs:
             raise InvalidParameter(f"disk I/O at {offset:#x}+{size:#x} is not {bs}-byte aligned")
-        return offset // bs, size // bs
+        lba, count = offset // bs, size // bs
+        if lba + count > self.device.num_blocks:
+            raise InvalidParameter(f"disk I/O at {offset:#x}+{size:#x} ends past the device")
+        return lba, count
 
     def read(self, offset: int, size: int) -> bytes:
         """Read ``size`` bytes at ``offset`` (both block-aligned).
 
-        :raises InvalidParameter: misaligned.
-        :raises BlockDeviceError: out of range or the device stopped.
+        :raises InvalidParameter: misaligned or out of range.
+        :raises InvalidRequest: the device failed or stopped.
         """
         lba, count = self._blocks(offset, size)
-        return self.device.read(lba, count)
+        try:
+            return self.device.read(lba, count)
+        except BlockDeviceError as exc:
+            raise InvalidRequest(f"disk read failed: {exc}") from exc
 
     def write(self, offset: int, data: bytes) -> None:
-        """Write whole blocks at ``offset``."""
+        """Write whole blocks at ``offset``.
+
+        :raises InvalidParameter: misaligned or out of range.
+        :raises InvalidRequest: the device failed or stopped.
+        """
         lba, _ = self._blocks(offset, len(data))
-        self.device.write(lba, data)
+        try:
+            self.device.write(lba, data)
+        except BlockDeviceError as exc:
+            raise InvalidRequest(f"disk write failed: {exc}") from exc
 
     def flush(self) -> None:
-        """fsync."""
-        self.device.flush()
+        """fsync.  :raises InvalidRequest: the device failed or stopped."""
+        try:
+            self.device.flush()
+        except BlockDeviceError as exc:
+            raise InvalidRequest(f"disk flush failed: {exc}") from exc
 
     def size(self) -> int:
         """Device size in bytes."""
