@@ -87,11 +87,14 @@ def module_main(channel_fd: int, ref: dict[str, Any], cfg: dict[str, Any]) -> No
     try:
         # Module code runs from here on, confined.  Read and validate what the kernel needs
         # to know (manifest, hook names) here, never in the kernel process.
-        obj = module_ref.resolve()
         try:
+            obj = module_ref.resolve()
             manifest = validate_module(obj)
         except InvalidFormat as exc:
             sock.sendall(chan.send(ManifestReport(error=str(exc)[:4000])))
+            os._exit(EXIT_LOAD_FAILED)
+        except Exception as exc:  # the module's import failed (untrusted text, for the kernel's log)
+            sock.sendall(chan.send(ManifestReport(error=f"import failed: {type(exc).__name__}: {exc}"[:4000])))
             os._exit(EXIT_LOAD_FAILED)
         sock.sendall(chan.send(ManifestReport(manifest=msgspec.msgpack.encode(msgspec.to_builtins(manifest)))))
         ModuleRuntime(obj, sock, forward_root_log=True).serve()

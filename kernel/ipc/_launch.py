@@ -72,10 +72,13 @@ def launch_process(spec: Any, dirname: str, uid: int | None, ctx: Any, deadline:
     )
     # Spawned from the host's long-lived spawner thread: the child's PDEATHSIG fires when the
     # *thread* that forked it exits, so a short-lived caller thread must not be its parent.
-    if ctx.spawner is None:
-        link: Link = spawn_process(spec.ref, cfg, name=dirname)
-    else:
-        link = ctx.spawner.submit(spawn_process, spec.ref, cfg, name=dirname).result()
+    try:
+        if ctx.spawner is None:
+            link: Link = spawn_process(spec.ref, cfg, name=dirname)
+        else:
+            link = ctx.spawner.submit(spawn_process, spec.ref, cfg, name=dirname).result()
+    except OSError as exc:
+        raise ModuleFailure(f"spawn failed: {exc}") from None
     chan = Channel("kernel", recorder=ctx.recorder)
     try:
         report = _read_report(link, chan, deadline, ctx.clock)

@@ -78,7 +78,10 @@ def installed(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathli
     info = site / "hostiledist-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hostiledist\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[svsm.modules]\nhostile = hostile_pkg\nhostile_typo = hostile_typo_pkg\n")
+    (info / "entry_points.txt").write_text(
+        "[svsm.modules]\nhostile = hostile_pkg\nhostile_typo = hostile_typo_pkg\nhostile_boom = hostile_boom_pkg\n"
+    )
+    (site / "hostile_boom_pkg.py").write_text("raise RuntimeError('boom at import')\n")
     (site / "hostile_pkg.py").write_text(textwrap.dedent(HOSTILE.format(target=str(target), kernel_pid=os.getpid())))
     (site / "hostile_typo_pkg.py").write_text(MISSPELT)
     monkeypatch.syspath_prepend(str(site))
@@ -102,6 +105,7 @@ def test_import_time_code_runs_only_in_the_sandbox(installed: pathlib.Path) -> N
         assert host.call(0x40000300, 0, rcx=1).rcx == 2
         # a misspelt hook is still rejected at discovery -- by the sandboxed process
         assert "svsm_handle_requets" in host.skipped["hostile_typo"]
+        assert "RuntimeError" in host.skipped["hostile_boom"]  # an import that raises is skipped with its reason
     assert not installed.exists()
 
 
@@ -127,3 +131,4 @@ def test_inprocess_mode_still_imports_in_the_kernel(installed: pathlib.Path) -> 
     finally:
         sys.modules.pop("hostile_pkg", None)
         sys.modules.pop("hostile_typo_pkg", None)
+        sys.modules.pop("hostile_boom_pkg", None)
