@@ -103,6 +103,11 @@ class KernelWork:
         self._claimed = False
         self._lock = threading.Lock()
 
+    @property
+    def claimed(self) -> bool:
+        """Someone runs (or ran, or abandoned) it."""
+        return self._claimed
+
     def claim(self) -> bool:
         """True for the one caller that may run (or abandon) this work."""
         with self._lock:

@@ -556,7 +556,8 @@ class Svsm:
                 if self.loop.run_work_parked(v, work):
                     work.done.wait()
                     break
-                if v.has_entry(0) and hv.deliver_vmpl_interrupt(v, 0, lambda vc: self.loop.run_work_interrupted(vc, work)):
+                if (v.has_entry(0) and hv.deliver_vmpl_interrupt(v, 0, lambda vc: self.loop.run_work_interrupted(vc, work))
+                        and work.claimed):  # fmt: skip
                     work.done.wait()  # it ran in our handler, or another vCPU has claimed it
                     break
             else:
