@@ -7,43 +7,30 @@ peer with its own launch measurement under its own chip's ARK (``--allow-measure
 ``--ark`` widen that).  After the commit the destination finds the workload in guest memory,
 checks every page and the PCR, and keeps running it; the source is fenced and refuses to resume.
 
-The engine is the ``migrate`` module (entry point ``svsm.modules``); it reaches the VM only
-through :class:`svsm.kernel.migration.MigratableVm`.
+The engine is the ``migrate`` module (entry point ``svsm.modules``), started with the other
+modules in its sandboxed process; the CLI runs it with ``host.command("migrate", "source" |
+"destination", ...)`` (:func:`svsm.kernel.migration.run_migration`), and it reaches the VM and the
+peer only through the kernel's ``vm`` service.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import importlib
 import json
 import logging
-import os
 import pathlib
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from importlib.metadata import entry_points
 from typing import Any
 
 from ._main import ExitCode, UsageError
 
-__all__ = ["register", "add_incoming_options", "incoming_main", "load_engine", "migrate_out", "progress_display"]
+__all__ = ["register", "add_incoming_options", "incoming_main", "migrate_out", "progress_display", "start_modules"]
 
 log = logging.getLogger("svsm.cli.migrate")
-
-
-def load_engine() -> Any:
-    """The migration engine, through the ``migrate`` entry point of ``svsm.modules``.
-
-    :raises UsageError: not installed.
-    """
-    eps = [ep for ep in entry_points(group="svsm.modules") if ep.name == "migrate"]
-    if not eps:
-        raise UsageError("no 'migrate' entry point in group svsm.modules: is pysvsm installed?")
-    return importlib.import_module(eps[0].value.split(":")[0])
 
 
 def _add_trust_options(p: argparse.ArgumentParser) -> None:
@@ -69,15 +56,19 @@ def add_incoming_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _verifier(engine: Any, cvm: Any, args: argparse.Namespace) -> Any:
+def _trust(cvm: Any, args: argparse.Namespace) -> tuple[bytes, list[bytes]]:
+    """(pinned ARK PEM, extra accepted measurements) from the options.  :raises UsageError: malformed."""
     try:
         extra = [bytes.fromhex(m) for m in args.allow_measurement]
     except ValueError:
         raise UsageError("--allow-measurement takes hex") from None
     if any(len(m) != 48 for m in extra):
         raise UsageError("--allow-measurement: a measurement is 48 bytes (96 hex digits)")
-    ark = args.ark.read_bytes() if args.ark is not None else cvm.psp.chip.chain_pem()[0]
-    return engine.make_verifier(ark, engine.MeasurementPolicy.same_as(cvm.measurement, *extra))
+    try:
+        ark = args.ark.read_bytes() if args.ark is not None else cvm.psp.chip.chain_pem()[0]
+    except OSError as exc:
+        raise UsageError(f"--ark: {exc}") from None
+    return ark, extra
 
 
 @contextlib.contextmanager
@@ -107,6 +98,27 @@ def progress_display(enabled: bool, label: str) -> Iterator[Callable[[Any], None
         yield update
 
 
+def start_modules(stack: contextlib.ExitStack, cvm: Any, mode: str, wait: float = 30.0) -> Any:
+    """The installed modules behind ``cvm``'s SVSM, ``migrate`` included (persist needs a disk: not started).
+
+    ``Cvm.run_modules`` always blocks ``migrate`` (requested from KMAINT: a ``blocked`` argument);
+    until then this does the same with ``migrate`` allowed.
+
+    :returns: the started ``svsm.kernel.ipc.ModuleHost`` (stopped when ``stack`` closes).
+    """
+    from svsm.kernel.ipc import ModuleHost, Providers
+
+    providers = Providers(report=cvm.svsm.module_report, key_root=cvm.svsm.module_key_root)
+    host = stack.enter_context(ModuleHost.from_installed(mode=mode, blocked=("persist",), providers=providers))
+    cvm.svsm.attach_module_host(host)
+    stack.callback(cvm.svsm.attach_module_host, None)
+    for info in host.modules():
+        host.wait_module_ready(info.name, wait)
+    if "migrate" not in {m.name for m in host.modules()}:
+        raise UsageError(f"the migrate module is not available: {host.skipped.get('migrate', 'blocked')}")
+    return host
+
+
 def _boot_and_modules(stack: contextlib.ExitStack, args: argparse.Namespace, opts: dict[str, Any]) -> tuple[Any, Any]:
     from svsm.kernel import boot
 
@@ -115,8 +127,7 @@ def _boot_and_modules(stack: contextlib.ExitStack, args: argparse.Namespace, opt
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     mode = getattr(args, "modules", "process")
-    host = stack.enter_context(cvm.run_modules("process" if mode == "none" else mode))
-    return cvm, host
+    return cvm, start_modules(stack, cvm, "process" if mode == "none" else mode)
 
 
 def _vtpm(guest: Any, buffer_gpa: int | None = None, timeout: float = 30.0) -> Any:
@@ -133,18 +144,13 @@ def _vtpm(guest: Any, buffer_gpa: int | None = None, timeout: float = 30.0) -> A
             time.sleep(0.05)
 
 
-def _report_dict(rep: Any) -> dict[str, Any]:
-    d = dataclasses.asdict(rep)
-    d["throughput"] = rep.throughput
-    return d
+def migrate_out(host: Any, cvm: Any, vm: Any, sock: Any, args: argparse.Namespace, *, on_progress: Any = None) -> dict[str, Any]:
+    """Run the source side on a connected socket in the ``migrate`` module.  :returns: its report."""
+    from svsm.kernel.migration import run_migration
 
-
-def migrate_out(cvm: Any, vm: Any, sock: Any, args: argparse.Namespace, *, on_progress: Any = None) -> Any:
-    """Run the source side on a connected socket.  :returns: the engine's report."""
-    engine = load_engine()
-    channel = engine.make_channel(vm, engine.Role.SOURCE, _verifier(engine, cvm, args), os.urandom)
-    opts = engine.MigrationOptions(max_rounds=args.max_rounds, converge_pages=args.converge_pages)
-    return engine.migrate_source(vm, sock, channel, opts, on_progress=on_progress)
+    ark, extra = _trust(cvm, args)
+    return run_migration(host, vm, sock, "source", ark=ark, allow_measurements=extra, max_rounds=args.max_rounds,
+                         converge_pages=args.converge_pages, on_progress=on_progress)  # fmt: skip
 
 
 def _migrate_main(args: argparse.Namespace) -> int:
@@ -159,10 +165,9 @@ def _migrate_main(args: argparse.Namespace) -> int:
         memory = parse_size(args.memory)
     except (InvalidParameter, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    engine = load_engine()
     out: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
-        cvm, _host = _boot_and_modules(stack, args, {"vcpus": args.vcpus, "memory": memory, "guest_vmpl": args.guest_vmpl})
+        cvm, host = _boot_and_modules(stack, args, {"vcpus": args.vcpus, "memory": memory, "guest_vmpl": args.guest_vmpl})
         try:
             vm = MigratableVm(cvm, fence_record=args.fence_file)
         except GuestFenced as exc:
@@ -188,14 +193,13 @@ def _migrate_main(args: argparse.Namespace) -> int:
         except OSError as exc:
             stop.set()
             raise UsageError(f"cannot reach {args.to}: {exc}") from None
-        try:
-            show = not args.no_progress and (not args.json or getattr(args, "progress_with_json", False))
-            with progress_display(show, "source") as cb:
-                rep = migrate_out(cvm, vm, sock, args, on_progress=cb)
-        except engine.MigrationAborted as exc:
+        show = not args.no_progress and (not args.json or getattr(args, "progress_with_json", False))
+        with progress_display(show, "source") as cb:
+            rep = migrate_out(host, cvm, vm, sock, args, on_progress=cb)
+        if rep["result"] == "aborted":
             stop.set()
             th.join(10)
-            print(f"svsm migrate: aborted ({exc.reason}); the guest keeps running here (step {wl.step})", file=sys.stderr)
+            print(f"svsm migrate: aborted ({rep.get('reason')}); the guest keeps running here (step {wl.step})", file=sys.stderr)
             return ExitCode.FAILED
         th.join(10)
         stop.set()
@@ -204,25 +208,25 @@ def _migrate_main(args: argparse.Namespace) -> int:
             refused = False
         except GuestFenced:
             refused = True
-        out = {"migration": _report_dict(rep), "source_steps": wl.steps_run, "workload_step": wl.step,
+        out = {"migration": rep, "source_steps": wl.steps_run, "workload_step": wl.step,
                "source_refuses_resume": refused,
                "guest_errors": [repr(e) for e in errors]}  # fmt: skip
     _print(out, args.json, "source")
-    return ExitCode.OK if rep.result == "committed" and refused and not errors else ExitCode.FAILED
+    return ExitCode.OK if rep["result"] == "committed" and refused and not errors else ExitCode.FAILED
 
 
 def incoming_main(args: argparse.Namespace) -> int:
     """``svsm run --incoming PORT``: boot, wait for a guest, run it after the commit."""
-    from svsm.kernel.migration import MigratableVm, RunGate
+    from svsm.kernel.migration import MigratableVm, RunGate, run_migration
     from svsm.kernel.migration._transport import accept_one, listen
     from svsm.kernel.migration._workload import GuestWorkload
 
     from .run import boot_options
 
-    engine = load_engine()
     opts = boot_options(args)
     with contextlib.ExitStack() as stack:
-        cvm, _host = _boot_and_modules(stack, args, opts)
+        cvm, host = _boot_and_modules(stack, args, opts)
+        ark, extra = _trust(cvm, args)
         vm = MigratableVm(cvm, gate=RunGate(paused=True))
         try:
             srv = stack.enter_context(listen(args.listen, args.incoming, port_file=args.port_file))
@@ -231,15 +235,13 @@ def incoming_main(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"svsm run: waiting for a migration on {args.listen}:{srv.getsockname()[1]}", file=sys.stderr, flush=True)
         sock = stack.enter_context(accept_one(srv, timeout=args.accept_timeout))
-        channel = engine.make_channel(vm, engine.Role.DESTINATION, _verifier(engine, cvm, args), os.urandom)
-        try:
-            with progress_display(not (args.no_progress or args.json), "destination") as cb:
-                rep = engine.migrate_destination(vm, sock, channel, on_progress=cb)
-        except (engine.MigrationAborted, engine.MigrationInDoubt) as exc:
-            print(f"svsm run --incoming: no guest ({type(exc).__name__}: {exc}); not running anything", file=sys.stderr)
+        with progress_display(not (args.no_progress or args.json), "destination") as cb:
+            rep = run_migration(host, vm, sock, "destination", ark=ark, allow_measurements=extra, on_progress=cb)
+        if rep["result"] != "committed":
+            print(f"svsm run --incoming: no guest ({rep['result']}: {rep.get('reason')}); not running anything", file=sys.stderr)
             return ExitCode.FAILED
         guest = cvm.guest
-        out: dict[str, Any] = {"migration": _report_dict(rep)}
+        out: dict[str, Any] = {"migration": rep}
         try:
             wl = GuestWorkload.attach(guest, lambda gpa: _vtpm(guest, gpa))
         except Exception as exc:  # noqa: BLE001 -- a guest without the workload is still migrated
@@ -253,7 +255,7 @@ def incoming_main(args: argparse.Namespace) -> int:
                                "pcr_matches_after": after.pcr_matches}  # fmt: skip
     _print(out, args.json, "destination")
     wk = out.get("workload", {})
-    ok = rep.result == "committed" and wk.get("pcr_matches", True) and wk.get("pcr_matches_after", True)
+    ok = rep["result"] == "committed" and wk.get("pcr_matches", True) and wk.get("pcr_matches_after", True)
     return ExitCode.OK if ok else ExitCode.FAILED
 
 

@@ -462,7 +462,7 @@ class MigratableVm:
             pc.attach(own_vmsa, vs.caa_gpa)
 
     # -- proof ---------------------------------------------------------------------------------------
-    def fingerprint(self, digests: Sequence[bytes] | None = None) -> dict[str, str]:
+    def fingerprint(self, digests: Sequence[bytes] | None = None, *, memory: str | None = None) -> dict[str, str]:
         """Hashes of everything that must be identical on both ends (guest paused or not started).
 
         Memory (all chunk digests), the guest VMSAs, the guest keys, and each module's state as
@@ -470,6 +470,8 @@ class MigratableVm:
         given -- a module's restore fidelity is its own contract, checked by its tests).
 
         :param digests: this VM's :meth:`digests` if already computed.
+        :param memory: or their hash (SHA-256 of the concatenated digests, hex), as the
+            ``vm`` service's ``fingerprint`` op passes it.
         """
         st = self._last_state
         if st is None:
@@ -485,7 +487,8 @@ class MigratableVm:
         live = GuestKeys(gv, [bytes(k) for k in ctx.vmpcks[gv:]], list(ctx.seqnos[gv:]), bytes(ctx.vmrk))
         keys = hashlib.sha256(msgspec.msgpack.encode(live)).hexdigest()
         out = {
-            "memory": hashlib.sha256(b"".join(self.digests() if digests is None else digests)).hexdigest(),
+            "memory": memory if memory is not None
+            else hashlib.sha256(b"".join(self.digests() if digests is None else digests)).hexdigest(),
             "vmsas": vmsas.hexdigest(),
             "keys": keys,
         }

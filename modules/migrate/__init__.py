@@ -1,5 +1,9 @@
 """svsm.modules.migrate: live migration of a running guest between two SVSMs.
 
+As a module (entry point ``svsm.modules``): ``MANIFEST`` and ``svsm_module_command`` ("source" /
+"destination"), run in the sandboxed module process and reaching the VM and the peer only through
+the kernel's ``vm`` service (:class:`ServicePort`, :class:`ServiceStream`).
+
 The attested channel (:class:`Channel`), the measurement policy, and the engine that runs the
 pre-copy rounds, stop-and-copy, final check and two-phase commit against a ``VmPort`` (the
 kernel's ``vm`` service) and a ``Stream`` (the host-relayed connection to the peer)::
@@ -18,6 +22,9 @@ from ._channel import Evidence as Evidence
 from ._channel import HandshakeComplete as HandshakeComplete
 from ._channel import Record as Record
 from ._channel import Role as Role
+from ._entry import MANIFEST as MANIFEST
+from ._entry import MigrateParams as MigrateParams
+from ._entry import svsm_module_command as svsm_module_command
 from ._engine import MigrationAborted as MigrationAborted
 from ._engine import MigrationInDoubt as MigrationInDoubt
 from ._engine import MigrationOptions as MigrationOptions
@@ -32,11 +39,13 @@ from ._phases import diagram as diagram
 from ._policy import MeasurementPolicy as MeasurementPolicy
 from ._policy import make_verifier as make_verifier
 from ._port import Stream as Stream
+from ._service import ServicePort as ServicePort
+from ._service import ServiceStream as ServiceStream
 from ._port import VmPort as VmPort
 
 __all__ = [
     "CHANNEL_VERSION", "Channel", "ChannelError", "ChannelState", "ChannelStatistics", "Evidence", "HandshakeComplete", "Record", "Role",
     "MigrationAborted", "MigrationInDoubt", "MigrationOptions", "MigrationReport", "Progress", "make_channel",
     "migrate_destination", "migrate_source", "MemoryVm", "Phase", "diagram", "MeasurementPolicy", "make_verifier", "Stream",
-    "VmPort",
+    "VmPort", "MANIFEST", "MigrateParams", "svsm_module_command", "ServicePort", "ServiceStream",
 ]

@@ -26,12 +26,23 @@ def test_unreachable_destination_is_a_usage_error(capsys: pytest.CaptureFixture[
 
 
 def test_bad_measurement_allow_list_is_a_usage_error() -> None:
-    from svsm.kernel.cli.migrate import _verifier, load_engine
+    from svsm.kernel.cli.migrate import _trust
 
     args = build_parser().parse_args(["migrate", "--to", "h:1", "--allow-measurement", "zz"])
     with pytest.raises(Exception) as exc:
-        _verifier(load_engine(), object(), args)
+        _trust(object(), args)
     assert type(exc.value).__name__ == "UsageError"
+
+
+def test_the_cli_never_imports_the_engine_into_the_kernel() -> None:
+    """Rule 7: the migrate module runs as a module (sandboxed), not through a side door."""
+    import pathlib
+
+    import svsm.kernel.cli.migrate as cli
+
+    src = pathlib.Path(cli.__file__).read_text()
+    assert "svsm.modules" not in src.replace('"svsm.modules"', "").replace("``svsm.modules``", "")
+    assert "entry_points" not in src and "import_module" not in src
 
 
 def test_parsers_expose_the_documented_options() -> None:
