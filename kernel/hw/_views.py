@@ -195,6 +195,12 @@ class GuestView:
         """
         if size < 0:
             raise ValueError("negative size")
+        if size == PAGE_SIZE and not gpa & _MASK:  # one whole page: what PVALIDATE 4K zeroes
+            self._mem.zero_plain(self._check_private(gpa, True))
+            dirty = self.platform.dirty_log
+            if dirty is not None:
+                dirty.add(gpa >> PAGE_SHIFT)
+            return
         end = gpa + size
         pages = []
         runs = []  # (gpa, sfn, page count) of whole 2 MiB chunks

@@ -83,7 +83,10 @@ class GuestMemory:
         base, size = self.svsm_region
         if gpa < base + size and base < gpa + length:
             return False
-        if not any(start <= gpa and gpa + length <= end for start, end in self.regions):
+        for start, end in self.regions:
+            if start <= gpa and gpa + length <= end:
+                break
+        else:
             return False
         return self.svsm_owned is None or not self.svsm_owned(gpa, length)
 
