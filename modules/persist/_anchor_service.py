@@ -38,6 +38,9 @@ __all__ = ["AnchorService", "AnchorStatistics", "ReportVerifier", "chain_verifie
 
 log = logging.getLogger(__name__)
 
+#: Guest policy bit DEBUG (snp.md): the host may read and write the guest's memory.
+POLICY_DEBUG = 1 << 19
+
 #: Prefix of the signed reply bytes (domain separation).
 REPLY_CONTEXT = b"pysvsm anchor reply v1\0"
 
@@ -48,6 +51,7 @@ class VerifiedReport(Protocol):
     report_data: bytes
     measurement: bytes
     vmpl: int
+    policy: int
 
 
 #: ``verifier(report_bytes, vcek_der) -> verified report``; raises on any failure.
@@ -127,6 +131,9 @@ class AnchorService:
     :param lease_ttl_ns: a lease not renewed for this long may be taken by another instance.
     :param allowed_measurements: if given, only these SVSM measurements are served.
     :param require_vmpl0: refuse reports not requested at VMPL0 (i.e. not by the SVSM itself).
+    :param allow_debug: serve a CVM whose guest policy allows debugging.  Off by default: the host
+        can read and write such a guest's memory, so the same SVSM image launched with DEBUG would
+        be an SVSM the host drives, holding and advancing the real store's lease and generation.
     :param one_store_per_measurement: refuse a second store id for a measurement that already has
         one, so a wiped disk (a freshly formatted store) is reported as a rollback.  Only for
         deployments that run a single CVM per measurement.
@@ -136,13 +143,14 @@ class AnchorService:
                  rng: Callable[[int], bytes], state_path: pathlib.Path | None = None,
                  lease_ttl_ns: int = 30 * 10**9, challenge_ttl_ns: int = 60 * 10**9,
                  allowed_measurements: set[bytes] | None = None, require_vmpl0: bool = True,
-                 one_store_per_measurement: bool = False) -> None:
+                 one_store_per_measurement: bool = False, allow_debug: bool = False) -> None:
         self._key, self._verify, self._clock, self._rng = key, verifier, clock, rng
         self.public_key = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self._path = state_path
         self._ttl, self._challenge_ttl = lease_ttl_ns, challenge_ttl_ns
         self._allowed = allowed_measurements
         self._require_vmpl0 = require_vmpl0
+        self._allow_debug = allow_debug
         self._one_store = one_store_per_measurement
         self._lock = threading.Lock()
         self._challenges: dict[bytes, int] = {}
@@ -211,6 +219,9 @@ class AnchorService:
             log.info("anchor: REPORT_DATA does not bind the request")
             return self._reply(req, "refused", None)
         if self._require_vmpl0 and verified.vmpl != 0:
+            return self._reply(req, "refused", None)
+        if not self._allow_debug and int(verified.policy) & POLICY_DEBUG:
+            log.info("anchor: refused a CVM whose policy allows debugging")
             return self._reply(req, "refused", None)
         if self._allowed is not None and bytes(verified.measurement) not in self._allowed:
             log.info("anchor: measurement %s not allowed", bytes(verified.measurement).hex())

@@ -71,7 +71,7 @@ class FakePsp:
             body, tag = report[:-32], report[-32:]
             if len(report) != 48 + 64 + 1 + 32 or not _h.compare_digest(_h.new(self._secret, body, "sha256").digest(), tag):
                 raise VerificationError("bad fake report")
-            return SimpleNamespace(measurement=body[:48], report_data=body[48:112], vmpl=body[112])
+            return SimpleNamespace(measurement=body[:48], report_data=body[48:112], vmpl=body[112], policy=0x30000)
 
         return verify
 
