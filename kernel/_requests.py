@@ -234,6 +234,9 @@ class PerCpu:
 
         :returns: (VMSA physical address, CAA physical address), or None without a guest.
         """
+        mapped = self.mapped
+        if mapped is not None and mapped[0] == self.generation:  # unchanged since mapped: no lock
+            return mapped[1], mapped[2]
         cur, gen = self.current_with_generation()
         if cur is None:
             if self.mapped is not None:
