@@ -5,6 +5,8 @@ writes).  When it also holds ``manifest.bin`` (a services attestation through th
 binding REPORT_DATA = SHA-512(nonce || manifest) is checked, with ``--nonce`` or else
 ``nonce.bin``, and the report must be a VMPL0 one (the SVSM's: at VMPL1-3 the guest OS picks
 REPORT_DATA, so it could bind any manifest it likes); without a manifest ``--nonce`` must equal REPORT_DATA (zero-padded).
+A guest policy with DEBUG set fails too (``--allow-debug`` accepts it): the host can read and write
+such a guest, and MEASUREMENT does not show the policy.
 Exit status 0 when everything verifies, 1 (FAILED) when anything does not.
 
 The chain in ``DIR`` comes from whoever produced the report, so it proves nothing unless its
@@ -27,6 +29,9 @@ from ._main import ExitCode, UsageError
 
 __all__ = ["register"]
 
+#: Guest policy bit DEBUG (snp.md): the host may read and write the guest's memory.
+_POLICY_DEBUG = 1 << 19
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``verify`` subcommand."""
@@ -40,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", type=pathlib.Path,
                    help="simulated chips' directory (as for svsm attest); its --chip's ARK is trusted when no --ark is given")
     p.add_argument("--chip", default="default", help="the simulated chip whose ARK is trusted by default")
+    p.add_argument("--allow-debug", action="store_true",
+                   help="accept a guest policy that allows debugging (the host can read and write that guest)")
     p.add_argument("--no-pin", action="store_true",
                    help="trust whatever ARK DIR holds (checks only the chain's consistency; insecure)")
     p.set_defaults(func=_run)  # fmt: skip
@@ -78,6 +85,9 @@ def _run(args: argparse.Namespace) -> int:
                     raise VerificationError("REPORT_DATA is not SHA-512(nonce || manifest)")
         elif nonce is not None and not hmac.compare_digest(report.report_data, nonce):
             raise VerificationError("REPORT_DATA does not match --nonce")
+        if report.policy & _POLICY_DEBUG and not args.allow_debug:
+            # MEASUREMENT does not cover the policy: the same image launched with DEBUG is the host's.
+            raise VerificationError("the guest policy allows debugging (pass --allow-debug to accept it)")
         if args.measurement is not None and report.measurement != bytes.fromhex(args.measurement):
             raise VerificationError("MEASUREMENT does not match --measurement")
     except (ReportFormatError, VerificationError) as exc:

@@ -38,3 +38,25 @@ def test_verify_refuses_a_services_manifest_in_a_guest_vmpl_report(tmp_path: pat
     (out / "manifest.bin").unlink()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert main(["verify", str(out), "--nonce", report_data, *pin]) == 0
+
+
+def test_verify_refuses_a_debug_policy_unless_allowed(tmp_path: pathlib.Path) -> None:
+    """MEASUREMENT does not cover the guest policy: the same image launched with DEBUG is the host's."""
+    from svsm.kernel.hw.psp import Chip, SnpFirmware
+
+    state, out = tmp_path / "chips", tmp_path / "evidence"
+    chip = Chip.load_or_create(state / "review")
+    fw = SnpFirmware(chip)
+    ctx = fw.launch_start(0x30000 | 1 << 19)
+    fw.launch_update_normal(ctx, 0x1000, bytes(4096))
+    fw.launch_finish(ctx)
+    out.mkdir()
+    (out / "report.bin").write_bytes(fw.build_report(ctx, bytes(64), 0))
+    for name, pem in zip(("ark.pem", "ask.pem", "vcek.pem"), chip.chain_pem()):
+        (out / name).write_bytes(pem)
+    pin = ["--state-dir", str(state), "--chip", "review"]
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert main(["verify", str(out), *pin]) == 1
+        assert main(["verify", str(out), "--allow-debug", *pin]) == 0
+    assert "debugging" in err.getvalue()
