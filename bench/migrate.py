@@ -12,7 +12,11 @@ check).  Printed per run: total time, downtime (pause -> destination running), t
 digest time, rounds, bytes sent, guest-memory throughput and its ratio to the baseline (goal >= 0.5),
 and the downtime goal (< 100 ms for a 1 GiB guest writing 1%/s).
 
-    python bench/migrate.py [--sizes 256M,1G] [--modes idle,writing] [--json]
+The source runs the engine where ``svsm migrate`` does: in the sandboxed ``migrate`` module, behind
+the kernel's ``vm`` service (``--path module``, default); ``--path kernel`` runs the same engine in
+this process against ``MigratableVm`` directly (the test harness), to show what the sandbox costs.
+
+    python bench/migrate.py [--sizes 256M,1G] [--modes idle,writing] [--path module|kernel] [--json]
 """
 
 from __future__ import annotations
@@ -61,12 +65,16 @@ def _fill(cvm: Any) -> None:
         mem.write(gpa, gpa.to_bytes(8, "little") + block[8:])
 
 
-def run_one(memory: str, mode: str) -> dict[str, Any]:
+def run_one(memory: str, mode: str, path: str = "module") -> dict[str, Any]:
+    import contextlib
+
     from svsm.kernel import boot
+    from svsm.kernel.cli.migrate import start_modules
     from svsm.kernel._boot import parse_size
-    from svsm.kernel.migration import GuestFenced, MigratableVm
+    from svsm.kernel.migration import GuestFenced, MigratableVm, run_migration
     from svsm.kernel.migration._transport import connect
     from svsm.kernel.migration._workload import GuestWorkload
+    from svsm.modules.migrate import MigrationAborted as EngineAborted
     from svsm.modules.migrate import MeasurementPolicy, MigrationOptions, Role, make_channel, make_verifier, migrate_source
 
     size = parse_size(memory)
@@ -81,8 +89,9 @@ def run_one(memory: str, mode: str) -> dict[str, Any]:
             from svsm.kernel._boot import kernel_image
 
             kernel_image.cache_clear()
-            with boot(vcpus=1, memory=memory) as cvm:
+            with boot(vcpus=1, memory=memory) as cvm, contextlib.ExitStack() as stack:
                 _fill(cvm)
+                host = start_modules(stack, cvm, "process") if path == "module" else None
                 vm = MigratableVm(cvm)
                 stop = threading.Event()
                 th = None
@@ -105,9 +114,18 @@ def run_one(memory: str, mode: str) -> dict[str, Any]:
                         raise RuntimeError(dst.stderr.read() if dst.stderr else "destination died")
                     time.sleep(0.05)
                 ark = cvm.psp.chip.chain_pem()[0]
-                ver = make_verifier(ark, MeasurementPolicy.same_as(cvm.measurement))
                 with connect("127.0.0.1", int(pf.read_text()), io_timeout=600) as sock:
-                    rep = migrate_source(vm, sock, make_channel(vm, Role.SOURCE, ver, os.urandom), MigrationOptions())
+                    if host is not None:
+                        rep = run_migration(host, vm, sock, "source", ark=ark)
+                    else:
+                        ver = make_verifier(ark, MeasurementPolicy.same_as(cvm.measurement))
+                        try:
+                            r = migrate_source(vm, sock, make_channel(vm, Role.SOURCE, ver, os.urandom), MigrationOptions())
+                            rep = {**r.__dict__, "throughput": r.throughput}
+                        except EngineAborted as exc:
+                            rep = {"result": "aborted", "reason": exc.reason}
+                if rep["result"] == "aborted":
+                    raise MigrationAborted(rep.get("reason", ""))
                 stop.set()
                 if th is not None:
                     th.join(10)
@@ -118,21 +136,28 @@ def run_one(memory: str, mode: str) -> dict[str, Any]:
                 dst.wait()
     d = json.loads(out) if out.strip() else {}
     return {
-        "memory": memory, "mode": mode, "result": rep.result, "total_s": rep.total_time, "downtime_s": rep.downtime,
-        "digest_s": rep.digest_time, "rounds": rep.rounds, "pages_per_round": rep.pages_per_round,
-        "bytes_sent": rep.bytes_sent, "memory_Bps": size / rep.total_time, "wire_Bps": rep.throughput,
+        "memory": memory, "mode": mode, "path": path, "result": rep["result"], "total_s": rep["total_time"],
+        "downtime_s": rep["downtime"], "digest_s": rep["digest_time"], "rounds": rep["rounds"],
+        "pages_per_round": rep["pages_per_round"], "bytes_sent": rep["bytes_sent"],
+        "memory_Bps": size / rep["total_time"], "wire_Bps": rep["throughput"],
         "destination_committed": d.get("migration", {}).get("result") == "committed",
     }  # fmt: skip
 
 
-def _run_retrying(memory: str, mode: str, attempts: int = 3) -> dict[str, Any]:
+class MigrationAborted(Exception):
+    """The source's report said ``aborted``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _run_retrying(memory: str, mode: str, path: str, attempts: int = 3) -> dict[str, Any]:
     """:func:`run_one`, again if the peers' measurements differed (the kernel's source files are
     measured at boot: on a shared development tree someone may edit them between the two boots)."""
-    from svsm.modules.migrate import MigrationAborted
-
     for i in range(attempts):
         try:
-            return run_one(memory, mode)
+            return run_one(memory, mode, path)
         except MigrationAborted as exc:
             if "attestation" not in exc.reason or i == attempts - 1:
                 raise
@@ -144,16 +169,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256M,1G", help="comma-separated guest sizes")
     ap.add_argument("--modes", default="idle,writing", help="idle, writing")
+    ap.add_argument("--path", choices=("module", "kernel"), default="module",
+                    help="engine in the sandboxed migrate module (default) or in this process")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     base = baseline()
-    rows = [_run_retrying(m, mode) for m in args.sizes.split(",") for mode in args.modes.split(",")]
+    rows = [_run_retrying(m, mode, args.path) for m in args.sizes.split(",") for mode in args.modes.split(",")]
     for r in rows:
         r["ratio_to_aesgcm_sha256"] = r["memory_Bps"] / base
     if args.json:
         print(json.dumps({"baseline_Bps": base, "runs": rows}, indent=2))
         return 0
-    print(f"baseline AES-256-GCM + SHA-256 (1 MiB records): {base / 1e6:.0f} MB/s")
+    print(f"engine: {args.path}; baseline AES-256-GCM + SHA-256 (1 MiB records): {base / 1e6:.0f} MB/s")
     print(f"{'memory':>7} {'mode':>8} {'total s':>8} {'down ms':>8} {'digest ms':>9} {'rounds':>6} "
           f"{'MB sent':>8} {'mem MB/s':>9} {'ratio':>6}")  # fmt: skip
     for r in rows:

@@ -194,3 +194,12 @@ def test_fence_record_survives_a_restart(pair, tmp_path) -> None:
     assert rec.exists() and src.measurement.hex() in rec.read_text()
     with pytest.raises(GuestFenced):
         MigratableVm(src, fence_record=rec)  # a restarted source refuses the guest
+
+
+def test_the_inlined_chunk_digest_hashes_what_the_plain_one_does(pair) -> None:
+    src, _ = pair
+    gpa = src.guest.pool.take()
+    src.guest.mem.write(gpa, b"\x17" * PAGE)
+    vm = MigratableVm(src, threads=1)
+    for c in range(vm.chunk_count()):
+        assert vm._chunk_digest(c) == vm._chunk_digest_reference(c)
