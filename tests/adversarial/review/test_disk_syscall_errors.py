@@ -33,14 +33,17 @@ class PastTheEnd(Module):
 
 def test_out_of_range_disk_syscalls_during_a_guest_call_do_not_panic() -> None:
     from svsm.kernel import boot
-    from svsm.kernel.ipc import ModuleHost, Providers
+    from svsm.kernel.ipc import ModuleHost, Policy, Providers
 
+    # `disk` is a privileged capability: grant it to this test module where the policy can say so
+    privileged = {"privileged_modules": ["pasttheend"]} if "privileged_modules" in Policy.__struct_fields__ else {}
     with boot(vcpus=1, memory="32M") as cvm:
         providers = Providers(report=cvm.svsm.module_report, key_root=cvm.svsm.module_key_root,
                               disk=DiskAdapter(BlockDevice(MemoryImage(16))))
-        with ModuleHost([PastTheEnd], mode="inprocess", providers=providers) as host:
+        with ModuleHost([PastTheEnd], mode="inprocess", providers=providers, policy=Policy(**privileged)) as host:
             cvm.svsm.attach_module_host(host)
             host.wait_module_ready("pasttheend", 10)
+            assert "disk" in host.module("pasttheend").granted
             assert cvm.guest.svsm_call(P, 0).rax == ResultCode.INVALID_PARAMETER
             assert cvm.guest.svsm_call(P, 1).rax == ResultCode.INVALID_PARAMETER
             assert cvm.svsm.panicker.panicked is None
