@@ -268,20 +268,17 @@ class Tpm(EntityMixin):
         :returns: the response bytes; errors are 10-byte responses carrying the TPM_RC.
         """
         with self.lock:
-            return self._execute_locked(command, locality)
-
-    def _execute_locked(self, command: bytes, locality: int) -> bytes:
-        self._n_commands += 1
-        try:
-            return self._execute(bytes(command), locality)
-        except TpmError as e:
-            self._n_errors += 1
-            return _HDR_ERR + u32(e.rc)
-        except Exception:  # noqa: BLE001 - a TPM answers every command; the failure is counted
-            self._n_errors += 1
-            self._n_internal += 1
-            log.exception("internal failure in TPM command %s", command[:10].hex())
-            return _HDR_ERR + u32(RC.FAILURE)
+            self._n_commands += 1
+            try:
+                return self._execute(bytes(command), locality)
+            except TpmError as e:
+                self._n_errors += 1
+                return _HDR_ERR + u32(e.rc)
+            except Exception:  # noqa: BLE001 - a TPM answers every command; the failure is counted
+                self._n_errors += 1
+                self._n_internal += 1
+                log.exception("internal failure in TPM command %s", bytes(command[:10]).hex())
+                return _HDR_ERR + u32(RC.FAILURE)
 
     def _execute(self, cmd: bytes, locality: int) -> bytes:
         if not self.powered:  # a real TPM does not answer; transports check power first (mssim: size 0)

@@ -18,6 +18,7 @@ __all__ = ["Pcrs", "PCR_BANKS", "NUM_PCRS"]
 PCR_BANKS = (ALG.SHA1, ALG.SHA256, ALG.SHA384)
 NUM_PCRS = 24
 RESETTABLE = (16, 23)
+_ALL_PCRS = (1 << NUM_PCRS) - 1
 
 
 class Pcrs:
@@ -49,14 +50,17 @@ class Pcrs:
         """Values for a selection, at most ``limit`` digests; returns (selection actually read, values)."""
         out_sel: list[tuple[int, int]] = []
         vals: list[bytes] = []
+        banks = self.banks
         for alg, bits in sel:
-            bank = self.banks.get(alg)
+            bank = banks.get(alg)
             got = 0
             if bank is not None:
-                for i in range(NUM_PCRS):
-                    if bits >> i & 1 and len(vals) < limit:
-                        vals.append(bank[i])
-                        got |= 1 << i
+                rest = bits & _ALL_PCRS
+                while rest and len(vals) < limit:  # set bits only, lowest first
+                    low = rest & -rest
+                    vals.append(bank[low.bit_length() - 1])
+                    got |= low
+                    rest ^= low
             out_sel.append((alg, got))
         return out_sel, vals
 
@@ -113,8 +117,17 @@ def _pcr_event(tpm: "Tpm", ctx: Ctx, data: bytes) -> bytes:
 @command(CC.PCR_Read, params=(read_pcr_selection,))
 def _pcr_read(tpm: "Tpm", ctx: Ctx, sel: list[tuple[int, int]]) -> bytes:
     out_sel, vals = tpm.pcrs.read(sel, limit=8)
-    return u32(tpm.pcrs.update_counter) + marshal_pcr_selection(out_sel) + u32(len(vals)) + \
-        b"".join(tpm2b(v) for v in vals)
+    key = tuple(out_sel)
+    msel = _SELECTIONS.get(key)
+    if msel is None:
+        if len(_SELECTIONS) >= 64:
+            _SELECTIONS.clear()
+        msel = _SELECTIONS[key] = marshal_pcr_selection(out_sel) + u32(len(vals))
+    return b"".join((u32(tpm.pcrs.update_counter), msel, *[tpm2b(v) for v in vals]))
+
+
+#: marshalled pcrSelectionOut || digest count, by selection (the same few selections come back)
+_SELECTIONS: dict[tuple[tuple[int, int], ...], bytes] = {}
 
 
 @command(CC.PCR_Reset, ("pcr",), (USER,))
