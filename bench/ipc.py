@@ -57,11 +57,11 @@ BATCH = 512 * 1024
 
 def service_throughput(batches: int = 200) -> tuple[float, float]:
     """MiB/s of (kernel -> module, module -> kernel) 512 KiB service replies/payloads."""
-    from svsm.kernel.ipc import ModuleHost
+    from svsm.kernel.ipc import ModuleHost, Policy
 
     page = b"p" * BATCH
     out = []
-    with ModuleHost([Pump], mode="process") as host:
+    with ModuleHost([Pump], mode="process", policy=Policy(privileged_modules=["pump"])) as host:
         host.register_service("vm", lambda module, op, payload: page if op == "read" else b"")
         for op in ("read", "write"):
             host.command("pump", op, b"4")

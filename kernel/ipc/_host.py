@@ -110,6 +110,12 @@ class ModuleStorageBackend:
         return list(self._call("list", namespace, prefix).names)
 
 
+def _builtin(spec: ModuleSpec) -> bool:
+    """A module shipped with pysvsm (its code is under ``svsm.modules``): may hold privileged capabilities."""
+    t = spec.ref.target
+    return spec.ref.kind == "import" and (t == "svsm.modules" or t.startswith("svsm.modules."))
+
+
 def _default_read_only() -> list[str]:
     import svsm.sdk
 
@@ -251,7 +257,10 @@ class ModuleHost:
         for p in spec.manifest.protocols:
             if p.number in self._by_protocol:
                 raise InvalidFormat(f"protocol {p.number:#x} already served by {self._by_protocol[p.number].name}")
-        sup = ModuleSupervisor(spec, self.policy.grant(spec.manifest), mode or self.mode, self._ctx, launched)
+        mode = mode or self.mode
+        # In-process modules run unsandboxed in the kernel: withholding capabilities protects nothing there.
+        granted = self.policy.grant(spec.manifest, builtin=_builtin(spec) or mode == "inprocess")
+        sup = ModuleSupervisor(spec, granted, mode, self._ctx, launched)
         self._sups[spec.name] = sup
         for p in spec.manifest.protocols:
             self._by_protocol[p.number] = sup

@@ -10,7 +10,17 @@ import msgspec
 
 from svsm.sdk import InvalidFormat, Manifest
 
-__all__ = ["Policy", "load_policy", "blocked_from_env", "BLOCK_ENV"]
+__all__ = ["Policy", "PRIVILEGED_CAPABILITIES", "is_privileged", "load_policy", "blocked_from_env", "BLOCK_ENV"]
+
+#: Capabilities that reach beyond the module's own state: other modules' storage, the host disk,
+#: VMPL0 attestation reports, and every kernel service (``svc:<name>``).  Granted only to built-in
+#: modules (code under ``svsm.modules``) and to modules the policy lists in ``privileged_modules``.
+PRIVILEGED_CAPABILITIES = frozenset({"serve_storage", "disk", "attest"})
+
+
+def is_privileged(capability: str) -> bool:
+    """True for a capability only built-in or policy-listed modules receive."""
+    return capability in PRIVILEGED_CAPABILITIES or capability.startswith("svc:")
 
 #: Comma-separated module names that discovery skips (like tox's plugin block-list).
 BLOCK_ENV = "SVSM_BLOCK_MODULES"
@@ -30,6 +40,8 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     :param open_files: RLIMIT_NOFILE of each module process.
     :param speculation_mitigations: ``False`` trades Spectre hardening of module processes for
         faster calls (seccomp ``SPEC_ALLOW``; reported as ``seccomp(spec-allow)``).
+    :param privileged_modules: modules besides the built-in ones (code under ``svsm.modules``) that may
+        receive :data:`PRIVILEGED_CAPABILITIES` and kernel services; any other module runs without them.
     """
 
     deny_modules: list[_Name] = []
@@ -40,16 +52,21 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     open_files: int = 64
     #: keep the kernel's speculative-execution mitigations for seccomp-filtered modules (slower calls).
     speculation_mitigations: bool = True
+    privileged_modules: list[_Name] = []
 
     def allows(self, name: str) -> bool:
         """False if policy denies module ``name``."""
         return name not in self.deny_modules
 
-    def grant(self, manifest: Manifest) -> frozenset[str]:
-        """Capabilities granted to ``manifest``: requested minus denied."""
+    def grant(self, manifest: Manifest, *, builtin: bool = False) -> frozenset[str]:
+        """Capabilities granted to ``manifest``: requested minus denied, minus privileged ones
+        unless the module is trusted with them (``builtin``: shipped with pysvsm, or run in-process,
+        where its code already has the kernel's rights) or listed in :attr:`privileged_modules`."""
         denied = set(self.deny_capabilities.get("*", ())) | set(self.deny_capabilities.get(manifest.name, ()))
         requested = {str(getattr(c, "value", c)) for c in manifest.capabilities}
         requested.update(f"svc:{name}" for name in getattr(manifest, "services", ()))
+        if not builtin and manifest.name not in self.privileged_modules:
+            denied.update(c for c in requested if is_privileged(c))
         return frozenset(requested) - denied
 
 

@@ -32,13 +32,13 @@ class Counter(Module):
 
 
 def test_sandboxed_module_pumps_pages_through_a_kernel_service_while_the_guest_is_served() -> None:
-    from svsm.kernel.ipc import ModuleHost  # not at the top: the module processes import this file
+    from svsm.kernel.ipc import ModuleHost, Policy  # not at the top: the module processes import this file
 
     calls: list[int] = []
     guest_served = threading.Event()
     batch = 512 * 1024
 
-    with ModuleHost([Pump, Counter], mode="process") as host:
+    with ModuleHost([Pump, Counter], mode="process", policy=Policy(privileged_modules=["pump"])) as host:
 
         def vm(module: str, op: str, payload: bytes) -> bytes:
             assert (module, op) == ("pump", "pages")

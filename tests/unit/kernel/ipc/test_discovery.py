@@ -76,7 +76,12 @@ def test_policy_grants_requested_minus_denied() -> None:
 
     m = Manifest(name="x", version="1", capabilities=["log", "disk", "attest"])
     assert Policy(deny_capabilities={"x": ["disk"], "*": ["attest"]}).grant(m) == {"log"}
-    assert Policy().grant(m) == {"log", "disk", "attest"}
+    assert Policy().grant(m, builtin=True) == {"log", "disk", "attest"}
+    # privileged capabilities only for built-in modules and those the policy names
+    assert Policy().grant(m) == {"log"}
+    assert Policy(privileged_modules=["x"]).grant(m) == {"log", "disk", "attest"}
+    svc = Manifest(name="y", version="1", services=["vm"])
+    assert Policy().grant(svc) == frozenset() and Policy().grant(svc, builtin=True) == {"svc:vm"}
 
 
 def test_load_policy_rejects_unknown_fields(tmp_path: pathlib.Path) -> None:

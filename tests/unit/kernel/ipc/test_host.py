@@ -236,7 +236,7 @@ class Store(Module):
 
 
 def test_storage_routed_to_serving_module() -> None:
-    with host(Calc, Store) as h:
+    with host(Calc, Store, policy=Policy(privileged_modules=["store"])) as h:
         assert h.call(P, 0, rcx=3).rax == 0
         store = h.module("store").spec.obj
         assert h.providers.storage.provider_namespace == "store"
@@ -459,7 +459,7 @@ class BrokenStore(Store):
 
 
 def test_storage_fails_closed_when_the_provider_cannot_start() -> None:
-    with host(BrokenStore, Calc, limits=Limits(backoff_base=0.001, crash_loop=2)) as h:
+    with host(BrokenStore, Calc, limits=Limits(backoff_base=0.001, crash_loop=2), policy=Policy(privileged_modules=["brokenstore"])) as h:
         assert h.providers.storage.provider_namespace == "brokenstore"
         assert h.call(P, 0, rcx=4).rax in (ResultCode.BUSY, ResultCode.INVALID_REQUEST)  # put refused
         assert h.providers.storage.fallback.get("calc", "total") is None  # nothing went to volatile

@@ -75,6 +75,7 @@ class Other(Module):
 
 def _host(*mods: Any, **kw: Any) -> ModuleHost:
     kw.setdefault("limits", Limits(backoff_base=0.01))
+    kw.setdefault("policy", Policy(privileged_modules=["mover"]))  # kernel services are privileged
     return ModuleHost(mods or (Mover, Other), mode="inprocess", **kw).start()
 
 
@@ -114,7 +115,7 @@ def test_service_errors_unknown_and_denied() -> None:
 
 def test_policy_can_deny_a_service() -> None:
     called: list[str] = []
-    pol = Policy(deny_capabilities={"mover": ["svc:vm"]})
+    pol = Policy(deny_capabilities={"mover": ["svc:vm"]}, privileged_modules=["mover"])
     with _host(policy=pol) as h:
         h.register_service("vm", lambda m, op, p: called.append(op) or b"")
         assert "svc:vm" not in h.module("mover").granted
@@ -228,3 +229,4 @@ def test_abi_frames_of_a_command(abi_frames: Any) -> None:
     svcs = [msg for d, msg in abi_frames.frames if isinstance(msg, SysService)]
     assert [(c.name, c.payload) for c in cmds] == [("relay", b"vm:op:pp")]
     assert [(s.service, s.op, s.payload) for s in svcs] == [("vm", "op", b"pp")]
+
