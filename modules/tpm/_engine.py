@@ -192,7 +192,8 @@ class Tpm(EntityMixin):
         self.audit_digest = b""
         self.reset_count = 0
         self.restart_count = 0
-        #: bumped by every save_state(): lets a restorer tell an older snapshot from a newer one
+        #: bumped by save_state() when persistent state changed (dirty): lets a restorer tell an older
+        #: snapshot from a newer one
         self.generation = 0
         #: highest value of any deleted NV counter (new counters start above it)
         self.max_nv_counter = 0

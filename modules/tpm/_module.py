@@ -13,8 +13,11 @@ checkpoints use ``svsm_save_state`` which also carries PCRs, loaded objects and 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import hmac
 import logging
 import os
+import struct
 import time
 from typing import Callable
 
@@ -26,6 +29,7 @@ from svsm.sdk.tpm import (SVSM_VTPM_CMD, SVSM_VTPM_PROTOCOL, SVSM_VTPM_QUERY, VT
                           VTPM_QUERY_FEATURES, VTPM_QUERY_PLATFORM_COMMANDS, decode_vtpm_request,
                           encode_vtpm_response)
 
+from ._constants import RH
 from ._ek import create_ek, ek_template_rsa2048, provision_ek
 from ._engine import Tpm
 from ._state import StateError
@@ -158,12 +162,16 @@ class VtpmService:
 
         A snapshot older than the state this process loaded from storage is ignored (the kernel
         re-applies the last migration/checkpoint snapshot after a crash; NV must not roll back).
+        The TPM is left exactly as given (``save()`` right after gives the same bytes), and the
+        manifest carried by the snapshot is reused, so no EK is derived at restore or on the
+        first request after it (that derivation takes seconds and would be guest downtime).
 
         :raises InvalidFormat: the state does not load; the running TPM is kept.
         """
+        manifest, tag, blob = _split_snapshot(state)
         rng = self.tpm.rng if self.tpm is not None else SeededRng(os.urandom(48))
         try:
-            tpm = Tpm(rng=rng, clock=self._clock, state=state)
+            tpm = Tpm(rng=rng, clock=self._clock, state=blob)
         except StateError:
             raise InvalidFormat("vTPM state rejected") from None
         current = self.tpm
@@ -173,13 +181,49 @@ class VtpmService:
                             current.generation)
             return
         self.tpm = tpm
-        self.manifest = b""  # recomputed on the next request (restores also run under the start deadline)
-        tpm.dirty = True
-        self.persist(ctx)
+        # the manifest is the EK public of *this* state's endorsement seed, else it is recomputed on
+        # the next request (restores also run under the start deadline)
+        self.manifest = manifest if manifest and hmac.compare_digest(tag, _manifest_tag(tpm)) else b""
+        if "storage" in ctx.capabilities:  # the restored NV replaces what storage had
+            ctx.syscalls.storage_put(STATE_KEY, tpm.save_state())
+            tpm.dirty = False
+            self.saves += 1
 
     def save(self) -> bytes | None:
-        """Whole state including volatile parts."""
-        return self.tpm.save_state(include_volatile=True) if self.tpm is not None else None
+        """Whole state including volatile parts, and the manifest once known (see :meth:`restore`)."""
+        tpm = self.tpm
+        if tpm is None:
+            return None
+        state = tpm.save_state(include_volatile=True)
+        if not self.manifest:
+            return state
+        return _SNAPSHOT.pack(_SNAPSHOT_MAGIC, len(self.manifest)) + self.manifest + _manifest_tag(tpm) + state
+
+
+#: snapshot = magic | u16 size | manifest | tag (32) | engine state; a bare engine state is accepted too
+_SNAPSHOT_MAGIC = b"PYVTPMS\x01"
+_SNAPSHOT = struct.Struct(">8sH")
+
+
+def _manifest_tag(tpm: Tpm) -> bytes:
+    """Binds a carried manifest to the endorsement seed it was derived from."""
+    return hashlib.sha256(b"pysvsm vTPM manifest\x00" + tpm.seeds[RH.ENDORSEMENT]).digest()
+
+
+def _split_snapshot(snapshot: bytes) -> tuple[bytes, bytes, bytes]:
+    """(manifest, tag, engine state) of a :meth:`VtpmService.save` snapshot.
+
+    :raises InvalidFormat: a truncated snapshot.
+    """
+    if not snapshot.startswith(_SNAPSHOT_MAGIC):
+        return b"", b"", snapshot
+    if len(snapshot) < _SNAPSHOT.size:
+        raise InvalidFormat("vTPM state rejected")
+    n = _SNAPSHOT.unpack_from(snapshot)[1]
+    end = _SNAPSHOT.size + n
+    if len(snapshot) < end + 32:
+        raise InvalidFormat("vTPM state rejected")
+    return snapshot[_SNAPSHOT.size:end], snapshot[end:end + 32], snapshot[end + 32:]
 
 
 _SERVICE = VtpmService()

@@ -90,7 +90,8 @@ def save_state(tpm: "Tpm", include_volatile: bool = False) -> bytes:
              u8(sum(1 << i for i, a in enumerate(_banks()) if a in (tpm.pcrs.pending or tpm.pcrs.allocated))),
              u16(tpm.audit_alg) + u64(tpm.audit_counter) + u16(len(tpm.audit_commands))
              + b"".join(u32(c) for c in sorted(tpm.audit_commands))]
-    tpm.generation += 1
+    if tpm.dirty:  # a new generation only when persistent state changed since the last save, so
+        tpm.generation += 1  # saving an unchanged TPM twice (or after a restore) gives the same bytes
     parts.append(u64(tpm.generation) + u64(tpm.max_nv_counter))
     if include_volatile:
         parts.append(u8(1) + u8(tpm.started) + tpm2b(save_volatile(tpm)) + u64(tpm.context_seq)
@@ -128,6 +129,7 @@ def load_state(tpm: "Tpm", blob: bytes) -> None:
     except TpmError:
         tpm.manufacture()
         raise StateError() from None
+    tpm.dirty = False  # exactly what was saved: nothing to write back
 
 
 def _load_body(tpm: "Tpm", r: Reader) -> None:

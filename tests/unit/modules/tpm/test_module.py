@@ -192,6 +192,53 @@ def test_stale_checkpoint_does_not_roll_back_nv() -> None:
     assert fresh.tpm.started and fresh.service_manifest(ctx) == svc.service_manifest(ctx)
 
 
+def test_restore_is_exact_and_reuses_the_carried_manifest(monkeypatch) -> None:
+    svc, ctx = VtpmService(), make_ctx()
+    svc.start(ctx)
+    call(svc, ctx, STARTUP)
+    extend = cmd(0x182, (16,), struct.pack(">IH", 1, 0x000B) + bytes(range(32)), pw())
+    assert call(svc, ctx, extend)[6:10] == bytes(4)
+    manifest = svc.service_manifest(ctx)
+    snapshot = svc.save()
+    assert svc.save() == snapshot  # nothing changed: same bytes
+    dest_store: dict[str, bytes] = {}
+    dest, dctx = VtpmService(), make_ctx(dest_store, seed=5)
+    dest.start(dctx)
+
+    def no_derivation(*args: object, **kw: object) -> None:
+        raise AssertionError("the EK was derived again")
+    monkeypatch.setattr(tpm_module._module, "create_ek", no_derivation)
+    monkeypatch.setattr(tpm_module._module, "provision_ek", no_derivation)
+    dest.restore(snapshot, dctx)
+    assert dest.save() == snapshot  # MIGRATE: save(restore(x)) == x
+    assert dest.service_manifest(dctx) == manifest
+    assert call(dest, dctx, cmd(0x17E, (), struct.pack(">IHB3s", 1, 0x000B, 3, b"\x00\x00\x01")))[-32:] == \
+        call(svc, ctx, cmd(0x17E, (), struct.pack(">IHB3s", 1, 0x000B, 3, b"\x00\x00\x01")))[-32:]
+    restarted = VtpmService()  # the restored NV reached the destination's storage
+    restarted.start(make_ctx(dest_store, seed=9))
+    assert restarted.tpm.seeds == svc.tpm.seeds
+
+
+def test_manifest_of_another_tpm_is_not_reused() -> None:
+    svc, ctx = VtpmService(), make_ctx()
+    svc.start(ctx)
+    svc.manifest = b"\x01" * 314  # not this TPM's EK: the tag binds the manifest to the seed
+    other, octx = VtpmService(), make_ctx(seed=5)
+    other.start(octx)
+    foreign = other.save()
+    other.manifest = b"\x02" * 314
+    snapshot = svc.save()
+    spliced = snapshot[:10 + 314] + other.save()[10 + 314:10 + 314 + 32] + snapshot[10 + 314 + 32:]
+    fresh = VtpmService()
+    fresh.start(make_ctx(seed=6))
+    fresh.restore(spliced, make_ctx(seed=6))
+    assert fresh.manifest == b"" and fresh.tpm.seeds == svc.tpm.seeds
+    fresh.restore(foreign, make_ctx(seed=6))  # a bare engine state (no manifest) still restores
+    assert fresh.manifest == b"" and fresh.tpm.seeds == other.tpm.seeds
+    with pytest.raises(InvalidFormat):
+        fresh.restore(snapshot[:10 + 100], make_ctx(seed=6))
+
+
 def test_corrupt_stored_state_fails_the_start() -> None:
     from svsm.modules.tpm import StateError
     store = {"state": b"PYTPMST\x00" + bytes(60)}
