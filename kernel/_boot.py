@@ -266,7 +266,7 @@ def boot(
     module_host: ModuleHost | None = None,
     hypervisor: Any = None,
     psp_state_dir: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Iterator[Cvm]:
     """Boot a CVM and yield it running; shut it down when the block ends.
@@ -277,7 +277,8 @@ def boot(
     :param module_host: the ring-3 module runtime serving further protocols.
     :param hypervisor: a :class:`~svsm.kernel.hw.Hypervisor` (e.g. an adversary); default honest.
     :param psp_state_dir: where the simulated chip's keys live (default: shared per user).
-    :param seed: seeds memory encryption keys and PSP randomness (deterministic runs).
+    :param seed: seeds memory encryption keys and PSP randomness for a deterministic run (tests,
+        benchmarks); default None: both come from the OS RNG, so the host cannot predict them.
     :param clock: monotonic clock for timings.
     :raises ValueError: bad sizes or VMPL.
 
@@ -286,12 +287,12 @@ def boot(
     if not 1 <= guest_vmpl <= 3:
         raise ValueError("guest VMPL must be 1, 2 or 3")
     size = parse_size(memory)
-    rng = random.Random(seed)
+    rng = random.Random(seed) if seed is not None else random.SystemRandom()
     t0 = clock()
     image = kernel_image()
     layout = MemoryLayout.compute(size, len(image), vcpus)
     fw_image = FirmwareImage.parse(build_image(FIRMWARE_SIZE, sections=FIRMWARE_SECTIONS), end_at=FIRMWARE_END)
-    platform = Platform(memory_size=size, vcpu_count=vcpus, seed=seed, rng=rng, hypervisor=hypervisor)
+    platform = Platform(memory_size=size, vcpu_count=vcpus, rng=rng, hypervisor=hypervisor)
     fw = SnpFirmware(_chip(psp_state_dir), rng=rng.randbytes)
     result = launch(fw, _launch_plan(layout, image, fw_image), write=_writer(platform))
     platform.psp = _PspPort(fw, result.ctx)

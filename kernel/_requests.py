@@ -28,6 +28,7 @@ from svsm.kernel.hw import (
     MSR_GHCB,
     VMSA,
     GhcbPage,
+    HardwareFault,
     RegisterGhcbRequest,
     RegisterGhcbResponse,
     RunVmplRequest,
@@ -307,6 +308,7 @@ class RequestLoopStatistics(NamedTuple):
     busy_seconds_per_cpu: tuple[float, ...]
     not_pending: int
     panics: int
+    fixups: int = 0  #: calling-area accesses that faulted (calls not served)
 
 
 class RequestLoop:
@@ -337,6 +339,7 @@ class RequestLoop:
         self._clock = clock
         self._lock = threading.Lock()
         self._not_pending = 0
+        self._fixups = 0
         #: Kernel work waiting for a vCPU at VMPL0 (served after the guest's call, before the
         #: loop returns to the guest, as upstream's request loop runs kernel tasks).
         self.kernel_work: collections.deque[KernelWork] = collections.deque()
@@ -464,16 +467,24 @@ class RequestLoop:
             return  # NoMappings: nothing to serve, back to idle
         vmsa, caa = ctx
         mem = vcpu.view(0)
+        # The guest VMSA is the SVSM's page (the guest cannot make it fault, only the host can):
+        # a fault reading it has no fixup and panics, as upstream.
         regs = mem.read(vmsa, _VMSA_READ)
         if _Q.unpack_from(regs, _EXIT_CODE_OFF)[0] != VMEXIT_VMGEXIT:
             with self._lock:
                 self._not_pending += 1
             return  # the guest did not exit with VMGEXIT: nothing to serve
-        if not CallingAreaHeader.from_bytes(mem.read(caa, 8)).pending:
+        try:  # the CAA is guest memory (upstream GuestPtr): the guest may have made it fault
+            header = CallingAreaHeader.from_bytes(mem.read(caa, 8))
+            if header.pending:
+                mem.write(caa, b"\0")
+        except HardwareFault as exc:
+            self._fixup(vcpu, "access to the calling area", exc)
+            return  # the call is not served, the loop carries on
+        if not header.pending:
             with self._lock:
                 self._not_pending += 1
             return
-        mem.write(caa, b"\0")
         q = _Q.unpack_from
         params = RequestParams(vcpu.index, *[q(regs, off)[0] for off in _INPUT_OFFS])
         t0 = self._clock()
@@ -492,6 +503,11 @@ class RequestLoop:
         pc.calls += 1
         pc.busy_seconds += self._clock() - t0
 
+    def _fixup(self, vcpu: Vcpu, what: str, exc: BaseException) -> None:
+        with self._lock:
+            self._fixups += 1
+        log.warning("CPU %d: %s faulted (%s); call not served", vcpu.index, what, exc)
+
     def _return_to_guest(self, vcpu: Vcpu) -> None:
         value = self.ghcb.msr_request(vcpu, self._run_guest)
         if value == _RUN_VMPL_OK:
@@ -503,10 +519,11 @@ class RequestLoop:
     def statistics(self) -> RequestLoopStatistics:
         """Snapshot of the loop counters."""
         with self._lock:
-            nope = self._not_pending
+            nope, fixups = self._not_pending, self._fixups
         return RequestLoopStatistics(
             tuple(p.calls for p in self.percpu),
             tuple(p.busy_seconds for p in self.percpu),
             nope,
             int(self.panicker.panicked is not None),
+            fixups,
         )

@@ -246,6 +246,7 @@ class Svsm:
             self.registry,
             (HardwareFault,),
             svsm_owned=self._svsm_owned,
+            lock=self.pvalidate_lock,
         )
         self.dispatcher = Dispatcher({}, self.module_host, lambda p: self.memory.window(p.cpu))
         self.core = CoreProtocol(

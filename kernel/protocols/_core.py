@@ -63,7 +63,9 @@ FAIL_UNCHANGED = 0x10
 # RMPADJUST permission bits (snp.md 5.3: [15:8] mask; bit 8 R, 9 W, 10 X-user, 11 X-supervisor).
 PERM_READ, PERM_WRITE, PERM_XUSER, PERM_XSUPER = 0x1, 0x2, 0x4, 0x8
 PERMS_RWX = PERM_READ | PERM_WRITE | PERM_XUSER | PERM_XSUPER
-#: The legacy ISA hole the SVSM does not zero after validation (``writable_phys_addr``).
+#: The legacy ISA hole upstream does not zero after validation (``writable_phys_addr``, a FIXME
+#: for read-only MMIO).  The simulation has no such MMIO, so pysvsm zeroes it like any page: a host
+#: remapping an SVSM frame into the hole must not expose its plaintext (SECREVIEW 01:20).
 ISA_RANGE = (0xA0000, 0x100000)
 
 
@@ -217,8 +219,6 @@ class CoreProtocol:
         self._rmpadjust(cpu, gpa, huge, self.guest_vmpl, PERMS_RWX)
 
     def _zero(self, cpu: int, gpa: int, size: int) -> None:
-        if ISA_RANGE[0] < gpa + size and gpa < ISA_RANGE[1]:
-            return
         try:
             self._ops.zero(cpu, gpa, size)
         except self._mem._faults as exc:

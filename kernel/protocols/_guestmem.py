@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from svsm.sdk import InvalidAddress
 
@@ -54,6 +54,10 @@ class GuestMemory:
     :param fault_types: exception classes that count as hardware faults (fixed up).
     :param svsm_owned: ``svsm_owned(gpa, length)`` is True for guest pages lent to the SVSM
         (DEPOSIT_MEM); they are not guest memory until withdrawn.
+    :param lock: the PVALIDATE_LOCK: every change of what is guest memory (CREATE_VCPU,
+        REMAP_CA, DEPOSIT_MEM, ...) takes it for writing, so :meth:`read`/:meth:`write` hold it
+        for reading from the check to the end of the access (unless the caller holds it already):
+        a checked page cannot become a VMSA, a CAA or SVSM memory before the SVSM touched it.
     """
 
     def __init__(
@@ -64,7 +68,9 @@ class GuestMemory:
         registry: VcpuRegistry,
         fault_types: tuple[type[BaseException], ...],
         svsm_owned: Callable[[int, int], bool] | None = None,
+        lock: Any = None,
     ) -> None:
+        self._lock_rw = lock
         self._view_for = view_for
         self.regions = tuple(regions)
         self.svsm_region = svsm_region
@@ -122,6 +128,10 @@ class GuestMemory:
 
         :raises InvalidAddress: invalid range, or the hardware faulted (fixup).
         """
+        rw = self._lock_rw
+        if rw is not None and not rw.held_by_me():
+            with rw.read():
+                return self.read(cpu, gpa, length, allow_registered=allow_registered)
         self.check(gpa, length, allow_registered=allow_registered)
         try:
             return self._view_for(cpu).read(gpa, length)
@@ -133,6 +143,11 @@ class GuestMemory:
 
         :raises InvalidAddress: invalid range, or the hardware faulted (fixup).
         """
+        rw = self._lock_rw
+        if rw is not None and not rw.held_by_me():
+            with rw.read():
+                self.write(cpu, gpa, data, allow_registered=allow_registered)
+                return
         self.check(gpa, len(data), allow_registered=allow_registered)
         try:
             self._view_for(cpu).write(gpa, data)

@@ -204,6 +204,11 @@ class RWLock(Generic[T]):
         """Thread ident of the writer, or ``None``."""
         return self._writer
 
+    def held_by_me(self) -> bool:
+        """True if the calling thread holds the lock for reading or for writing."""
+        me = _get_ident()
+        return self._writer == me or me in self._readers
+
     def statistics(self) -> RWLockStatistics:
         """Acquisition and contention counts plus the current holders."""
         return RWLockStatistics(self.name, self._reads, self._writes, self._contentions,

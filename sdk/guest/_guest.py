@@ -189,7 +189,7 @@ class Attestation:
     certificates: dict[uuid.UUID, bytes]
 
     def verify(self, *, trusted_arks: Sequence[Any] | None = None, now: Any = None) -> Any:
-        """Check REPORT_DATA = SHA-512(nonce || manifest) and the report against the VCEK chain.
+        """Check the report against the VCEK chain, that it is VMPL0's, and REPORT_DATA = SHA-512(nonce || manifest).
 
         :param trusted_arks: pinned AMD root certificates (``cryptography`` x509).  The chain
             comes from the untrusted host: without a pinned root only its internal consistency
@@ -208,6 +208,8 @@ class Attestation:
         except (KeyError, ValueError) as exc:
             raise VerificationError("certificate table lacks a usable ARK/ASK/VCEK") from exc
         report = verify_report(self.report, load_chain(*pems), now=now, trusted_arks=trusted_arks)
+        if report.vmpl != 0:  # only the SVSM (VMPL0) attests services; a guest VMPL picks any REPORT_DATA
+            raise VerificationError(f"services attestation from VMPL{report.vmpl}, not the SVSM (VMPL0)")
         want = hashlib.sha512(self.nonce + self.manifest_bytes).digest()
         if not hmac.compare_digest(report.report_data, want):
             raise VerificationError("REPORT_DATA is not SHA-512(nonce || manifest)")

@@ -180,3 +180,14 @@ def test_svsm_run_state_dir_survives_a_restart(tmp_path: Any, capsys: pytest.Cap
         states = {m["name"]: m["state"] for m in rep["modules"]}
         assert states.get("persist") == "serving" and states.get("tpm") == "serving", states
     assert (tmp_path / "persist.img").exists() and (tmp_path / "psp").is_dir()
+
+
+def test_secrets_come_from_the_os_rng_unless_seeded() -> None:
+    """SECREVIEW 01:25: the host must not be able to predict VMPCK0 or the memory key."""
+    def keys(**kw: Any) -> tuple[bytes, bytes]:
+        with boot(vcpus=1, memory="12M", **kw) as cvm:
+            return bytes(cvm.svsm.secrets.vmpck(0)), cvm.platform.host.read(cvm.firmware.gpa, 64)  # same plaintext
+
+    (v1, c1), (v2, c2) = keys(), keys()
+    assert v1 != v2 and c1 != c2  # VMPCK0 and the memory key (ciphertext of the same firmware page)
+    assert keys(seed=5) == keys(seed=5)

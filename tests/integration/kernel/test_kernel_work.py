@@ -160,3 +160,23 @@ def test_kernel_work_borrows_the_context_of_a_vcpu_waiting_for_a_module() -> Non
         # a syscall of the module on the vCPU's own thread, with the context parked
         assert g.svsm_call(9, 1).rax == 0
         assert AttestationReport.from_bytes(mod.reports[0]).report_data == b"\x44" * 64
+
+
+def test_a_shared_calling_area_is_not_served_and_does_not_panic() -> None:
+    """SECREVIEW 01:05: the guest makes its CAA page shared, then calls: the SVSM's CAA read
+    faults; it is fixed up (call not served), the kernel stays up, VMPCK0 is not wiped."""
+    from svsm.kernel.hw import PageStateChangeRequest
+
+    with boot(vcpus=2, memory="12M") as cvm:
+        g = cvm.guest
+        g.accept_memory(0x10_0000, 0x10_0000)
+        ap = g.start_ap(1)
+        old_caa = g.caa
+        assert g._msr(PageStateChangeRequest(old_caa >> 12, 2).encode()).error == 0
+        g.mem.write(old_caa, b"\x01", c_bit=False)
+        g.regs.set_many(("rax", "rcx", "rdx", "r8", "r9"), (8, 0, 0, 0, 0))
+        g._run_vmpl0()
+        assert cvm.svsm.panicker.panicked is None and any(cvm.svsm.secrets.vmpck(0))
+        assert cvm.svsm.loop.statistics().fixups == 1
+        assert g.mem.read(old_caa, 1, c_bit=False) == b"\x01"  # not served: call_pending still set
+        assert ap.query_protocol(0) == (1, 1)  # the kernel keeps serving

@@ -223,3 +223,36 @@ def test_requests_run_as_their_cpu(cvm: Any) -> None:
     ap = cvm.guest.start_ap(2)
     assert cvm.guest.svsm_call(MOD, 8).rax == 0 and ap.svsm_call(MOD, 8).rax == 0
     assert seen == [0, 2]
+
+
+def test_guest_memory_access_holds_the_pvalidate_lock_from_check_to_access(cvm: Any) -> None:
+    """SECREVIEW 01:15 (TOCTOU): between GuestMemory's check and its access no CREATE_VCPU,
+    REMAP_CA or DEPOSIT_MEM (all take PVALIDATE_LOCK for writing) can change what the page is."""
+    g = cvm.guest
+    g.accept_memory(0x10_0000, 0x10_0000)
+    page = g.pool.take()
+    mem, real = cvm.svsm.memory, cvm.svsm.memory._view_for
+    lock = cvm.svsm.pvalidate_lock
+    seen: list[bool] = []
+
+    class Watching:
+        def __init__(self, v: Any) -> None:
+            self.v = v
+
+        def read(self, gpa: int, n: int) -> bytes:
+            seen.append(lock.try_write() is None)
+            return self.v.read(gpa, n)
+
+        def write(self, gpa: int, data: bytes) -> None:
+            seen.append(lock.try_write() is None)
+            self.v.write(gpa, data)
+
+    mem._view_for = lambda cpu: Watching(real(cpu))
+    try:
+        mem.write(0, page, b"abc")
+        assert mem.read(0, page, 3) == b"abc"
+        with lock.write():  # a caller holding it already (REMAP_CA) does not take it again
+            mem.write(0, page, b"xyz", allow_registered=True)
+    finally:
+        mem._view_for = real
+    assert seen[:2] == [True, True] and len(seen) == 3

@@ -264,3 +264,20 @@ def test_delete_the_boot_vmsa_returns_the_svsm_page(guest: Any, cvm: Any, invari
     assert ap.query_protocol(0) == (1, 1)
     with pytest.raises((FatalError, VmrunError, GuestTerminated)):
         guest.query_protocol(0)  # the BSP's guest has no runnable VMSA any more
+
+
+def test_pvalidate_zeroes_pages_in_the_isa_hole_too() -> None:
+    """SECREVIEW 01:20: the host backs a GPA in 0xA0000-0x100000 with the SVSM's secrets frame;
+    the page the SVSM validates for the guest must not show the SVSM's plaintext (VMPCK0)."""
+    from svsm.kernel import boot
+    from svsm.kernel.hw.adversary import AdversarialHypervisor
+    from svsm.sdk.guest import PvalidateEntry
+
+    hv = AdversarialHypervisor()
+    with boot(vcpus=1, memory="32M", hypervisor=hv) as cvm:
+        g, x = cvm.guest, 0xA0000
+        spa = hv.gpa_to_spa(cvm.layout.secrets_gpa)
+        assert hv.rmpupdate(spa, x, assigned=True).rc == 0
+        hv.remap(x >> 12, spa >> 12)
+        g.pvalidate([PvalidateEntry(x)])
+        assert g.mem.read(x, 4096) == bytes(4096)

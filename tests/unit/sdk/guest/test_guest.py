@@ -203,3 +203,25 @@ def test_acceptable_pages_are_ram_minus_reserved_minus_accepted() -> None:
         assert Guest._acceptable(g, gpa, size) == want  # type: ignore[arg-type]
 
     check()
+
+
+def test_services_attestation_must_come_from_vmpl0() -> None:
+    """SECREVIEW 01:05: a guest VMPL gets reports with REPORT_DATA of its choice; such a report
+    must not verify as the SVSM's services attestation for a manifest the guest made up."""
+    import hashlib
+
+    from svsm.kernel import boot
+    from svsm.sdk.attestation import VerificationError
+    from svsm.sdk.guest._abi import ServicesManifest
+
+    nonce = b"relying party".ljust(64, b"\0")
+    forged = ServicesManifest(((uuid.UUID(int=1), b"fake vTPM EK"),)).to_bytes()
+    with boot(vcpus=1, memory="12M") as cvm:
+        g = cvm.guest
+        g.accept_memory(0x10_0000, 0x10_0000)
+        genuine = g.attest(nonce)
+        assert genuine.verify(trusted_arks=[cvm.psp.chip.ark_cert]).vmpl == 0
+        report = cvm.psp.build_report(cvm.psp_context, hashlib.sha512(nonce + forged).digest(), 2)
+        fake = Attestation(nonce, report, ServicesManifest.from_bytes(forged), forged, genuine.certificates)
+        with pytest.raises(VerificationError):
+            fake.verify(trusted_arks=[cvm.psp.chip.ark_cert])
