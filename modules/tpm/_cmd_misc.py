@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ._constants import ALG, CAP, CC, HT, RC, RH, SU, TPMA_NV, rc_param
 from ._crypto import CURVES
-from ._dispatch import COMMANDS, USER, Ctx, command, p_u8, p_u16, p_u32, p_u64
+from ._dispatch import COMMANDS, USER, Ctx, command, p_u16, p_u32, p_u64, p_yesno
 from ._marshal import Reader, TpmError, tpm2b, u8, u16, u32, u64
 from ._nv import NV_BUFFER_MAX, NV_INDEX_MAX, startup_clear
 from ._pcr import NUM_PCRS, PCR_BANKS
@@ -82,10 +82,16 @@ def clock_info(tpm: "Tpm") -> bytes:
     return u64(tpm.now_ms()) + u32(tpm.reset_count) + u32(tpm.restart_count) + b"\x01"
 
 
-@command(CC.Startup, params=(p_u16,), no_sessions=True)
-def _startup(tpm: "Tpm", ctx: Ctx, su: int) -> bytes:
+def _p_su(r: Reader) -> int:
+    """TPM_SU: CLEAR or STATE, else VALUE while unmarshalling (before the leftover-bytes check)."""
+    su = r.u16()
     if su not in (SU.CLEAR, SU.STATE):
-        raise TpmError(rc_param(RC.VALUE, 1))
+        raise TpmError(RC.VALUE)
+    return su
+
+
+@command(CC.Startup, params=(_p_su,), no_sessions=True)
+def _startup(tpm: "Tpm", ctx: Ctx, su: int) -> bytes:
     from ._state import resume_volatile
     if su == SU.CLEAR and tpm.saved_state is None:
         tpm.audit_digest = b""  # TPM Reset clears the command audit digest
@@ -123,10 +129,8 @@ def _startup(tpm: "Tpm", ctx: Ctx, su: int) -> bytes:
     return b""
 
 
-@command(CC.Shutdown, params=(p_u16,))
+@command(CC.Shutdown, params=(_p_su,))
 def _shutdown(tpm: "Tpm", ctx: Ctx, su: int) -> bytes:
-    if su not in (SU.CLEAR, SU.STATE):
-        raise TpmError(rc_param(RC.VALUE, 1))
     from ._state import save_volatile
     tpm.saved_state = save_volatile(tpm) if su == SU.STATE else None
     tpm.orderly = True
@@ -135,8 +139,8 @@ def _shutdown(tpm: "Tpm", ctx: Ctx, su: int) -> bytes:
     return b""
 
 
-@command(CC.SelfTest, params=(p_u8,))
-def _self_test(tpm: "Tpm", ctx: Ctx, full: int) -> bytes:
+@command(CC.SelfTest, params=(p_yesno,))
+def _self_test(tpm: "Tpm", ctx: Ctx, full: bool) -> bytes:
     return b""
 
 

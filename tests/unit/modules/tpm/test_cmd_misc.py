@@ -73,3 +73,12 @@ def test_test_parms(run) -> None:
     assert rc_of(run(TESTPARMS, params=struct.pack(">HHHHI", 0x0001, 0x0010, 0x0010, 1000, 0))) == 0x1C7  # KEY_SIZE
     assert rc_of(run(TESTPARMS, params=struct.pack(">HHHHH", 0x0023, 0x0010, 0x0010, 0x0009, 0x0010))) == 0x1E6
     assert rc_of(run(TESTPARMS, params=struct.pack(">H", 0x0099))) == 0x1CA  # TYPE
+
+
+def test_enum_parameters_are_checked_while_unmarshalling(run) -> None:
+    """swtpm/libtpms differential (TPMIO): TPMI_YES_NO and TPM_SU fail with VALUE on parameter 1,
+    before the leftover-bytes check (SIZE)."""
+    assert rc_of(run(SELFTEST, params=b"\x06")) == 0x1C4
+    assert rc_of(run(SELFTEST, params=b"\x01")) == 0
+    assert rc_of(run(0x145, params=b"\xac\xfa" + b"\x00" * 5)) == 0x1C4  # Shutdown: bad TPM_SU + trailing bytes
+    assert rc_of(run(0x145, params=b"\x00\x00" + b"\x00")) == 0x095  # a good TPM_SU + trailing bytes: SIZE
