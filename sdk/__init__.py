@@ -47,6 +47,7 @@ from ._module import Request as Request
 from ._module import VENDOR_PROTOCOL_BASE as VENDOR_PROTOCOL_BASE
 from ._module import hookimpl as hookimpl
 from ._module import load_manifest as load_manifest
+from ._module import module_report_data as module_report_data
 from ._syscalls import CapabilityDenied as CapabilityDenied
 from ._syscalls import Syscalls as Syscalls
 
@@ -64,6 +65,7 @@ __all__ = [
     "VENDOR_PROTOCOL_BASE",
     "hookimpl",
     "load_manifest",
+    "module_report_data",
     "CapabilityDenied",
     "Syscalls",
     "Busy",

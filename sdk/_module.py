@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import logging
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -39,6 +40,8 @@ __all__ = [
     "VENDOR_PROTOCOL_BASE",
     "hookimpl",
     "load_manifest",
+    "MODULE_REPORT_PREFIX",
+    "module_report_data",
 ]
 
 #: pluggy project name: hook markers, entry-point group ``svsm.modules``.
@@ -193,6 +196,22 @@ def load_manifest(obj: Any) -> Manifest:
         raise InvalidFormat(f"invalid manifest: {exc}") from None
 
 
+#: Domain-separation prefix of module attestation reports (:func:`module_report_data`).
+MODULE_REPORT_PREFIX = b"pysvsm module report v1\0"
+
+
+def module_report_data(module: str, measurement: bytes, report_data: bytes) -> bytes:
+    """The REPORT_DATA of a VMPL0 report made for module ``module`` with ``report_data``.
+
+    SHA-512(``MODULE_REPORT_PREFIX`` || name || NUL || code measurement || the module's 64 bytes):
+    what a verifier of a module's report (e.g. the persistence anchor) recomputes, and what can never
+    equal a binding the SVSM itself signs (ATTEST_SERVICES uses SHA-512(nonce || manifest)).
+
+    .. versionadded:: 0.2
+    """
+    return hashlib.sha512(MODULE_REPORT_PREFIX + module.encode() + b"\0" + bytes(measurement) + bytes(report_data)).digest()
+
+
 # ------------------------------------------------------------------ request values
 
 
@@ -271,6 +290,9 @@ class ModuleContext:
     manifest: Manifest
     capabilities: frozenset[str]
     log: logging.Logger
+    #: SHA-384 of the module's code as the kernel measured it (``b""`` from a kernel before ABI 1.2).
+    #: ``versionadded`` 0.2.
+    measurement: bytes = b""
 
 
 class Module:

@@ -159,7 +159,7 @@ class ModuleRuntime:
                     root = logging.getLogger()
                     root.handlers[:] = [SyscallLogHandler(self.syscalls)]
                     root.setLevel(logging.INFO)
-            self.ctx = ModuleContext(self.syscalls, self.manifest, caps, logger)
+            self.ctx = ModuleContext(self.syscalls, self.manifest, caps, logger, hello.measurement)
             if not inspect.ismodule(self.plugin):
                 try:
                     self.plugin.ctx = self.ctx  # Module subclasses read self.ctx

@@ -136,6 +136,10 @@ class Syscalls:
     def attestation_report(self, report_data: bytes) -> bytes:
         """Ask the PSP for an attestation report carrying ``report_data`` (64 bytes; capability ``attest``).
 
+        A privileged capability (built-in or policy-listed modules only).  Verifiers should expect
+        REPORT_DATA = :func:`svsm.sdk.module_report_data` (module name, ``ctx.measurement``,
+        ``report_data``) once the kernel domain-separates module reports (docs/modules.md).
+
         :returns: the raw 1184-byte ATTESTATION_REPORT (parse with :mod:`svsm.sdk.attestation`).
         """
         return self._do(m.SysReport, report_data=bytes(report_data)).data

@@ -274,6 +274,7 @@ class ModuleSupervisor:
                 abi_minor=m.ABI_MINOR,
                 module=self.name,
                 capabilities=sorted(self.granted),
+                measurement=self.spec.measurement,
             )
         )
         ack = self._read(deadline)

@@ -68,7 +68,7 @@ __all__ = [
 
 #: ABI version spoken by this SDK.  A different major on the other side ends the handshake.
 ABI_MAJOR = 1
-ABI_MINOR = 1
+ABI_MINOR = 2
 
 #: Largest frame body either side accepts (the 4-byte length prefix is checked first).
 MAX_FRAME = 1 << 20
@@ -122,6 +122,8 @@ class Hello(KernelMessage, tag="hello"):
     module: Name
     capabilities: Caps = []
     max_frame: U32 = MAX_FRAME
+    #: the module's code measurement (SHA-384) as the kernel computed it; since 1.2.
+    measurement: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
 
 
 class Start(KernelMessage, tag="start"):

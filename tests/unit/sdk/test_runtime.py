@@ -29,3 +29,25 @@ def test_second_inprocess_host_logs_through_its_own_channel(caplog: pytest.LogCa
                 assert h.module("logs").state.value == "serving"
                 assert [r.getMessage() for r in caplog.records if r.name == "svsm.kernel.modules.logs"] == ["started"]
         assert not [x for x in logger.handlers if isinstance(x, SyscallLogHandler)]
+
+
+class Measured(Module):
+    MANIFEST = Manifest(name="measured", version="1")
+    seen: list[bytes] = []
+
+    @hookimpl
+    def svsm_module_start(self, ctx: Any) -> None:
+        Measured.seen.append(ctx.measurement)
+
+
+def test_context_carries_the_kernel_measurement_and_report_data_is_domain_separated() -> None:
+    import hashlib
+
+    from svsm.sdk import module_report_data
+
+    Measured.seen = []
+    with ModuleHost([Measured], mode="inprocess") as h:
+        assert Measured.seen == [h.module("measured").spec.measurement] and len(Measured.seen[0]) == 48
+    rd = module_report_data("measured", Measured.seen[0], b"\1" * 64)
+    assert len(rd) == 64 and rd != hashlib.sha512(b"\1" * 64).digest()
+    assert rd != module_report_data("other", Measured.seen[0], b"\1" * 64)
