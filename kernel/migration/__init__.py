@@ -18,8 +18,9 @@ from ._service import MigrationProgress as MigrationProgress
 from ._service import VmService as VmService
 from ._service import run_migration as run_migration
 from ._vm import CHUNK_PAGES as CHUNK_PAGES
+from ._vm import MIGRATION_REPORT_LABEL as MIGRATION_REPORT_LABEL
 from ._vm import MigratableVm as MigratableVm
 from ._vm import VmStatistics as VmStatistics
 
 __all__ = ["GateState", "GateStatistics", "GuestFenced", "RunGate", "MachineState", "decode_state", "CHUNK_PAGES",
-           "MigratableVm", "VmStatistics", "MigrationProgress", "VmService", "run_migration"]
+           "MigratableVm", "VmStatistics", "MIGRATION_REPORT_LABEL", "MigrationProgress", "VmService", "run_migration"]

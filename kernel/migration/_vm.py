@@ -49,7 +49,7 @@ from ._state import (
     encode_state,
 )
 
-__all__ = ["MigratableVm", "VmStatistics", "Page", "CHUNK_PAGES"]
+__all__ = ["MigratableVm", "VmStatistics", "Page", "CHUNK_PAGES", "MIGRATION_REPORT_LABEL"]
 
 log = logging.getLogger("svsm.kernel.migration")
 
@@ -59,6 +59,9 @@ _VMPL_PERMS_ALL = 0x1F
 #: Pages per digest chunk of the final check (1 MiB).
 CHUNK_PAGES = 256
 _HDR = struct.Struct("<IB")
+
+#: Domain label of migration reports (``svsm.modules.migrate.migration_report_data`` must agree; tested).
+MIGRATION_REPORT_LABEL = b"pysvsm migration report v1\0"
 
 #: ``(gfn, state word, plaintext or None for an all-zero page)``.
 Page = tuple[int, int, bytes | None]
@@ -119,6 +122,9 @@ class MigratableVm:
         #: Chunk digests of a destination (memory changes only through write_pages until resume).
         self._dcache: dict[int, bytes] | None = None
         self._last_state: MachineState | None = None
+        #: Digest chunks as an ascending import passes them (:meth:`_digest_passed`).
+        self.eager_digests = True
+        self._eager_next = 0
         self.pages_read = self.pages_written = self.zero_pages = self.n_digests = 0
         self.dirty_reported = self.dirty_ignored = 0
 
@@ -137,10 +143,16 @@ class MigratableVm:
     def attest(self, report_data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
         """A VMPL0 report of this SVSM binding ``report_data``, with the ARK/ASK/VCEK PEMs.
 
+        The report's REPORT_DATA is SHA-512(:data:`MIGRATION_REPORT_LABEL` || ``report_data``):
+        whoever drives migration (the ``migrate`` module, through the ``vm`` service) never gets
+        a VMPL0 report over bytes of its choosing, so it cannot forge the services attestation
+        (SHA-512(nonce || manifest)) or any other VMPL0 binding.
+
         :raises InvalidParameter: ``report_data`` is not 64 bytes.
         """
         if len(report_data) != 64:
             raise InvalidParameter("REPORT_DATA must be 64 bytes")
+        report_data = hashlib.sha512(MIGRATION_REPORT_LABEL + bytes(report_data)).digest()
         # The SVSM's own MSG_REPORT_REQ at VMPL0 (VMPCK0); built by the PSP directly so that no
         # guest vCPU's GHCB is borrowed while the guest keeps running on it.
         report = self.cvm.psp.build_report(self.cvm.psp_context, report_data, 0)
@@ -272,6 +284,24 @@ class MigratableVm:
                     mem.write_raw(sfn, 0, data)
             n += 1
         self.pages_written += n
+        if pages and self.eager_digests:
+            self._digest_passed(pages[-1][0])
+
+    def _digest_passed(self, gfn: int) -> None:
+        """Digest the chunks an ascending import has moved past (destination, round 0).
+
+        A freshly booted destination receives round 0 in frame order, so every chunk below the
+        one ``gfn`` falls in is complete until a later round rewrites it (which drops its cached
+        digest again).  Hashing them now spreads the destination's side of the final check over
+        the transfer instead of doing it all when round 0 ends -- which is exactly when an idle
+        guest's source stops and runs its own full pass, competing for the same CPUs on one host.
+        """
+        upto = (gfn - self._frames.start) // CHUNK_PAGES
+        if upto > self._eager_next:
+            todo = [c for c in range(self._eager_next, upto) if self._dcache is not None and c not in self._dcache]
+            self._eager_next = upto
+            if todo:
+                self.digests(todo)
 
     # -- the final check -----------------------------------------------------------------------------
     def _chunk_digest(self, chunk: int) -> bytes:

@@ -37,7 +37,9 @@ from ._memvm import MemoryVm as MemoryVm
 from ._phases import Phase as Phase
 from ._phases import diagram as diagram
 from ._policy import MeasurementPolicy as MeasurementPolicy
+from ._policy import MIGRATION_REPORT_LABEL as MIGRATION_REPORT_LABEL
 from ._policy import make_verifier as make_verifier
+from ._policy import migration_report_data as migration_report_data
 from ._port import Stream as Stream
 from ._service import ServicePort as ServicePort
 from ._service import ServiceStream as ServiceStream
@@ -48,4 +50,5 @@ __all__ = [
     "MigrationAborted", "MigrationInDoubt", "MigrationOptions", "MigrationReport", "Progress", "make_channel",
     "migrate_destination", "migrate_source", "MemoryVm", "Phase", "diagram", "MeasurementPolicy", "make_verifier", "Stream",
     "VmPort", "MANIFEST", "MigrateParams", "svsm_module_command", "ServicePort", "ServiceStream",
+    "MIGRATION_REPORT_LABEL", "migration_report_data",
 ]

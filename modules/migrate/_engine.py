@@ -30,6 +30,7 @@ from svsm.sdk import InvalidRequest, RequestError
 
 from ._channel import Channel, ChannelError, Evidence, HandshakeComplete, Record, Role
 from ._phases import Phase, advance
+from ._policy import migration_report_data
 from ._port import Page, Stream, VmPort
 from ._wire import (
     WIRE_VERSION,
@@ -185,8 +186,13 @@ class _Link:
 
 
 def make_channel(vm: VmPort, role: Role, verifier: Callable[[Evidence, bytes], object], rng: Callable[[int], bytes]) -> Channel:
-    """A channel whose evidence comes from ``vm``'s PSP (report_data binds the handshake)."""
-    return Channel(role, lambda rd: Evidence(*vm.attest(rd)), verifier, rng)
+    """A channel whose evidence comes from ``vm``'s PSP.
+
+    ``vm.attest(binding)`` returns a report whose REPORT_DATA is
+    :func:`~._policy.migration_report_data` of the handshake binding, so the peer's report is
+    checked against that.
+    """
+    return Channel(role, lambda rd: Evidence(*vm.attest(rd)), lambda ev, rd: verifier(ev, migration_report_data(rd)), rng)
 
 
 def _shape(vm: VmPort) -> VmShape:

@@ -17,6 +17,7 @@ import msgspec
 
 from svsm.sdk import InvalidParameter, InvalidRequest
 
+from ._policy import migration_report_data
 from ._port import Page
 
 __all__ = ["MemoryVm"]
@@ -63,8 +64,8 @@ class MemoryVm:
                 "modules": sorted(self.modules), "measurement": ""}  # fmt: skip
 
     def attest(self, report_data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-        """:meth:`VmPort.attest` on the dict."""
-        return self._attester(report_data)
+        """:meth:`VmPort.attest` on the dict (the attester signs the labelled binding, as the kernel does)."""
+        return self._attester(migration_report_data(report_data))
 
     def frames(self) -> range:
         """:meth:`VmPort.frames` on the dict."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import hmac
 from collections.abc import Callable
 
@@ -44,6 +45,21 @@ def _der(pem: bytes) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+
+
+#: Domain label of the SVSM's migration reports (the kernel's ``vm`` service applies it; a test
+#: checks that ``svsm.kernel.migration`` uses the same bytes).
+MIGRATION_REPORT_LABEL = b"pysvsm migration report v1\0"
+
+
+def migration_report_data(binding: bytes) -> bytes:
+    """REPORT_DATA of the report the ``vm`` service's ``attest`` returns for ``binding``.
+
+    The kernel never lets the migration module pick a VMPL0 report's REPORT_DATA: it signs
+    SHA-512(label || binding), so nothing the module obtains can pass as another VMPL0 binding
+    (the services attestation's SHA-512(nonce || manifest), another module's report).
+    """
+    return hashlib.sha512(MIGRATION_REPORT_LABEL + bytes(binding)).digest()
 
 
 def make_verifier(

@@ -39,7 +39,8 @@ class VmPort(Protocol):
         ...
 
     def attest(self, report_data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-        """(report binding ``report_data``, ARK, ASK, VCEK PEMs) of this SVSM."""
+        """(report, ARK, ASK, VCEK PEMs) of this SVSM; the report's REPORT_DATA is
+        ``migration_report_data(report_data)`` (labelled: never the caller's bytes as they are)."""
         ...
 
     def frames(self) -> Sequence[int]:

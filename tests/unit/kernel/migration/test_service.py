@@ -133,3 +133,23 @@ def test_a_source_whose_module_fails_resumes_its_guest() -> None:
             out = run_migration(Host(vm), vm, a, "source", ark=b"")
         assert out["result"] == "aborted" and "Busy" in out["reason"]
         assert vm.gate.state is GateState.RUNNING
+
+
+def test_the_module_never_gets_a_vmpl0_report_over_bytes_of_its_choice() -> None:
+    """The vm service labels REPORT_DATA (a module cannot forge the services attestation with it)."""
+    import hashlib
+
+    from svsm.kernel import boot
+    from svsm.kernel.migration import MIGRATION_REPORT_LABEL, MigratableVm, VmService
+    from svsm.modules.migrate import MIGRATION_REPORT_LABEL as MODULE_LABEL
+    from svsm.modules.migrate import migration_report_data
+    from svsm.sdk.attestation import AttestationReport
+
+    assert MIGRATION_REPORT_LABEL == MODULE_LABEL
+    chosen = hashlib.sha512(b"nonce" + b"forged services manifest").digest()
+    with boot(vcpus=1, memory="16M") as cvm:
+        a, b = socket.socketpair()
+        with a, b:
+            report, *_ = msgspec.msgpack.decode(VmService(MigratableVm(cvm), a)("migrate", "attest", chosen))
+    rd = AttestationReport.from_bytes(report).report_data
+    assert rd != chosen and rd == migration_report_data(chosen)
