@@ -5,7 +5,9 @@ it exports :data:`MANIFEST` and the hook functions below, which act on one
 :class:`VtpmService` per module process.
 
 State: the engine's non-volatile state is written to storage key ``"state"`` after every
-command that changed it, and read back at start.  A state that fails to load stops the module
+command that changed it, and read back at start.  If that write fails after a successful command
+that may write NV, the command is rolled back and answered TPM_RC_NV_UNAVAILABLE (the reference
+TPM's answer to a failed NV write); other state waits in memory for the next write.  A state that fails to load stops the module
 (COCONUT panics on purpose, so a blank TPM never overwrites the keys).  Migration and crash
 checkpoints use ``svsm_save_state`` which also carries PCRs, loaded objects and sessions.
 """
@@ -24,12 +26,13 @@ from typing import Callable
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from svsm.sdk import (BufferSpec, CallSpec, InvalidFormat, InvalidParameter, InvalidRequest, Manifest,
-                      ModuleContext, ProtocolSpec, Reply, Request, hookimpl)
+                      ModuleContext, ProtocolSpec, Reply, Request, RequestError, hookimpl)
 from svsm.sdk.tpm import (SVSM_VTPM_CMD, SVSM_VTPM_PROTOCOL, SVSM_VTPM_QUERY, VTPM_BUFFER_SIZE,
                           VTPM_QUERY_FEATURES, VTPM_QUERY_PLATFORM_COMMANDS, decode_vtpm_request,
                           encode_vtpm_response)
 
-from ._constants import RH
+from ._constants import CC, RC, RH
+from ._dispatch import COMMANDS
 from ._ek import create_ek, ek_template_rsa2048, provision_ek
 from ._engine import Tpm
 from ._state import StateError
@@ -83,6 +86,8 @@ class VtpmService:
         self._now = 0.0
         self._clock_fn: Callable[[], float] = time.monotonic
         self.saves = 0
+        #: commands rolled back because storage failed after they ran
+        self.storage_failures = 0
 
     def _clock(self) -> float:
         return self._now
@@ -153,8 +158,32 @@ class VtpmService:
             raise InvalidRequest("vTPM not powered on")
         self._tick(ctx)
         self._provision(ctx)
-        out = encode_vtpm_response(tpm.execute(req.command, req.locality))
-        self.persist(ctx)
+        tpm = self.tpm  # _provision never replaces it, but read it once
+        assert tpm is not None
+        # A command that may write NV runs against a snapshot: if storage then fails, the TPM goes
+        # back to it and the guest gets TPM_RC_NV_UNAVAILABLE, as the reference TPM answers when its
+        # NV write fails -- never an error for a command that took effect.
+        undo = None
+        if "storage" in ctx.capabilities and _may_write_nv(req.command):
+            undo = (tpm.save_state(include_volatile=True), tpm.dirty)
+        response = tpm.execute(req.command, req.locality)
+        try:
+            self.persist(ctx)
+        except RequestError as exc:
+            self.storage_failures += 1
+            if undo is not None and response[6:10] == b"\x00\x00\x00\x00":
+                ctx.log.warning("vTPM: storage write failed (%s): command 0x%s rolled back, TPM_RC_NV_UNAVAILABLE",
+                                type(exc).__name__, bytes(req.command[6:10]).hex())
+                self.tpm = Tpm(rng=tpm.rng, clock=self._clock, state=undo[0])
+                self.tpm.dirty = undo[1]  # still unwritten if an earlier write had failed too
+                response = _NV_UNAVAILABLE
+            else:
+                # A failed command (its only persistent effect is dictionary-attack bookkeeping, which
+                # must not be undone) or one without a snapshot: the state stays in memory, dirty, and
+                # is written after the next command; the guest gets the TPM's own answer.
+                ctx.log.warning("vTPM: storage write failed (%s) after command 0x%s; retried after the next one",
+                                type(exc).__name__, bytes(req.command[6:10]).hex())
+        out = encode_vtpm_response(response)
         return Reply(buffer=out + page[len(out):])
 
     def restore(self, state: bytes, ctx: ModuleContext) -> None:
@@ -198,6 +227,19 @@ class VtpmService:
         if not self.manifest:
             return state
         return _SNAPSHOT.pack(_SNAPSHOT_MAGIC, len(self.manifest)) + self.manifest + _manifest_tag(tpm) + state
+
+
+#: TPM_RC_NV_UNAVAILABLE: the NV write behind the command failed; the command had no effect
+_NV_UNAVAILABLE = b"\x80\x01\x00\x00\x00\x0a" + RC.NV_UNAVAILABLE.to_bytes(4, "big")
+
+
+def _may_write_nv(command: bytes) -> bool:
+    """Whether ``command`` is one that may change persistent state (TPMA_CC.nv), PCR_Extend aside
+    (PCRs are volatile here; it never writes NV)."""
+    if len(command) < 10:
+        return False
+    spec = COMMANDS.get(int.from_bytes(command[6:10], "big"))
+    return spec is not None and spec.nv and spec.cc != CC.PCR_Extend
 
 
 #: snapshot = magic | u16 size | manifest | tag (32) | engine state; a bare engine state is accepted too

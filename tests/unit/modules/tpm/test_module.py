@@ -13,7 +13,7 @@ from svsm.sdk.tpm import decode_vtpm_response, encode_vtpm_request
 
 import svsm.modules.tpm as tpm_module
 from tpm_test_helpers import cmd, pw
-from svsm.modules.tpm import MANIFEST, VtpmService, ek_template_rsa2048
+from svsm.modules.tpm import MANIFEST, Tpm, VtpmService, ek_template_rsa2048
 
 STARTUP = bytes.fromhex("80010000000c000001440000")
 GETRANDOM = bytes.fromhex("80010000000c0000017b0008")
@@ -27,6 +27,8 @@ class FakeSyscalls:
         self._rnd = random.Random(seed)
         self.now_ns = 1_800_000_000 * 10**9
         self.puts = 0
+        #: make storage_put fail (a full or broken store)
+        self.fail_puts = False
 
     def random(self, size: int) -> bytes:
         return self._rnd.randbytes(size)
@@ -38,6 +40,8 @@ class FakeSyscalls:
         return self.store.get(key)
 
     def storage_put(self, key: str, value: bytes) -> None:
+        if self.fail_puts:
+            raise InvalidRequest("storage unavailable")
         self.puts += 1
         self.store[key] = value
 
@@ -237,6 +241,39 @@ def test_manifest_of_another_tpm_is_not_reused() -> None:
     assert fresh.manifest == b"" and fresh.tpm.seeds == other.tpm.seeds
     with pytest.raises(InvalidFormat):
         fresh.restore(snapshot[:10 + 100], make_ctx(seed=6))
+
+
+def test_storage_failure_rolls_the_command_back_with_nv_unavailable() -> None:
+    store: dict[str, bytes] = {}
+    svc, ctx = VtpmService(), make_ctx(store)
+    svc.start(ctx)
+    call(svc, ctx, STARTUP)
+    extend = cmd(0x182, (16,), struct.pack(">IH", 1, 0x000B) + bytes(range(32)), pw())
+    assert call(svc, ctx, extend)[6:10] == bytes(4)
+    pcr16 = svc.tpm.pcrs.banks[0x000B][16]
+    ctx.syscalls.fail_puts = True  # type: ignore[attr-defined]
+    change_auth = cmd(0x129, (0x40000001,), b"\x00\x02pw", pw())
+    assert call(svc, ctx, change_auth) == bytes.fromhex("80010000000a00000923")  # TPM_RC_NV_UNAVAILABLE
+    assert svc.tpm.auths[0x40000001] == b"" and svc.storage_failures == 1  # the change did not happen
+    assert svc.tpm.started and svc.tpm.pcrs.banks[0x000B][16] == pcr16  # volatile state kept
+    assert call(svc, ctx, GETRANDOM)[6:10] == bytes(4)  # commands that write nothing still run
+    ctx.syscalls.fail_puts = False  # type: ignore[attr-defined]
+    assert call(svc, ctx, change_auth)[6:10] == bytes(4)
+    assert Tpm(state=store["state"]).auths[0x40000001] == b"pw"
+
+
+def test_storage_failure_keeps_dictionary_attack_state() -> None:
+    store: dict[str, bytes] = {}
+    svc, ctx = VtpmService(), make_ctx(store)
+    svc.start(ctx)
+    call(svc, ctx, STARTUP)
+    ctx.syscalls.fail_puts = True  # type: ignore[attr-defined]
+    bad = cmd(0x139, (0x4000000A,), b"", pw(b"wrong"))  # DictionaryAttackLockReset, wrong lockout auth
+    assert call(svc, ctx, bad)[6:10] == struct.pack(">I", 0x98E)  # AUTH_FAIL (session 1), not rolled back
+    assert svc.tpm.lockout_locked_at is not None and svc.tpm.dirty
+    ctx.syscalls.fail_puts = False  # type: ignore[attr-defined]
+    call(svc, ctx, GETRANDOM)  # the next command writes what is pending
+    assert Tpm(state=store["state"]).lockout_locked_at is not None
 
 
 def test_corrupt_stored_state_fails_the_start() -> None:
