@@ -136,6 +136,10 @@ class ModuleHost:
     :param recorder: observer of every ABI frame on the kernel side (tests).
     :param clock: monotonic seconds for deadlines and backoff.
     :param runtime_dir: parent of the modules' private directories (a temp dir by default).
+    :param tick: seconds between supervision rounds (crash detection, due restarts).
+    :param scheduler: the booted kernel's ``svsm.kernel.sched.Scheduler``: supervision then runs as its
+        periodic timer (``call_every(tick)``) instead of a thread of its own.  Restarts still run on
+        threads of their own (a start may take ``start_timeout``).
 
     .. versionadded:: 0.1
     """
@@ -152,6 +156,7 @@ class ModuleHost:
         clock: Callable[[], float] = time.monotonic,
         runtime_dir: str | None = None,
         tick: float = 0.02,
+        scheduler: Any = None,
     ) -> None:
         self.mode = mode
         self.policy = policy or Policy()
@@ -179,6 +184,8 @@ class ModuleHost:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._tick = tick
+        self._scheduler = scheduler
+        self._timer: Any = None
         self.kernel_undumpable = False
         self.skipped: dict[str, str] = {}
         for obj in modules:
@@ -264,20 +271,22 @@ class ModuleHost:
         self._sups[spec.name] = sup
         for p in spec.manifest.protocols:
             self._by_protocol[p.number] = sup
-        if self._thread is not None:
+        if self._thread is not None or self._timer is not None:
             self._start_one(sup)
         return sup
 
     def start(self) -> ModuleHost:
         """Start every module (storage providers first) and the supervisor thread; idempotent."""
-        if self._thread is not None:
+        if self._thread is not None or self._timer is not None:
             return self
         if any(s.mode == "process" for s in self._sups.values()):
             self.kernel_undumpable = make_kernel_undumpable()
         order = sorted(self._sups.values(), key=lambda s: "serve_storage" not in s.granted)
         for sup in order:
             self._start_one(sup)
-        if self._thread is None:
+        if self._scheduler is not None:
+            self._timer = self._scheduler.call_every(self._tick, self._poll_all)
+        else:
             self._thread = threading.Thread(target=self._supervise, name="svsm-module-supervisor", daemon=True)
             self._thread.start()
         return self
@@ -291,14 +300,22 @@ class ModuleHost:
                 log.error("storage provider %s did not start: %s", sup.name, sup.last_failure)
             self.providers.storage.set_provider(ModuleStorageBackend(sup), sup.name)
 
+    def _poll_all(self) -> None:
+        """One supervision round: notice dead processes, start due restarts (never blocks on a start)."""
+        if self._stop.is_set():
+            return
+        for sup in list(self._sups.values()):
+            sup.poll()
+
     def _supervise(self) -> None:
         while not self._stop.wait(self._tick):
-            for sup in list(self._sups.values()):
-                sup.poll()
+            self._poll_all()
 
     def close(self) -> None:
         """Stop every module (storage providers last) and the supervisor thread."""
         self._stop.set()
+        if self._timer is not None:
+            self._timer.cancel()
         if self._thread is not None:
             self._thread.join(2.0)
         order = sorted(self._sups.values(), key=lambda s: "serve_storage" in s.granted)

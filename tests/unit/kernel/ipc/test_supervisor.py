@@ -60,3 +60,19 @@ def test_a_module_stuck_in_start_does_not_delay_another_restart() -> None:
         assert h.wait_module_ready("stuck", 30.0)
         assert h.call(P, 0).rcx == 1
         assert quick.statistics().restarts == 1 and stuck.statistics().restarts == 1
+
+
+def test_supervision_runs_as_a_kernel_scheduler_timer() -> None:
+    from svsm.kernel.sched import Scheduler
+
+    sched = Scheduler(1)
+    try:
+        with ModuleHost([Quick], mode="inprocess", limits=Limits(backoff_base=0.01), tick=0.01, scheduler=sched) as h:
+            assert h._thread is None  # no supervisor thread of its own
+            assert h.call(P + 1, 1).rax == ResultCode.BUSY  # crash
+            assert h.wait_module_ready("quick", 30.0)  # restarted from the scheduler's timer
+            assert h.call(P + 1, 0).rcx == 2
+        fired = sched.statistics()
+        assert fired.timers_fired >= 1
+    finally:
+        sched.shutdown()
