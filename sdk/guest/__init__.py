@@ -32,6 +32,7 @@ from ._abi import request_rax as request_rax
 from ._abi import split_rax as split_rax
 from ._guest import Attestation as Attestation
 from ._guest import CallNotServiced as CallNotServiced
+from ._guest import GuestOutOfMemory as GuestOutOfMemory
 from ._guest import Guest as Guest
 from ._guest import GuestStatistics as GuestStatistics
 from ._guest import GuestVcpu as GuestVcpu
@@ -41,6 +42,7 @@ from ._guest import SvsmCallResult as SvsmCallResult
 __all__ = [
     "Attestation",
     "CallNotServiced",
+    "GuestOutOfMemory",
     "Guest",
     "GuestStatistics",
     "GuestVcpu",

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from .._errors import FatalError, InvalidParameter, RequestError, ResultCode, SvsmError
+from .._errors import FatalError, InvalidParameter, InvalidRequest, RequestError, ResultCode, SvsmError
 from ._abi import (
     NONCE_SIZE,
     PAGE_SIZE,
@@ -123,12 +123,36 @@ class GuestStatistics(NamedTuple):
     aps: int
 
 
-class PagePool:
-    """Private, validated guest pages the guest OS may use (its page allocator; thread-safe)."""
+class GuestOutOfMemory(InvalidRequest):
+    """The guest has no free accepted page left and no unaccepted RAM to accept.
 
-    def __init__(self, pages: Iterable[int] = ()) -> None:
+    .. versionadded:: 0.1
+    """
+
+
+class PagePool:
+    """Private, validated guest pages the guest OS may use (its page allocator; thread-safe).
+
+    :param pages: the first free pages.
+    :param refill: ``refill(count) -> bool`` accepts more guest RAM into the pool when it runs dry
+        (Linux's lazy acceptance of unaccepted memory); False when there is none left.
+    """
+
+    def __init__(self, pages: Iterable[int] = (), refill: Callable[[int], bool] | None = None) -> None:
         self._lock = threading.Lock()
         self._free = sorted(set(pages), reverse=True)
+        self.refill = refill
+        self._refilling = threading.local()
+
+    def _refill(self, count: int) -> bool:
+        """Accept more memory (not re-entered: accepting may itself need a page)."""
+        if self.refill is None or getattr(self._refilling, "on", False):
+            return False
+        self._refilling.on = True
+        try:
+            return self.refill(count)
+        finally:
+            self._refilling.on = False
 
     def add(self, gpa: int, size: int) -> None:
         """Make ``[gpa, gpa+size)`` available."""
@@ -136,17 +160,30 @@ class PagePool:
             self._free.extend(range(gpa + size - PAGE_SIZE, gpa - 1, -PAGE_SIZE))
 
     def take(self) -> int:
-        """One page.  :raises FatalError: the guest is out of accepted memory."""
-        with self._lock:
-            if not self._free:
-                raise FatalError("guest out of accepted memory")
-            return self._free.pop()
+        """One page; accepts more guest RAM first if none is free.
+
+        :raises GuestOutOfMemory: no free page and no RAM left to accept.
+        """
+        while True:
+            with self._lock:
+                if self._free:
+                    return self._free.pop()
+            if not self._refill(1):
+                raise GuestOutOfMemory("guest out of accepted memory")
 
     def take_contiguous(self, count: int) -> list[int]:
         """``count`` physically contiguous pages (lowest run first).
 
-        :raises FatalError: no such run is free.
+        :raises GuestOutOfMemory: no such run is free and no RAM left to accept.
         """
+        while True:
+            run = self._take_contiguous(count)
+            if run is not None:
+                return run
+            if not self._refill(count):
+                raise GuestOutOfMemory(f"no {count} contiguous free guest pages")
+
+    def _take_contiguous(self, count: int) -> list[int] | None:
         with self._lock:
             free = sorted(self._free)
             run = 1
@@ -161,7 +198,7 @@ class PagePool:
                     run += 1
                 else:
                     run = 1
-            raise FatalError(f"no {count} contiguous free guest pages")
+            return None
 
     def give(self, gpa: int) -> None:
         """Return a page."""
@@ -278,6 +315,10 @@ class Guest:
         if peer is None:
             for gpa, size in prevalidated:
                 self.pool.add(gpa, size)
+            self.pool.refill = self._accept_more
+        #: Next GPA lazy acceptance looks at (the BSP's pool refills from the BSP's driver).
+        self._accept_cursor = 0
+        self._cursor_lock = threading.Lock()
         self._ghcb_gpa: int | None = None
         self.aps: dict[int, tuple[Guest, int, int]] = {}
         self.calls = 0
@@ -459,6 +500,24 @@ class Guest:
         self.accepted.update(pages)
         self.pool.give_many(pages)
         return len(pages) * PAGE_SIZE
+
+    def _accept_more(self, count: int) -> bool:
+        """Lazy acceptance (Linux's unaccepted memory): accept the next 2 MiB chunks of guest RAM
+        into the pool until ``count`` pages came in.  The pool calls it when it runs dry.
+
+        :returns: False once no RAM is left to accept.
+        :raises RequestError: the SVSM refused to validate.
+        """
+        end = max((e for _, e in self.ram), default=0)
+        got = 0
+        while got < count:
+            with self._cursor_lock:
+                start = self._accept_cursor
+                if start >= end:
+                    break
+                stop = self._accept_cursor = min(end, (start // PAGE_SIZE_2M + 1) * PAGE_SIZE_2M)
+            got += self.accept_memory(start, stop - start) // PAGE_SIZE
+        return got > 0
 
     def _acceptable(self, gpa: int, size: int) -> list[int]:
         """The pages ``gpa + k * PAGE_SIZE`` below ``gpa + size`` in RAM, not reserved, not accepted."""

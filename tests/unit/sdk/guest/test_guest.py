@@ -225,3 +225,26 @@ def test_services_attestation_must_come_from_vmpl0() -> None:
         fake = Attestation(nonce, report, ServicesManifest.from_bytes(forged), forged, genuine.certificates)
         with pytest.raises(VerificationError):
             fake.verify(trusted_arks=[cvm.psp.chip.ark_cert])
+
+
+def test_the_pool_accepts_memory_on_demand_then_runs_out_with_a_request_error() -> None:
+    """LEAD 00:50: attest() right after boot works (the pool accepts the next 2 MiB chunk when
+    dry, as Linux accepts unaccepted memory lazily); a really exhausted guest gets a RequestError."""
+    import os
+
+    from svsm.kernel import boot
+    from svsm.sdk.guest import GuestOutOfMemory
+
+    with boot(vcpus=1, memory="12M") as vm:
+        g = vm.guest
+        assert not g.accepted
+        assert vm.guest.attest(os.urandom(64)).verify().vmpl == 0
+        first = len(g.accepted)
+        assert 0 < first <= 512  # one 2 MiB chunk, less what is reserved
+        with pytest.raises(GuestOutOfMemory) as err:
+            while True:
+                g.pool.take()
+        assert isinstance(err.value, RequestError)
+        ram_pages = sum(e - s for s, e in g.ram) // 0x1000
+        assert len(g.accepted) == ram_pages - sum(1 for p in range(0, ram_pages * 0x1000, 0x1000)
+                                                  if any(s <= p < s + n for s, n in g.reserved))
