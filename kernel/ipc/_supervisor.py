@@ -59,6 +59,8 @@ __all__ = [
 
 log = logging.getLogger("svsm.kernel.ipc.supervisor")
 
+_UNSET = object()
+
 #: The deadline of a command run without a timeout (``ModuleHost.command(..., timeout=None)``).
 _FOREVER = float("inf")
 
@@ -189,6 +191,7 @@ class ModuleSupervisor:
         self._pollin: Any = None
         self._command: str | None = None  # name of the kernel command in progress
         self._restarting = False  # a restart thread owns the start
+        self._manifest_cache: object = _UNSET  # svsm_service_manifest bytes of this process
 
     # -- state -----------------------------------------------------------------------
     @property
@@ -245,6 +248,7 @@ class ModuleSupervisor:
                 return False
 
     def _start_locked(self) -> None:
+        self._manifest_cache = _UNSET
         deadline = self._ctx.clock() + self._ctx.limits.start_timeout
         self._deadline = deadline
         self.strikes = 0
@@ -652,13 +656,23 @@ class ModuleSupervisor:
 
     def restore_state(self, state: bytes) -> None:
         """``svsm_restore_state`` (migration destination); also kept as the crash checkpoint."""
+        self._manifest_cache = _UNSET
         self._serving_hook(m.RestoreState(id=self._next_id(), state=state))
         self._checkpoint = bytes(state)
 
     def service_manifest(self) -> bytes | None:
-        """``svsm_service_manifest``: the bytes for the attestation services manifest."""
+        """``svsm_service_manifest``: the bytes for the attestation services manifest.
+
+        Cached until the module restarts, restores a state or runs a command (the hook must
+        return stable bytes), so an attestation does not wait on the module each time.
+        """
+        cached = self._manifest_cache
+        if cached is not _UNSET:
+            return cached  # type: ignore[return-value]
         res = self._serving_hook(m.ManifestRequest(id=self._next_id()))
-        return res.data if res.found else None
+        data = res.data if res.found else None
+        self._manifest_cache = data
+        return data
 
     def command(self, name: str, payload: bytes = b"", timeout: float | None = None) -> bytes:
         """Run ``svsm_module_command(name, payload)`` in the module; serve its syscalls meanwhile.
@@ -680,6 +694,7 @@ class ModuleSupervisor:
             if self.state is not ModuleState.SERVING:
                 raise Busy(f"module {self.name} is {self.state.value}")
             self._command = name
+            self._manifest_cache = _UNSET
             try:
                 deadline = _FOREVER if timeout is None else self._ctx.clock() + timeout
                 res = self._exchange(m.Command(id=self._next_id(), name=name, payload=bytes(payload)), m.HookResult, deadline)

@@ -230,3 +230,34 @@ def test_abi_frames_of_a_command(abi_frames: Any) -> None:
     assert [(c.name, c.payload) for c in cmds] == [("relay", b"vm:op:pp")]
     assert [(s.service, s.op, s.payload) for s in svcs] == [("vm", "op", b"pp")]
 
+
+
+class Manifested(Module):
+    MANIFEST = Manifest(name="manifested", version="1", service_guid="12345678-1234-4234-8234-1234567890ab")
+    asked = 0
+    ek = b"ek-1"
+
+    @hookimpl
+    def svsm_service_manifest(self) -> bytes:
+        Manifested.asked += 1
+        return Manifested.ek
+
+    @hookimpl
+    def svsm_restore_state(self, state: bytes) -> None:
+        Manifested.ek = state
+
+    @hookimpl
+    def svsm_module_command(self, name: str, payload: bytes) -> bytes:
+        Manifested.ek = payload
+        return b""
+
+
+def test_service_manifest_is_cached_until_restore_or_command() -> None:
+    Manifested.asked, Manifested.ek = 0, b"ek-1"
+    with _host(Manifested) as h:
+        sup = h.module("manifested")
+        assert [sup.service_manifest() for _ in range(3)] == [b"ek-1"] * 3 and Manifested.asked == 1
+        h.restore_state("manifested", b"ek-2")  # e.g. a migrated vTPM: another EK
+        assert sup.service_manifest() == b"ek-2" and Manifested.asked == 2
+        h.command("manifested", "set", b"ek-3")
+        assert sup.service_manifest() == b"ek-3" and Manifested.asked == 3
