@@ -474,7 +474,7 @@ class Tpm(EntityMixin):
             raise TpmError(rc_session(RC.ATTRIBUTES, n_auth + 1))
         params = cmd[pos:]
         audited = cc in self.audit_commands
-        cp_hash = _cp_hasher(self, cc, ctx, params)
+        cp_hash = None
         handles, ents = ctx.handles, ctx.ent
         for i in range(n_auth):
             entry = sessions[i]
@@ -487,6 +487,8 @@ class Tpm(EntityMixin):
                 if (mac or auth) and not _hmac.compare_digest(mac.rstrip(b"\x00"), auth.rstrip(b"\x00")):
                     raise TpmError(rc_session(RC.BAD_AUTH, i + 1))
             else:
+                if cp_hash is None:
+                    cp_hash = _cp_hasher(self, cc, ctx, params)
                 self._authorize(ctx, i, entry.handle, entry.nonce, entry.attrs, entry.mac, None, cp_hash, b"")
         if spec.params:
             pr = Reader(params)
@@ -507,7 +509,7 @@ class Tpm(EntityMixin):
             self.dirty = True
         self.exclusive_audit = None
         if audited:
-            self._command_audit(cc, cp_hash, out)
+            self._command_audit(cc, cp_hash or _cp_hasher(self, cc, ctx, params), out)
         if spec.rhandle and ctx.out_handle is not None:
             out = _U32_PACK(ctx.out_handle) + out if tag == _ST_NO_SESSIONS else \
                 b"".join((_U32_PACK(ctx.out_handle), _U32_PACK(len(out)), out, _PW_RESPONSE * len(sessions)))
