@@ -86,11 +86,16 @@ class AnchorClient:
         (trust on first use; the store seals its hash and enforces it afterwards).
     :param lease: a lease this CVM already holds (a restarted module process re-acquires it
         instead of being refused as a second instance).
+    :param module: (module name, code measurement) when the kernel domain-separates module reports
+        (ABI 1.2, ``ModuleContext.measurement``): sent along so the anchor recomputes
+        ``svsm.sdk.module_report_data`` for the REPORT_DATA it checks.
     """
 
     def __init__(self, exchange: Callable[[dict[str, Any]], dict[str, Any]], attest: Attester, *,
-                 rng: Callable[[int], bytes], anchor_key: bytes | None = None, lease: bytes = b"") -> None:
+                 rng: Callable[[int], bytes], anchor_key: bytes | None = None, lease: bytes = b"",
+                 module: tuple[str, bytes] | None = None) -> None:
         self._exchange, self._attest, self._rng = exchange, attest, rng
+        self._module = module
         self._key = anchor_key
         self._lease = lease
         self._next: bytes | None = None
@@ -152,7 +157,10 @@ class AnchorClient:
         request = {"op": op, "store_id": store_id.hex(), "generation": generation, "lease": self._lease.hex(),
                    "challenge": challenge.hex(), "client_nonce": nonce.hex()}
         report, vcek = self._attest(report_data_for(request))
-        answer = self._exchange({"type": "op", "request": request, "report": report.hex(), "vcek": vcek.hex()})
+        msg: dict[str, Any] = {"type": "op", "request": request, "report": report.hex(), "vcek": vcek.hex()}
+        if self._module is not None:  # the kernel signs module_report_data(name, measurement, binding)
+            msg["module"] = {"name": self._module[0], "measurement": self._module[1].hex()}
+        answer = self._exchange(msg)
         try:
             sig = bytes.fromhex(answer["signature"])
             Ed25519PublicKey.from_public_bytes(self._key).verify(sig, REPLY_CONTEXT + canonical(answer["reply"]))  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ __all__ = [
     "encode",
     "parse_reply",
     "parse_request",
+    "parse_module",
     "report_data_for",
 ]
 
@@ -124,6 +125,26 @@ def parse_request(obj: Any) -> dict[str, Any]:
         "challenge": _hex(obj, "challenge", 32),
         "client_nonce": _hex(obj, "client_nonce", 32),
     }
+
+
+#: Longest module name the anchor accepts in a ``module`` field (the ABI's name limit).
+MAX_MODULE_NAME = 64
+
+
+def parse_module(obj: Any) -> tuple[str, bytes]:
+    """Validate the optional ``module`` field of an ``op`` message: whose report this is.
+
+    A kernel that domain-separates module reports signs ``svsm.sdk.module_report_data(name,
+    measurement, report_data)``; the field names the module and its code measurement (SHA-384).
+
+    :raises ProtocolViolation: not ``{"name": str, "measurement": 48-byte hex}``.
+    """
+    if not isinstance(obj, dict) or set(obj) != {"name", "measurement"}:
+        raise ProtocolViolation("bad module fields")
+    name = obj["name"]
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_MODULE_NAME:
+        raise ProtocolViolation("module name must be a short string")
+    return name, _hex(obj, "measurement", 48)
 
 
 def parse_reply(obj: Any) -> dict[str, Any]:

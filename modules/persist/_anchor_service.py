@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from svsm.sdk import SvsmError
 
-from ._anchor_proto import FRAME_HEADER, MAX_FRAME, ProtocolViolation, canonical, decode, encode, parse_request, report_data_for
+from ._anchor_proto import (FRAME_HEADER, MAX_FRAME, ProtocolViolation, canonical, decode, encode, parse_module,
+                            parse_request, report_data_for)
 
 __all__ = ["AnchorService", "AnchorStatistics", "ReportVerifier", "chain_verifier", "load_or_create_key",
            "serve_tcp", "REPLY_CONTEXT"]
@@ -131,6 +132,12 @@ class AnchorService:
     :param lease_ttl_ns: a lease not renewed for this long may be taken by another instance.
     :param allowed_measurements: if given, only these SVSM measurements are served.
     :param require_vmpl0: refuse reports not requested at VMPL0 (i.e. not by the SVSM itself).
+    :param module_names: modules whose domain-separated reports are accepted (the ``module`` field
+        of an op; REPORT_DATA = ``svsm.sdk.module_report_data(name, measurement, binding)``).
+    :param module_measurements: if given, only these module code measurements (SHA-384) are served.
+    :param accept_unwrapped: also accept REPORT_DATA = the bare binding, as a kernel that does not
+        domain-separate module reports signs it.  Turn it off once every kernel wraps them: a bare
+        binding can come from any code that gets VMPL0 reports over bytes it chose.
     :param allow_debug: serve a CVM whose guest policy allows debugging.  Off by default: the host
         can read and write such a guest's memory, so the same SVSM image launched with DEBUG would
         be an SVSM the host drives, holding and advancing the real store's lease and generation.
@@ -143,7 +150,9 @@ class AnchorService:
                  rng: Callable[[int], bytes], state_path: pathlib.Path | None = None,
                  lease_ttl_ns: int = 30 * 10**9, challenge_ttl_ns: int = 60 * 10**9,
                  allowed_measurements: set[bytes] | None = None, require_vmpl0: bool = True,
-                 one_store_per_measurement: bool = False, allow_debug: bool = False) -> None:
+                 one_store_per_measurement: bool = False, allow_debug: bool = False,
+                 module_names: frozenset[str] = frozenset({"persist"}),
+                 module_measurements: set[bytes] | None = None, accept_unwrapped: bool = True) -> None:
         self._key, self._verify, self._clock, self._rng = key, verifier, clock, rng
         self.public_key = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self._path = state_path
@@ -151,6 +160,8 @@ class AnchorService:
         self._allowed = allowed_measurements
         self._require_vmpl0 = require_vmpl0
         self._allow_debug = allow_debug
+        self._module_names, self._module_measurements = frozenset(module_names), module_measurements
+        self._accept_unwrapped = accept_unwrapped
         self._one_store = one_store_per_measurement
         self._lock = threading.Lock()
         self._challenges: dict[bytes, int] = {}
@@ -203,6 +214,7 @@ class AnchorService:
     def _op(self, msg: dict[str, Any]) -> dict[str, Any]:
         raw_req = msg.get("request")
         req = parse_request(raw_req)
+        module = parse_module(msg["module"]) if msg.get("module") is not None else None
         report, vcek = msg.get("report"), msg.get("vcek", "")
         if not isinstance(report, str) or not isinstance(vcek, str) or len(report) > MAX_FRAME:
             raise ProtocolViolation("report and vcek must be hex")
@@ -215,7 +227,7 @@ class AnchorService:
         except (SvsmError, ValueError) as exc:
             log.info("anchor: report refused: %s", exc)
             return self._reply(req, "refused", None)
-        if not hmac.compare_digest(bytes(verified.report_data), report_data_for(raw_req)):
+        if not self._binds(bytes(verified.report_data), report_data_for(raw_req), module):
             log.info("anchor: REPORT_DATA does not bind the request")
             return self._reply(req, "refused", None)
         if self._require_vmpl0 and verified.vmpl != 0:
@@ -228,6 +240,20 @@ class AnchorService:
             return self._reply(req, "refused", None)
         identity = hashlib.sha256(bytes(verified.measurement) + req["store_id"]).hexdigest()
         return self._apply(identity, req, now, bytes(verified.measurement).hex())
+
+    def _binds(self, report_data: bytes, binding: bytes, module: tuple[str, bytes] | None) -> bool:
+        """REPORT_DATA is the binding, wrapped for an accepted module (or bare, if still accepted)."""
+        from svsm.sdk import module_report_data
+
+        if module is not None:
+            name, code = module
+            if name not in self._module_names or (
+                    self._module_measurements is not None and code not in self._module_measurements):
+                log.info("anchor: reports of module %r (code %s) are not accepted", name, code.hex()[:16])
+                return False
+            if hmac.compare_digest(report_data, module_report_data(name, code, binding)):
+                return True
+        return self._accept_unwrapped and hmac.compare_digest(report_data, binding)
 
     def _apply(self, identity: str, req: dict[str, Any], now: int, measurement: str) -> dict[str, Any]:
         rec = self._ids.get(identity)

@@ -94,8 +94,9 @@ def kernel_anchor(ctx: ModuleContext, lease: bytes = b"") -> AnchorClient | None
         except RequestError as exc:  # unreachable, refused by the relay, or a malformed frame
             raise AnchorError(f"anchor link: {exc}") from None
 
+    module = (ctx.manifest.name, ctx.measurement) if ctx.measurement else None  # ABI 1.2: who the kernel says we are
     return AnchorClient(exchange, lambda rd: (sys.attestation_report(rd), b""), rng=sys.random, anchor_key=key,
-                        lease=lease)
+                        lease=lease, module=module)
 
 
 class PersistModule(Module):
