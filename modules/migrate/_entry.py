@@ -9,6 +9,7 @@ the peer only through the kernel's ``vm`` service (:mod:`._service`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Annotated
 
 import msgspec
@@ -17,7 +18,8 @@ from svsm.sdk import Capability as Cap
 from svsm.sdk import InvalidParameter, Manifest, ModuleContext, hookimpl
 
 from ._channel import Role
-from ._engine import MigrationAborted, MigrationInDoubt, MigrationOptions, make_channel, migrate_destination, migrate_source
+from ._engine import (MigrationAborted, MigrationInDoubt, MigrationOptions, Progress, make_channel, migrate_destination,
+                      migrate_source)
 from ._policy import MeasurementPolicy, make_verifier
 from ._service import SERVICE, ServicePort, ServiceStream
 
@@ -52,10 +54,10 @@ class MigrateParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class _Throttle:
     """Forward at most one progress event per ``interval`` seconds, and every round's last."""
 
-    def __init__(self, port: ServicePort, clock, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, port: ServicePort, clock: Callable[[], float], interval: float = 0.1) -> None:
         self.port, self.clock, self.interval, self.last = port, clock, interval, -1e9
 
-    def __call__(self, ev) -> None:  # type: ignore[no-untyped-def]
+    def __call__(self, ev: Progress) -> None:
         now = self.clock()
         if ev.round_done >= ev.round_pages or now - self.last >= self.interval:
             self.last = now
