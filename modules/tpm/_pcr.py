@@ -13,12 +13,25 @@ from ._structs import marshal_pcr_selection, read_hash_alg, read_pcr_selection
 if TYPE_CHECKING:
     from ._engine import Tpm
 
-__all__ = ["Pcrs", "PCR_BANKS", "NUM_PCRS"]
+__all__ = ["Pcrs", "PCR_BANKS", "NUM_PCRS", "EXTEND_LOCALITIES", "RESET_LOCALITIES", "initial_value"]
 
 PCR_BANKS = (ALG.SHA1, ALG.SHA256, ALG.SHA384)
 NUM_PCRS = 24
+#: resettable from locality 0 (debug and application PCRs)
 RESETTABLE = (16, 23)
+#: PCRs Shutdown(STATE)/Startup(STATE) does not keep (ref s_initAttributes: stateSave = 0)
+NOT_STATE_SAVED = tuple(range(16, NUM_PCRS))
+#: per PCR, the localities (bit n = locality n) that may extend / reset it: ms-tpm-20-ref PCR.c
+#: s_initAttributes for the PC Client platform (17-22 are the D-RTM PCRs)
+EXTEND_LOCALITIES = (0x1F,) * 17 + (0x1C, 0x1C, 0x0C, 0x0E, 0x04, 0x04, 0x1F)
+RESET_LOCALITIES = (0,) * 16 + (0x0F, 0x10, 0x10, 0x10, 0x14, 0x04, 0x04, 0x0F)
+assert len(EXTEND_LOCALITIES) == len(RESET_LOCALITIES) == NUM_PCRS
 _ALL_PCRS = (1 << NUM_PCRS) - 1
+
+
+def initial_value(index: int, size: int) -> bytes:
+    """The value of PCR ``index`` after TPM Reset: all ones for 17-22 (no D-RTM event), else zeros."""
+    return b"\xff" * size if 17 <= index <= 22 else bytes(size)
 
 
 class Pcrs:
@@ -34,10 +47,10 @@ class Pcrs:
         self.reset_all()
 
     def reset_all(self, locality: int = 0) -> None:
-        """TPM Reset: all PCRs to zeros (17-22 would be ones; only 0 is modelled for them)."""
+        """TPM Reset/Restart: PCRs to their initial values (zeros; ones for the D-RTM PCRs 17-22)."""
         if self.pending is not None:
             self.allocated, self.pending = self.pending, None
-        self.banks = {alg: [bytes(HASHES[alg][1])] * NUM_PCRS for alg in self.allocated}
+        self.banks = {alg: [initial_value(i, HASHES[alg][1]) for i in range(NUM_PCRS)] for alg in self.allocated}
         self.update_counter = 0
 
     def extend(self, index: int, alg: int, digest: bytes) -> None:
@@ -89,10 +102,16 @@ def _marshal_digest_values(vals: list[tuple[int, bytes]]) -> bytes:
     return u32(len(vals)) + b"".join(u16(a) + d for a, d in vals)
 
 
+def _check_extend_locality(index: int, ctx: Ctx) -> None:
+    if not EXTEND_LOCALITIES[index] >> ctx.locality & 1:
+        raise TpmError(RC.LOCALITY)
+
+
 @command(CC.PCR_Extend, ("pcr+",), (USER,), params=(_read_digest_values,))
 def _pcr_extend(tpm: "Tpm", ctx: Ctx, digests: list[tuple[int, bytes]]) -> bytes:
     idx = ctx.ent[0]
     if idx is not None:
+        _check_extend_locality(idx, ctx)
         for alg, d in digests:
             tpm.pcrs.extend(idx, alg, d)
         tpm.pcrs.update_counter += 1
@@ -106,6 +125,8 @@ def _p_event(r: Reader) -> bytes:
 @command(CC.PCR_Event, ("pcr+",), (USER,), decrypt=True, params=(_p_event,))
 def _pcr_event(tpm: "Tpm", ctx: Ctx, data: bytes) -> bytes:
     idx = ctx.ent[0]
+    if idx is not None:
+        _check_extend_locality(idx, ctx)
     vals = [(alg, H(alg, data)) for alg in tpm.pcrs.allocated]
     if idx is not None:
         for alg, d in vals:
@@ -133,7 +154,7 @@ _SELECTIONS: dict[tuple[tuple[int, int], ...], bytes] = {}
 @command(CC.PCR_Reset, ("pcr",), (USER,))
 def _pcr_reset(tpm: "Tpm", ctx: Ctx) -> bytes:
     idx = ctx.ent[0]
-    if idx not in RESETTABLE:
+    if not RESET_LOCALITIES[idx] >> ctx.locality & 1:
         raise TpmError(RC.LOCALITY)
     for alg, bank in tpm.pcrs.banks.items():
         bank[idx] = bytes(HASHES[alg][1])

@@ -47,7 +47,7 @@ def save_volatile(tpm: "Tpm") -> bytes:
 
 def resume_volatile(tpm: "Tpm", data: bytes, keep_resettable: bool = False) -> None:
     """Inverse of :func:`save_volatile` (TPM Resume)."""
-    from ._pcr import NUM_PCRS, PCR_BANKS, RESETTABLE
+    from ._pcr import NOT_STATE_SAVED, NUM_PCRS, PCR_BANKS, initial_value
     from ._crypto import HASHES
     r = Reader(data)
     allocated = r.u8()
@@ -58,8 +58,8 @@ def resume_volatile(tpm: "Tpm", data: bytes, keep_resettable: bool = False) -> N
         size = HASHES[alg][1]
         vals = [banks.raw(size) for _ in range(NUM_PCRS)]
         if not keep_resettable:
-            for i in RESETTABLE:
-                vals[i] = bytes(size)
+            for i in NOT_STATE_SAVED:
+                vals[i] = initial_value(i, size)
         tpm.pcrs.banks[alg] = vals
     tpm.pcrs.update_counter = r.u32()
     tpm.sessions.clear()

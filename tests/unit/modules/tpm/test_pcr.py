@@ -76,3 +76,34 @@ def test_allocate_applies_at_next_reset(tpm, run) -> None:
     assert SHA1 not in tpm.pcrs.allocated
     rsp = run(CAP, params=struct.pack(">III", 5, 0, 1))
     assert rsp[19:25] == struct.pack(">HB", SHA1, 3) + b"\x00\x00\x00"
+
+
+def test_drtm_pcrs_start_as_ones_and_follow_the_locality_rules(tpm) -> None:
+    """PC Client PCR attributes (ms-tpm-20-ref PCR.c s_initAttributes): 17-22 are all ones after TPM
+    Reset, extendable from localities 2-4 (19: 2-3, 20: 1-3, 21/22: 2), resettable only from 4 (20: 2, 4;
+    21/22: 2); 16 and 23 from localities 0-3."""
+    from tpm_test_helpers import cmd
+
+    def run(cc, handles=(), params=b"", sessions=None, locality=0):
+        return tpm.execute(cmd(cc, handles, params, sessions), locality)
+
+    digest = struct.pack(">IH", 1, SHA256) + bytes(32)
+    _, vals = read_values(run(READ, params=sel((SHA256, [16, 17, 22, 23]))))
+    assert vals == [bytes(32), b"\xff" * 32, b"\xff" * 32, bytes(32)]
+    assert rc_of(run(EXTEND, (17,), digest, pw())) == 0x907  # locality 0 may not extend a D-RTM PCR
+    assert rc_of(run(EXTEND, (17,), digest, pw(), locality=4)) == 0
+    assert rc_of(run(EXTEND, (20,), digest, pw(), locality=1)) == 0
+    assert rc_of(run(EXTEND, (21,), digest, pw(), locality=3)) == 0x907
+    assert rc_of(run(EVENT, (19,), b"\x00\x01e", pw(), locality=4)) == 0x907
+    _, vals = read_values(run(READ, params=sel((SHA256, [17]))))
+    assert vals == [hashlib.sha256(b"\xff" * 32 + bytes(32)).digest()]
+    assert rc_of(run(RESET, (17,), b"", pw())) == 0x907
+    assert rc_of(run(RESET, (16,), b"", pw(), locality=4)) == 0x907
+    assert rc_of(run(RESET, (17,), b"", pw(), locality=4)) == 0
+    _, vals = read_values(run(READ, params=sel((SHA256, [17]))))
+    assert vals == [bytes(32)]  # PCR_Reset sets zeros (a D-RTM sequence starts from them)
+    assert rc_of(run(0x145, params=b"\x00\x01")) == 0  # Shutdown(STATE)
+    tpm.reset()
+    assert rc_of(run(0x144, params=b"\x00\x01")) == 0  # Startup(STATE): 16-23 are not state-saved
+    _, vals = read_values(run(READ, params=sel((SHA256, [17, 20]))))
+    assert vals == [b"\xff" * 32, b"\xff" * 32]
