@@ -30,6 +30,7 @@ from svsm.kernel.hw.psp import LaunchUpdate as _LaunchUpdate
 from svsm.kernel.protocols import ModuleHost
 from svsm.sdk.attestation import ARK_GUID, ASK_GUID, VCEK_GUID
 
+from ._launch_params import launch_parameters_page
 from ._svsm import FIRMWARE_END, FIRMWARE_SECTIONS, FIRMWARE_SIZE, PAGE, MemoryLayout, Svsm, _build_vmsa
 
 __all__ = ["boot", "Cvm", "Svsm", "MemoryLayout", "BootTimings", "CvmStatistics", "kernel_image", "parse_size"]
@@ -121,6 +122,8 @@ class Cvm:
         self.layout = svsm.layout
         self._guest: Any = None
         self._closed = False
+        #: The measured SVSM launch parameters page (guest VMPL, vCPUs, memory size).
+        self.launch_parameters = b""
         self.platform.hypervisor.send_init(platform.vcpus[0].apic_id)
 
     @property
@@ -230,9 +233,11 @@ class Cvm:
         self.shutdown(check_leaks=exc_type is None)
 
 
-def _launch_plan(layout: MemoryLayout, image: bytes, firmware: FirmwareImage) -> list[_LaunchUpdate]:
+def _launch_plan(layout: MemoryLayout, image: bytes, firmware: FirmwareImage, params: bytes) -> list[_LaunchUpdate]:
+    """What the PSP measures: kernel image, launch parameters page, secrets, firmware, VMSA."""
     plan = [
         _LaunchUpdate(PageType.NORMAL, layout.svsm_base, len(image), image),
+        _LaunchUpdate(PageType.NORMAL, layout.params_gpa, PAGE, params),
         _LaunchUpdate(PageType.SECRETS, layout.secrets_gpa, PAGE),
         _LaunchUpdate(PageType.NORMAL, firmware.gpa, len(firmware.data), firmware.data),
     ]
@@ -294,7 +299,8 @@ def boot(
     fw_image = FirmwareImage.parse(build_image(FIRMWARE_SIZE, sections=FIRMWARE_SECTIONS), end_at=FIRMWARE_END)
     platform = Platform(memory_size=size, vcpu_count=vcpus, rng=rng, hypervisor=hypervisor)
     fw = SnpFirmware(_chip(psp_state_dir), rng=rng.randbytes)
-    result = launch(fw, _launch_plan(layout, image, fw_image), write=_writer(platform))
+    params = launch_parameters_page(guest_vmpl=guest_vmpl, vcpus=vcpus, memory_size=size)
+    result = launch(fw, _launch_plan(layout, image, fw_image, params), write=_writer(platform))
     platform.psp = _PspPort(fw, result.ctx)
     t1 = clock()
     svsm = Svsm(platform, layout, guest_vmpl=guest_vmpl, module_host=module_host, clock=clock)
@@ -308,6 +314,7 @@ def boot(
     t3 = clock()
     log.info("booted: %d vCPUs, %d MiB, measurement %s", vcpus, size >> 20, result.measurement.hex())
     cvm = Cvm(platform, fw, result.ctx, svsm, fw_image, result.measurement, BootTimings(t1 - t0, t2 - t1, t3 - t2))
+    cvm.launch_parameters = params
     try:
         yield cvm
     except BaseException:

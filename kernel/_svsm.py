@@ -65,6 +65,7 @@ from svsm.sdk.guest import SVSM_ATTEST_PROTOCOL, SVSM_CORE_PROTOCOL
 
 from ._cpu_ops import CpuOps as _CpuOps
 from ._kernel_tasks import KernelTasks
+from ._launch_params import read_launch_parameters
 from ._panic import Panicker, TerminationReason, termination_request_msr
 from ._requests import GhcbCallError, KernelWork, PerCpu, RequestLoop, SvsmGhcb, current_cpu
 
@@ -114,6 +115,7 @@ class MemoryLayout:
     secrets_gpa: int
     bsp_vmsa_gpa: int
     boot_ghcb_gpa: int
+    params_gpa: int
     greq_gpa: int
     heap_start: int
     firmware_gpa: int
@@ -130,7 +132,7 @@ class MemoryLayout:
 
         :raises ValueError: memory too small for the SVSM and a guest.
         """
-        fixed = image_size + (3 + _GREQ_PAGES) * PAGE + vcpus * HEAP_PER_VCPU
+        fixed = image_size + (4 + _GREQ_PAGES) * PAGE + vcpus * HEAP_PER_VCPU
         svsm_size = max(4 << 20, (fixed + MB2 + MB2 - 1) // MB2 * MB2)
         if memory_size % MB2 or memory_size < svsm_size + (4 << 20):
             raise ValueError(f"memory must be a multiple of 2 MiB and at least {(svsm_size >> 20) + 4} MiB")
@@ -138,8 +140,8 @@ class MemoryLayout:
         p = base + image_size
         return cls(
             memory_size, base, svsm_size, image_size // PAGE,
-            secrets_gpa=p, bsp_vmsa_gpa=p + PAGE, boot_ghcb_gpa=p + 2 * PAGE, greq_gpa=p + 3 * PAGE,
-            heap_start=p + (3 + _GREQ_PAGES) * PAGE, firmware_gpa=FIRMWARE_END - FIRMWARE_SIZE,
+            secrets_gpa=p, bsp_vmsa_gpa=p + PAGE, boot_ghcb_gpa=p + 2 * PAGE, params_gpa=p + 3 * PAGE,
+            greq_gpa=p + 4 * PAGE, heap_start=p + (4 + _GREQ_PAGES) * PAGE, firmware_gpa=FIRMWARE_END - FIRMWARE_SIZE,
             guest_secrets_gpa=0x5000, guest_cpuid_gpa=0x6000, guest_caa_gpa=0x7000,
         )  # fmt: skip
 
@@ -220,6 +222,10 @@ class Svsm:
         lay, vcpu0 = self.layout, self.platform.vcpus[0]
         vcpu0.vmrun(0)
         view = vcpu0.view(0)
+        params = read_launch_parameters(view.read(lay.params_gpa, PAGE))
+        if (params.guest_vmpl, params.vcpus, params.memory_size) != (
+                self.guest_vmpl, len(self.platform.vcpus), self.platform.memory_size):  # fmt: skip
+            raise FatalError("the measured launch parameters differ from the machine the SVSM runs on")
         secrets = SNP_SECRETS_PAGE.from_buffer_copy(view.read(lay.secrets_gpa, PAGE))
         self.secrets = secrets
         self._msg = GuestMessageClient(secrets.vmpck(0), 0)

@@ -16,11 +16,11 @@ from svsm.sdk.attestation import SNP_SECRETS_PAGE
 
 def test_measurement_covers_the_kernel_image() -> None:
     with boot(vcpus=1, memory="12M") as cvm:
-        plan = _launch_plan(cvm.layout, kernel_image(), cvm.firmware)
+        plan = _launch_plan(cvm.layout, kernel_image(), cvm.firmware, cvm.launch_parameters)
         assert LaunchDigest().apply(plan) == cvm.measurement
         image = bytearray(kernel_image())
         image[100] ^= 1  # one changed byte of kernel code
-        assert LaunchDigest().apply(_launch_plan(cvm.layout, bytes(image), cvm.firmware)) != cvm.measurement
+        assert LaunchDigest().apply(_launch_plan(cvm.layout, bytes(image), cvm.firmware, cvm.launch_parameters)) != cvm.measurement
         assert b"_boot.py" in kernel_image() and b"def boot(" in kernel_image()
 
 
@@ -191,3 +191,23 @@ def test_secrets_come_from_the_os_rng_unless_seeded() -> None:
     (v1, c1), (v2, c2) = keys(), keys()
     assert v1 != v2 and c1 != c2  # VMPCK0 and the memory key (ciphertext of the same firmware page)
     assert keys(seed=5) == keys(seed=5)
+
+
+def test_launch_parameters_are_measured_and_enforced() -> None:
+    """LEAD 01:10: where the guest OS runs is part of the measurement, and the kernel runs with
+    the parameters that were measured."""
+    from svsm.kernel._launch_params import launch_parameters_page, read_launch_parameters
+    from svsm.sdk import FatalError
+
+    measurements = {}
+    for vmpl in (1, 2, 3):
+        with boot(vcpus=1, memory="12M", guest_vmpl=vmpl) as cvm:
+            measurements[vmpl] = cvm.measurement
+            assert read_launch_parameters(cvm.launch_parameters).guest_vmpl == vmpl
+            plan = _launch_plan(cvm.layout, kernel_image(), cvm.firmware, cvm.launch_parameters)
+            other = launch_parameters_page(guest_vmpl=vmpl % 3 + 1, vcpus=1, memory_size=12 << 20)
+            assert LaunchDigest().apply(plan) == cvm.measurement
+            assert LaunchDigest().apply(_launch_plan(cvm.layout, kernel_image(), cvm.firmware, other)) != cvm.measurement
+    assert len(set(measurements.values())) == 3
+    with pytest.raises(FatalError):
+        read_launch_parameters(bytes(4096))
