@@ -321,14 +321,15 @@ class Tpm(EntityMixin):
         sessions: list[AuthEntry] = []
         all_pw = True
         if tag == _ST_SESSIONS:
-            if spec.no_sessions:
-                raise TpmError(RC.AUTH_CONTEXT)
+            # authorizationSize is read and checked first, then whether sessions are allowed (libtpms)
             if pos + 4 > n_cmd:
                 raise TpmError(RC.INSUFFICIENT)
             auth_size = _U32_FROM(cmd, pos)[0]
             pos += 4
             if auth_size < 9 or auth_size > n_cmd - pos:
-                raise TpmError(RC.AUTHSIZE)
+                raise TpmError(RC.SIZE)
+            if spec.no_sessions:
+                raise TpmError(RC.AUTH_CONTEXT)
             p = pos
             pos = end = pos + auth_size
             while p < end:

@@ -72,6 +72,17 @@ def test_auth_area_checks(run) -> None:
     assert rc_of(rsp) == 0x145  # AUTH_CONTEXT: ContextSave allows no sessions
 
 
+def test_authorization_size_is_checked_before_sessions_are_refused(tpm) -> None:
+    """swtpm/libtpms differential (TPMIO items 1, 2): a bad authorizationSize is TPM_RC_SIZE, and it is
+    read and checked before a command that allows no sessions answers AUTH_CONTEXT."""
+    assert rc_of(tpm.execute(bytes.fromhex("8002000000170000017ab4e0799b2de2b6635244e217ba"))) == 0x095
+    assert rc_of(tpm.execute(cmd(0x17A, (), struct.pack(">III", 6, 0x100, 1), b"\x00" * 8))) == 0x095  # < 9
+    assert rc_of(tpm.execute(bytes.fromhex("80020000000a00000161"))) == 0x09A  # ContextLoad: no authorizationSize
+    flush = bytes.fromhex("80020000000e000001650025df8d")
+    assert rc_of(tpm.execute(flush)) == 0x095  # FlushContext: authorizationSize past the end
+    assert rc_of(tpm.execute(cmd(0x165, (), struct.pack(">I", 0x80000000), pw()))) == 0x145  # well formed
+
+
 def test_password_session_response_and_wrong_password(run) -> None:
     rsp = run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw(attrs=0))
     assert rc_of(rsp) == 0 and rsp.endswith(b"\x00\x00\x01\x00\x00")  # continueSession forced to 1
