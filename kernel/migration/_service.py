@@ -87,6 +87,7 @@ class VmService:
             "dirty": self._dirty_op,
             "read": self._read,
             "write": self._write,
+            "digest_key": lambda p: _none(vm.set_digest_key(p)),
             "chunks": lambda p: _enc(vm.chunk_count()),
             "chunk_frames": lambda p: _enc(_range(vm.chunk_frames(_IntReq.decode(p)))),
             "digests": lambda p: b"".join(vm.digests(_ChunksReq.decode(p))),

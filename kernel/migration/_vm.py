@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from svsm.kernel.hw import HardwareFault, RmpEntry
 from svsm.sdk import FatalError, InvalidParameter, InvalidRequest
@@ -122,6 +123,7 @@ class MigratableVm:
         #: Chunk digests of a destination (memory changes only through write_pages until resume).
         self._dcache: dict[int, bytes] | None = None
         self._last_state: MachineState | None = None
+        self._gmac: AESGCM | None = None
         #: Digest chunks as an ascending import passes them (:meth:`_digest_passed`).
         self.eager_digests = True
         self._eager_next = 0
@@ -346,8 +348,12 @@ class MigratableVm:
                     add(data)
         except HardwareFault as exc:
             raise InvalidRequest(f"guest memory became unreadable: {exc}") from exc
-        h.update(b"".join(parts))  # one large update: hashlib releases the GIL
-        return h.digest()
+        joined = b"".join(parts)
+        gmac = self._gmac
+        if gmac is None:
+            h.update(joined)  # one large update: hashlib releases the GIL
+            return h.digest()
+        return _keyed(gmac, chunk, joined)
 
     def _chunk_digest_reference(self, chunk: int) -> bytes:
         """:meth:`_chunk_digest` written plainly over :meth:`_page` (tests compare the two)."""
@@ -357,6 +363,22 @@ class MigratableVm:
             _, state, data = self._page(g)
             h.update(_HDR.pack(state, 0) if data is None else _HDR.pack(state, 1) + data)
         return h.digest()
+
+    def set_digest_key(self, key: bytes) -> None:
+        """Key the chunk digests with the migration channel's 32-byte ``digest_key`` (both ends).
+
+        Keyed, a chunk's digest is SHA-256(label || chunk || GMAC_key(state words + plaintext)):
+        GHASH under a key only the two SVSMs hold is a universal hash (two different 1 MiB chunks
+        collide with probability <= 2^16 / 2^128), and it runs ~10x faster than SHA-256 here,
+        which is what the stop-time pass -- guest downtime -- is made of.  Cached digests go.
+
+        :raises InvalidParameter: not 32 bytes.
+        """
+        if len(key) != 32:
+            raise InvalidParameter("digest key must be 32 bytes")
+        self._gmac = AESGCM(bytes(key))
+        if self._dcache is not None:
+            self._dcache = {}
 
     def chunk_count(self) -> int:
         """Number of digest chunks over guest memory."""
@@ -566,6 +588,20 @@ class MigratableVm:
         """A snapshot of the counters."""
         return VmStatistics(self.pages_read, self.pages_written, self.zero_pages, self.n_digests,
                             self.dirty_reported, self.dirty_ignored)  # fmt: skip
+
+
+_KEYED_LABEL = b"pysvsm final check gmac v1\0"
+
+
+def _keyed(gmac: AESGCM, chunk: int, joined: bytes) -> bytes:
+    """The keyed chunk digest (see :meth:`MigratableVm.set_digest_key`).
+
+    The nonce is the chunk number: a chunk's tag is recomputed over new contents under the same
+    nonce, which would let someone holding two tags solve for the GHASH key -- so the tag never
+    leaves the kernel as such; only its SHA-256 does (inside the sealed channel).
+    """
+    tag = gmac.encrypt(chunk.to_bytes(12, "big"), b"", joined)
+    return hashlib.sha256(_KEYED_LABEL + chunk.to_bytes(8, "little") + tag).digest()
 
 
 def default_threads() -> int:

@@ -347,15 +347,29 @@ class Channel:
         secret = self._key.exchange(ec.ECDH(), peer)
         okm = HKDF(
             algorithm=hashes.SHA384(),
-            length=64,
+            length=96,  # HKDF output is a prefix stream: the first 64 bytes are the record keys as before
             salt=self._transcript.copy().digest(),
             info=_LABEL + b"keys",
         ).derive(secret)
-        s2d, d2s = AESGCM(okm[:32]), AESGCM(okm[32:])
+        s2d, d2s = AESGCM(okm[:32]), AESGCM(okm[32:64])
+        self._digest_key = okm[64:96]
         if self.role is Role.SOURCE:
             self._send_aead, self._recv_aead = s2d, d2s
         else:
             self._send_aead, self._recv_aead = d2s, s2d
+
+    @property
+    def digest_key(self) -> bytes:
+        """32 bytes both ends derive from the handshake for the final check's keyed chunk digests.
+
+        Never sent; known only to the two SVSMs (and their migration modules).
+
+        :raises ChannelError: the handshake has not finished.
+        """
+        key = self.__dict__.get("_digest_key")
+        if key is None:
+            raise ChannelError("no digest key before the handshake")
+        return key
 
     def outgoing(self) -> bytes:
         """Handshake bytes produced by the last :meth:`receive_data` (empty if none)."""

@@ -256,6 +256,7 @@ def migrate_source(
     try:
         done = link.handshake()
         rep.peer_measurement = getattr(done.peer_report, "measurement", b"").hex()
+        vm.set_digest_key(channel.digest_key)
         link.send(Begin(WIRE_VERSION, _shape(vm)))
         phase = advance(Role.SOURCE, phase, "sent-begin")
         phase = _expect(link, Role.SOURCE, phase, Ready)[0]
@@ -352,6 +353,7 @@ def migrate_destination(
     try:
         done = link.handshake()
         rep.peer_measurement = getattr(done.peer_report, "measurement", b"").hex()
+        vm.set_digest_key(channel.digest_key)
         phase, begin = _expect(link, Role.DESTINATION, phase, Begin)
         mine = _shape(vm)
         if begin.version != WIRE_VERSION or begin.shape.memory_size != mine.memory_size \

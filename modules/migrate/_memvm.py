@@ -112,6 +112,12 @@ class MemoryVm:
                 else:
                     self.pages.pop(g, None)
 
+    def set_digest_key(self, key: bytes) -> None:
+        """:meth:`VmPort.set_digest_key`: recorded (this VM's digests stay plain SHA-256)."""
+        if len(key) != 32:
+            raise InvalidParameter("digest key must be 32 bytes")
+        self.digest_key = bytes(key)
+
     def chunk_count(self) -> int:
         """:meth:`VmPort.chunk_count` on the dict."""
         return -(-self.n // self.chunk_pages)

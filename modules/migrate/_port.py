@@ -67,6 +67,10 @@ class VmPort(Protocol):
         """Import pages (destination; all checked before any is applied)."""
         ...
 
+    def set_digest_key(self, key: bytes) -> None:
+        """Key the final check's chunk digests with the channel's 32-byte ``digest_key`` (both ends)."""
+        ...
+
     def chunk_count(self) -> int:
         """Number of digest chunks over guest memory."""
         ...

@@ -95,6 +95,9 @@ class ServicePort:
             part = pages[i : i + PAGES_PER_CALL]
             self._call("write", _enc([[p[0] for p in part], [p[1] for p in part], [p[2] for p in part]]))
 
+    def set_digest_key(self, key: bytes) -> None:
+        self._call("digest_key", bytes(key))
+
     def chunk_count(self) -> int:
         if self._chunks is None:
             self._chunks = int(_dec(self._call("chunks")))

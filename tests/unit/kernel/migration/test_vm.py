@@ -203,3 +203,23 @@ def test_the_inlined_chunk_digest_hashes_what_the_plain_one_does(pair) -> None:
     vm = MigratableVm(src, threads=1)
     for c in range(vm.chunk_count()):
         assert vm._chunk_digest(c) == vm._chunk_digest_reference(c)
+
+
+def test_keyed_digests_agree_under_one_key_and_catch_a_changed_page(pair) -> None:
+    src, dst = pair
+    svm, dvm = MigratableVm(src), MigratableVm(dst, gate=RunGate(paused=True))
+    key = bytes(range(32))
+    svm.set_digest_key(key)
+    dvm.set_digest_key(key)
+    gpa = src.guest.pool.take()
+    src.guest.mem.write(gpa, b"\x42" * PAGE)
+    _copy_all(svm, dvm)
+    keyed = svm.digests()
+    assert keyed == dvm.digests() and keyed != MigratableVm(src).digests()  # not the plain SHA-256 ones
+    src.guest.mem.write(gpa + 8, b"\x43")
+    assert [c for c, (a, b) in enumerate(zip(svm.digests(), dvm.digests())) if a != b] == [gpa // PAGE // 256]
+    other = MigratableVm(src)
+    other.set_digest_key(bytes(32))
+    assert other.digests()[gpa // PAGE // 256] != svm.digests()[gpa // PAGE // 256]  # another key, another digest
+    with pytest.raises(InvalidParameter):
+        svm.set_digest_key(b"short")
