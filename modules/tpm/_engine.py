@@ -62,6 +62,8 @@ _RSP_HEADER = _HEADER.pack
 _HANDLES = {n: struct.Struct(">" + "I" * n) for n in (1, 2, 3)}
 _ST_NO_SESSIONS, _ST_SESSIONS, _CC_STARTUP = ST.NO_SESSIONS, ST.SESSIONS, CC.Startup
 _RS_PW, _RH_LOCKOUT = RH.PW, RH.LOCKOUT
+#: handle types a TPMI_SH_AUTH_SESSION may have besides TPM_RS_PW (HMAC, policy)
+_SESSION_TYPES = (HT.HMAC_SESSION, HT.POLICY_SESSION)
 #: attributes a TPM_RS_PW entry must not have (reserved bits, audit, encrypt, decrypt)
 _PW_BAD_ATTRS = TPMA_SESSION.RESERVED | TPMA_SESSION.audit | TPMA_SESSION.encrypt | TPMA_SESSION.decrypt
 #: the response auth entry of a password session: empty nonce, continueSession, empty HMAC
@@ -72,10 +74,12 @@ _AUTH_HEAD = struct.Struct(">IH")
 def _auth_entry(cmd: bytes, p: int, end: int, n: int) -> tuple[int, bytes, int, bytes, int]:
     """Parse auth entry ``n`` at ``cmd[p:end]``: (sessionHandle, nonce, attrs, hmac, next offset).
 
-    :raises TpmError: SIZE / INSUFFICIENT tagged with session ``n``.
+    :raises TpmError: VALUE (not a session handle) / SIZE / INSUFFICIENT tagged with session ``n``.
     """
     if p + 9 <= end:  # the common case, all in bounds: no Reader
         sh, ns = _AUTH_HEAD.unpack_from(cmd, p)
+        if sh != _RS_PW and sh >> 24 not in _SESSION_TYPES:
+            raise TpmError(rc_session(RC.VALUE, n))
         q = p + 6 + ns
         if ns <= 64 and q + 3 <= end:
             ms = cmd[q + 1] << 8 | cmd[q + 2]
@@ -85,6 +89,8 @@ def _auth_entry(cmd: bytes, p: int, end: int, n: int) -> tuple[int, bytes, int, 
     ar = Reader(cmd, p, end)  # something is off: the Reader finds which error, in order
     try:
         sh = ar.u32()
+        if sh != _RS_PW and sh >> 24 not in _SESSION_TYPES:  # TPMI_SH_AUTH_SESSION unmarshal
+            raise TpmError(RC.VALUE)
         nonce = ar.tpm2b(64)
         attrs = ar.u8()
         mac = ar.tpm2b(64)

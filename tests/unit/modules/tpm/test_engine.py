@@ -182,3 +182,13 @@ def test_extra_session_without_a_purpose_is_rejected(run) -> None:
     assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw() + extra)) == 0xA82
     no_sym = struct.pack(">IH", handle, 16) + bytes(16) + b"\x21\x00\x00"  # decrypt, but symmetric NULL
     assert rc_of(run(CC_CREATEPRIMARY, (OWNER,), create_primary_params(), pw() + no_sym)) == 0xA96
+
+
+def test_session_handle_type_is_checked_while_unmarshalling(tpm) -> None:
+    """TPMI_SH_AUTH_SESSION: a handle that is neither TPM_RS_PW nor an HMAC/policy session fails with
+    VALUE (session 1) before its nonce is read (swtpm/libtpms differential, TPMIO item 7)."""
+    garbage = bytes.fromhex("80020000001800000143000000091313131313131313131313")
+    assert rc_of(tpm.execute(garbage[:2] + struct.pack(">I", len(garbage)) + garbage[6:])) == 0x984
+    assert rc_of(tpm.execute(cmd(0x143, (), b"\x01", struct.pack(">IH", 0x01000000, 0) + b"\x01\x00\x00"))) == 0x984
+    unloaded = struct.pack(">IH", 0x02000042, 0) + b"\x01\x00\x00"
+    assert rc_of(tpm.execute(cmd(0x143, (), b"\x01", unloaded))) == 0x918  # a session type, not loaded
