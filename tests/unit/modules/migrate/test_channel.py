@@ -182,3 +182,15 @@ def test_direction_keys_differ(open_pair: tuple[Channel, Channel]) -> None:
     s, _ = open_pair
     with pytest.raises(ChannelError):
         s.receive_data(s.send(1, b"reflected"))
+
+
+def test_both_ends_derive_the_same_digest_key_and_no_one_before_the_handshake(fw: SnpFirmware) -> None:
+    src, dst = Cvm(fw, b"svsm" * 1024), Cvm(fw, b"svsm" * 1024)
+    s, d = _pair(src, dst)
+    with pytest.raises(ChannelError):
+        s.digest_key
+    _handshake(s, d)
+    assert s.digest_key == d.digest_key and len(s.digest_key) == 32
+    s2, d2 = _pair(src, dst)
+    _handshake(s2, d2)
+    assert s2.digest_key != s.digest_key  # fresh per migration (ECDH)
