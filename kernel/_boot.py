@@ -154,7 +154,8 @@ class Cvm:
 
     @contextlib.contextmanager
     def run_modules(
-        self, mode: str = "process", *, state_dir: str | pathlib.Path | None = None, wait: float = 30.0
+        self, mode: str = "process", *, state_dir: str | pathlib.Path | None = None, wait: float = 30.0,
+        anchor: tuple[str, int] | None = None, anchor_key: bytes | None = None,
     ) -> Iterator[Any]:
         """Start the installed service modules behind this CVM's SVSM; stop them at the end.
 
@@ -166,6 +167,10 @@ class Cvm:
         :param state_dir: the persist module's disk lives in ``state_dir/persist.img``; without
             it the persist module is not started (storage stays volatile).
         :param wait: seconds to wait for each module to serve.
+        :param anchor: ``(host, port)`` of the persist module's freshness anchor, relayed by the
+            kernel service ``anchor`` (``svsm.kernel.hw.blockdev.AnchorLink``); registered before
+            the modules start, since persist asks the anchor at start.
+        :param anchor_key: the anchor's public key to pin (without it: trust on first use).
         :returns: the ``svsm.kernel.ipc.ModuleHost``.
         """
         from svsm.kernel.ipc import ModuleHost, Providers
@@ -182,7 +187,12 @@ class Cvm:
             extra: dict[str, Any] = {}
             if "scheduler" in inspect.signature(ModuleHost).parameters:  # supervision as a kernel task
                 extra["scheduler"] = self.svsm.tasks.scheduler
-            host = stack.enter_context(ModuleHost.from_installed(mode=mode, blocked=blocked, providers=providers, **extra))
+            host = ModuleHost.from_installed(mode=mode, blocked=blocked, providers=providers, **extra)
+            if anchor is not None:
+                from svsm.kernel.hw.blockdev import ANCHOR_SERVICE, AnchorLink
+
+                host.register_service(ANCHOR_SERVICE, AnchorLink(*anchor, anchor_key=anchor_key))
+            stack.enter_context(host)
             self.svsm.attach_module_host(host)
             stack.callback(self.svsm.attach_module_host, None)
             for info in host.modules():

@@ -47,6 +47,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "in threads, or not at all; persist needs --state, migrate runs with svsm migrate")  # fmt: skip
     p.add_argument("--state", metavar="DIR", type=pathlib.Path,
                    help="persistent state: DIR/persist.img (the persist module's disk) and DIR/psp (the chip)")
+    p.add_argument("--anchor", metavar="HOST:PORT",
+                   help="freshness anchor of the persist module (svsm anchor serve); needs --state")  # fmt: skip
+    p.add_argument("--anchor-key", metavar="HEX", help="the anchor's public key to pin (default: trust on first use)")
     p.add_argument("--lockdep", action="store_true", help="run with the lock-order checker on (report inversions)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     from .migrate import add_incoming_options  # MIGRATE: --incoming PORT (destination of svsm migrate)
@@ -97,6 +100,7 @@ class WorkloadReport:
     modules: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     vtpm: dict[str, Any] | None = None
     scheduler: dict[str, Any] = dataclasses.field(default_factory=dict)
+    anchor: dict[str, Any] | None = None
 
 
 #: The summary line of an installed module this run does not start, by name.
@@ -248,6 +252,9 @@ def _render(rep: WorkloadReport) -> None:
     for m in rep.modules:
         if not m["mode"]:
             con.print(f"  {m['name']}: {m['state']}", markup=False)
+    if rep.anchor is not None:
+        pin = "pinned key" if rep.anchor["pinned_key"] else "trust on first use"
+        con.print(f"  persist anchor: {rep.anchor['address']} ({pin})", markup=False)
     phases = Table(title="time per phase")
     phases.add_column("phase")
     phases.add_column("ms", justify="right")
@@ -277,6 +284,27 @@ def _render(rep: WorkloadReport) -> None:
     con.print(res)
 
 
+def _anchor_options(args: argparse.Namespace) -> tuple[tuple[str, int] | None, bytes | None]:
+    """``--anchor HOST:PORT`` and ``--anchor-key HEX``.  :raises UsageError: malformed or without --state."""
+    text, key_hex = getattr(args, "anchor", None), getattr(args, "anchor_key", None)
+    if text is None:
+        if key_hex is not None:
+            raise UsageError("--anchor-key needs --anchor")
+        return None, None
+    if args.state is None:
+        raise UsageError("--anchor needs --state DIR (the persist module only runs with a disk)")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--anchor: expected HOST:PORT, got {text!r}")
+    try:
+        key = bytes.fromhex(key_hex) if key_hex is not None else None
+    except ValueError:
+        raise UsageError("--anchor-key: not hex") from None
+    if key is not None and len(key) != 32:
+        raise UsageError("--anchor-key: an Ed25519 public key is 32 bytes")
+    return (host, int(port)), key
+
+
 def _main(args: argparse.Namespace) -> int:
     import contextlib
 
@@ -297,15 +325,19 @@ def _main(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"--state {args.state}: {exc}") from None
         opts["psp_state_dir"] = str(args.state / "psp")
+    anchor, anchor_key = _anchor_options(args)
     if args.lockdep:
         lock_order_checker().enable(raise_on_violation=False)
     try:
         with contextlib.ExitStack() as stack:
             cvm = stack.enter_context(boot(**opts))
-            host = stack.enter_context(cvm.run_modules(mode, state_dir=args.state)) if mode != "none" else None
+            host = (stack.enter_context(cvm.run_modules(mode, state_dir=args.state, anchor=anchor, anchor_key=anchor_key))
+                    if mode != "none" else None)  # fmt: skip
             rep = run_workload(cvm)
             if host is not None:
                 rep.modules = module_rows(host)
+            if anchor is not None:
+                rep.anchor = {"address": f"{anchor[0]}:{anchor[1]}", "pinned_key": anchor_key.hex() if anchor_key else None}
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except VtpmCheckFailed as exc:

@@ -211,3 +211,39 @@ def test_launch_parameters_are_measured_and_enforced() -> None:
     assert len(set(measurements.values())) == 3
     with pytest.raises(FatalError):
         read_launch_parameters(bytes(4096))
+
+
+@pytest.mark.slow
+def test_svsm_run_anchor_gives_persist_rollback_protection(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """LEAD/PERSIST 01:10: ``svsm run --state DIR --anchor HOST:PORT --anchor-key HEX`` relays the
+    sandboxed persist module to a real anchor (served in a thread here), which it then uses."""
+    import os
+    import threading
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from svsm.kernel.cli import main
+    from svsm.kernel.hw.psp import Chip
+    from svsm.modules.persist import AnchorService, chain_verifier
+    from svsm.modules.persist._anchor_service import serve_tcp
+
+    ark, ask, vcek = Chip.load_or_create(str(tmp_path / "psp")).chain_pem()  # the chip svsm run will use
+    service = AnchorService(Ed25519PrivateKey.generate(), chain_verifier(ark, ask, [vcek]), clock=time.monotonic_ns,
+                            rng=os.urandom)
+    server = serve_tcp(service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    try:
+        argv = ["run", "--state", str(tmp_path), "--vcpus", "1", "--memory", "12M", "--anchor", f"{host}:{port}",
+                "--anchor-key", service.public_key.hex(), "--json"]
+        assert main(argv) == 0
+        rep = json.loads(capsys.readouterr().out)
+        assert {m["name"]: m["state"] for m in rep["modules"]}["persist"] == "serving"
+        assert rep["anchor"] == {"address": f"{host}:{port}", "pinned_key": service.public_key.hex()}
+        assert service.statistics().requests >= 1 and service.statistics().refused == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert main(["run", "--anchor", "localhost:1"]) == 2  # needs --state
+    assert main(["run", "--state", str(tmp_path), "--anchor", "nohostport"]) == 2
