@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import threading
 from typing import Any, Protocol
@@ -47,21 +48,16 @@ class Link(Protocol):
     def exitcode(self) -> int | None: ...
 
 
-def _spawn_clean(path: str, args: list[str], passfds: tuple[int, ...]) -> int:
-    import _posixsubprocess
-    import subprocess
+def _spawn_clean(path: str, args: list[str], passfds: tuple[int, ...]) -> subprocess.Popen[bytes]:
+    """fork+exec ``args`` with an empty environment, every fd closed but ``passfds``, stdio on /dev/null.
 
-    errpipe_read, errpipe_write = os.pipe()
-    try:
-        return _posixsubprocess.fork_exec(  # type: ignore[attr-defined]
-            args, [os.fsencode(path)], True, passfds, None, [],  # close other fds; empty environment
-            -1, -1, -1, -1, -1, -1, errpipe_read, errpipe_write,
-            False, False, -1, None, None, None, -1, None,
-            subprocess._USE_VFORK,  # type: ignore[attr-defined]
-        )
-    finally:
-        os.close(errpipe_read)
-        os.close(errpipe_write)
+    ``subprocess.Popen`` is the public, version-stable face of the same ``fork_exec``; the
+    returned object is kept by the link so that nothing else ever reaps the child.
+    """
+    return subprocess.Popen(
+        args, executable=path, env={}, close_fds=True, pass_fds=passfds,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None, cwd="/",
+    )  # fmt: skip
 
 
 class ProcessLink:
@@ -69,10 +65,11 @@ class ProcessLink:
 
     sandboxed = True
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid: int | None = pid
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self._proc = proc  # held so that only this link ever reaps the child
+        self.pid: int | None = proc.pid
         self.sock = sock
-        self._pidfd = os.pidfd_open(pid)
+        self._pidfd = os.pidfd_open(proc.pid)
         self._status: int | None = None
         self._lock = threading.Lock()
 
@@ -80,12 +77,9 @@ class ProcessLink:
         with self._lock:
             if self._status is not None:
                 return
-            try:
-                pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)  # type: ignore[arg-type]
-            except ChildProcessError:
-                pid, status = -1, 0
-            if pid:
-                self._status = os.waitstatus_to_exitcode(status) if pid > 0 else -1
+            code = self._proc.wait() if block else self._proc.poll()
+            if code is not None:
+                self._status = code
                 os.close(self._pidfd)
 
     def is_alive(self) -> bool:
@@ -134,17 +128,17 @@ def spawn_process(ref: ModuleRef, config: SandboxConfig, *, name: str) -> Proces
             Bootstrap(path=[p for p in sys.path if p and (os.path.isabs(p) or not os.path.exists(p))], ref=ref, config=config)
         )
         argv = [sys.executable, "-I", "-c", f"from svsm.kernel.ipc._child import bootstrap; bootstrap({fd})"]
-        pid = _spawn_clean(sys.executable, argv, (fd,))
+        proc = _spawn_clean(sys.executable, argv, (fd,))
     except BaseException:
         kernel_end.close()
         raise
     finally:
         module_end.close()
-    link = ProcessLink(pid, kernel_end)
+    link = ProcessLink(proc, kernel_end)
     try:
         kernel_end.sendall(FRAME_HEADER.pack(len(boot)) + boot)
     except OSError:
-        log.debug("module process %s exited before reading its bootstrap", pid)
+        log.debug("module process %s exited before reading its bootstrap", proc.pid)
     return link
 
 
