@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple
 from ._constants import CC, HT, RC, RH, SE, ST, TPMA_NV, TPMA_OBJECT, TPMA_SESSION, rc_handle, rc_param, rc_session
 from ._crypto import H, strip_zeros
 from ._dispatch import ADMIN, COMMANDS, DUP, USER, Ctx
-from ._entities import MAX_ACTIVE_SESSIONS, MAX_LOADED_SESSIONS, MAX_OBJECTS, EntityMixin
+from ._entities import MAX_ACTIVE_SESSIONS, MAX_LOADED_SESSIONS, MAX_OBJECTS, EntityMixin, handle_type_ok
 from ._marshal import Reader, TpmError, tpm2b, u16, u32
 from ._nv import NvIndex
 from ._objects import TpmObject
@@ -308,21 +308,20 @@ class Tpm(EntityMixin):
         pos = 10
         if kinds:
             nh = len(kinds)
-            if n_cmd >= 10 + 4 * nh:  # all handles present: unpack at once, resolve in order
-                handles = ctx.handles = list(_HANDLES[nh].unpack_from(cmd, 10))
-                resolve = self._resolve
-                ctx.ent = [resolve(kind, h, i) for i, (kind, h) in enumerate(zip(kinds, handles))]
-                pos += 4 * nh
-            else:
-                r = Reader(cmd, 10)
-                for i, kind in enumerate(kinds):
-                    try:
-                        h = r.u32()
-                    except TpmError:
-                        raise TpmError(rc_handle(RC.INSUFFICIENT, i + 1)) from None
-                    ctx.handles.append(h)
-                    ctx.ent.append(self._resolve(kind, h, i))
-                pos = r.pos
+            # the reference unmarshals (range-checks) every handle, then looks them up in order
+            if n_cmd < 10 + 4 * nh:
+                for i in range((n_cmd - 10) // 4):
+                    if not handle_type_ok(kinds[i], _U32_FROM(cmd, 10 + 4 * i)[0]):
+                        raise TpmError(rc_handle(RC.VALUE, i + 1))
+                raise TpmError(rc_handle(RC.INSUFFICIENT, (n_cmd - 10) // 4 + 1))
+            handles = ctx.handles = list(_HANDLES[nh].unpack_from(cmd, 10))
+            if nh > 1:
+                for i in range(nh):
+                    if not handle_type_ok(kinds[i], handles[i]):
+                        raise TpmError(rc_handle(RC.VALUE, i + 1))
+            resolve = self._resolve
+            ctx.ent = [resolve(kind, h, i) for i, (kind, h) in enumerate(zip(kinds, handles))]
+            pos += 4 * nh
         n_auth = spec.n_auth
         sessions: list[AuthEntry] = []
         all_pw = True

@@ -15,13 +15,46 @@ from ._nv import NvIndex
 from ._objects import TpmObject
 from ._sessions import Session
 
-__all__ = ["EntityMixin", "MAX_OBJECTS", "MAX_LOADED_SESSIONS", "MAX_ACTIVE_SESSIONS"]
+__all__ = ["EntityMixin", "handle_type_ok", "MAX_OBJECTS", "MAX_LOADED_SESSIONS", "MAX_ACTIVE_SESSIONS"]
 
 #: transient object slots: tpm2-tools never flushes what it loads, so be generous (tpm.md 9)
 MAX_OBJECTS = 128
 MAX_LOADED_SESSIONS = 32
 MAX_ACTIVE_SESSIONS = 64
 _HIERARCHIES = (RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM)
+
+
+def handle_type_ok(kind: str, h: int) -> bool:
+    """Whether ``h`` unmarshals as a handle of ``kind`` (its TPMI_* range check, no lookup).
+
+    The reference unmarshals every handle before it looks any up, so a later handle's VALUE error
+    wins over an earlier handle that is merely not loaded.  Kept in step with
+    :meth:`EntityMixin._resolve`: a False here is a VALUE error there.
+    """
+    ht = h >> 24
+    perm = EntityMixin._KINDS.get(kind)
+    if perm is not None:
+        return h in perm
+    if kind == "parent":
+        return h in _HIERARCHIES or h == RH.NULL or ht == HT.TRANSIENT or ht == HT.PERSISTENT
+    if kind == "obj" or kind == "obj+":
+        return kind == "obj+" and h == RH.NULL or ht == HT.TRANSIENT or ht == HT.PERSISTENT
+    if kind == "entity":
+        return (h == RH.NULL or ht in (HT.TRANSIENT, HT.PERSISTENT, HT.NV_INDEX) or h in _HIERARCHIES
+                or h == RH.LOCKOUT or ht == HT.PCR and h < 24)
+    if kind == "nvauth":
+        return ht == HT.NV_INDEX or h == RH.OWNER or h == RH.PLATFORM
+    if kind == "nv":
+        return ht == HT.NV_INDEX
+    if kind == "pcr" or kind == "pcr+":
+        return kind == "pcr+" and h == RH.NULL or ht == HT.PCR and h < 24
+    if kind == "policy":
+        return ht == HT.POLICY_SESSION
+    if kind == "hsession":
+        return ht == HT.HMAC_SESSION
+    if kind == "any":
+        return ht in (HT.TRANSIENT, HT.HMAC_SESSION, HT.POLICY_SESSION)
+    return True
 
 
 class EntityMixin:

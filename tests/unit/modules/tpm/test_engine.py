@@ -192,3 +192,14 @@ def test_session_handle_type_is_checked_while_unmarshalling(tpm) -> None:
     assert rc_of(tpm.execute(cmd(0x143, (), b"\x01", struct.pack(">IH", 0x01000000, 0) + b"\x01\x00\x00"))) == 0x984
     unloaded = struct.pack(">IH", 0x02000042, 0) + b"\x01\x00\x00"
     assert rc_of(tpm.execute(cmd(0x143, (), b"\x01", unloaded))) == 0x918  # a session type, not loaded
+
+
+def test_every_handle_is_range_checked_before_any_is_looked_up(tpm) -> None:
+    """The reference unmarshals all handles, then looks them up (swtpm/libtpms differential, TPMIO item 6)."""
+    start_session = bytes.fromhex("8001000000120000017680000000c825635c")  # tpmKey not loaded, bind garbage
+    assert rc_of(tpm.execute(start_session)) == 0x284  # VALUE on handle 2, not REFERENCE_H0
+    increment = cmd(0x134, (0x01500000, 0x13131313), b"", pw())  # missing index, then a non-NV handle
+    assert rc_of(tpm.execute(increment)) == 0x284
+    assert rc_of(tpm.execute(cmd(0x134, (0x01500000, 0x01500000), b"", pw()))) == 0x18B  # HANDLE, handle 1
+    body = struct.pack(">II", 0x134, 0x01500000) + b"\x01\x50"  # handle 2 cut short: INSUFFICIENT on handle 2
+    assert rc_of(tpm.execute(struct.pack(">HI", 0x8001, 6 + len(body)) + body)) == 0x29A
