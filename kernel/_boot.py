@@ -21,7 +21,7 @@ import pathlib
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from svsm.kernel.hw import Platform
@@ -156,6 +156,7 @@ class Cvm:
     def run_modules(
         self, mode: str = "process", *, state_dir: str | pathlib.Path | None = None, wait: float = 30.0,
         anchor: tuple[str, int] | None = None, anchor_key: bytes | None = None,
+        blocked: Iterable[str] | None = None,
     ) -> Iterator[Any]:
         """Start the installed service modules behind this CVM's SVSM; stop them at the end.
 
@@ -171,6 +172,8 @@ class Cvm:
             kernel service ``anchor`` (``svsm.kernel.hw.blockdev.AnchorLink``); registered before
             the modules start, since persist asks the anchor at start.
         :param anchor_key: the anchor's public key to pin (without it: trust on first use).
+        :param blocked: installed modules not to start; default: ``migrate`` (it runs under
+            ``svsm migrate``), and ``persist`` too without ``state_dir``.
         :returns: the ``svsm.kernel.ipc.ModuleHost``.
         """
         from svsm.kernel.ipc import ModuleHost, Providers
@@ -183,7 +186,8 @@ class Cvm:
                 disk = open_state_disk(state_dir)
                 stack.callback(disk.close)
             providers = Providers(report=self.svsm.module_report, key_root=self.svsm.module_key_root, disk=disk)
-            blocked = ("migrate",) if state_dir is not None else ("persist", "migrate")
+            if blocked is None:
+                blocked = ("migrate",) if state_dir is not None else ("persist", "migrate")
             extra: dict[str, Any] = {}
             if "scheduler" in inspect.signature(ModuleHost).parameters:  # supervision as a kernel task
                 extra["scheduler"] = self.svsm.tasks.scheduler

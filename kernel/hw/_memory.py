@@ -54,7 +54,8 @@ class PhysicalMemory:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("size", "npages", "_pages", "_plain", "_zero", "_nzero", "_key", "encryptions", "decryptions")
+    __slots__ = ("size", "npages", "_pages", "_plain", "_zero", "_nzero", "_key", "encryptions", "decryptions",
+                 "_written")
 
     def __init__(self, size: int, key: bytes) -> None:
         if size <= 0 or size % PAGE_SIZE:
@@ -71,6 +72,53 @@ class PhysicalMemory:
         self._key = key
         self.encryptions = 0
         self.decryptions = 0
+        #: The controller's own record of written frames (bitmap), None while not tracking.
+        self._written: bytearray | None = None
+
+    # -- trusted write record ------------------------------------------------------------------
+    def track_writes(self, on: bool) -> None:
+        """Start (clearing the record) or stop the memory controller's record of written frames.
+
+        Unlike the hypervisor's dirty log, nobody outside can clear or forge it: every write path
+        marks it (C=1 and raw writes, plaintext pages handed out by :meth:`plaintext_page`,
+        zeroing, discarding).  It models RMPADJUST write-protection of pages sent during
+        migration (a guest write faults and the SVSM records the page).
+        """
+        self._written = bytearray((self.npages + 7) >> 3) if on else None
+
+    def take_written(self, lo: int, hi: int) -> bytes:
+        """The record for frames ``[lo, hi)`` (bit i, LSB first = frame ``lo + i``), cleared.
+
+        :raises ValueError: tracking is off, or the range is outside memory.
+        """
+        w = self._written
+        if w is None:
+            raise ValueError("write tracking is off")
+        if not 0 <= lo <= hi <= self.npages:
+            raise ValueError(f"frames [{lo:#x}, {hi:#x}) outside memory")
+        n = hi - lo
+        if not lo & 7:  # whole bytes: slice and clear
+            a, b = lo >> 3, (hi + 7) >> 3
+            out = bytearray(w[a:b])
+            if n & 7:
+                out[-1] &= (1 << (n & 7)) - 1
+                w[b - 1] &= ~((1 << (n & 7)) - 1) & 0xFF
+                w[a : b - 1] = bytes(b - 1 - a)
+            else:
+                w[a:b] = bytes(b - a)
+            return bytes(out)
+        out = bytearray((n + 7) >> 3)
+        for i in range(n):
+            s = lo + i
+            if w[s >> 3] >> (s & 7) & 1:
+                out[i >> 3] |= 1 << (i & 7)
+                w[s >> 3] &= ~(1 << (s & 7)) & 0xFF
+        return bytes(out)
+
+    def _mark_run(self, sfn: int, count: int) -> None:
+        w = self._written
+        for s in range(sfn, sfn + count):
+            w[s >> 3] |= 1 << (s & 7)  # type: ignore[index]
 
     # -- crypto ------------------------------------------------------------------------------
     def _xts(self, sfn: int, data: bytes, encrypt: bool) -> bytes:
@@ -93,8 +141,15 @@ class PhysicalMemory:
         """Return the live plaintext-form page for ``sfn``, converting it if needed.
 
         The returned bytearray *is* the page: writes to it are C=1 writes.  Used by the VMSA
-        accessors and the C=1 access paths; never hand it to untrusted code.
+        accessors and the C=1 access paths; never hand it to untrusted code.  The caller may
+        write it, so the write record marks the frame.
         """
+        w = self._written
+        if w is not None:
+            w[sfn >> 3] |= 1 << (sfn & 7)
+        return self._plaintext(sfn)
+
+    def _plaintext(self, sfn: int) -> bytearray:
         if sfn in self._plain:
             return self._pages[sfn]
         if self._is_zero(sfn):
@@ -113,14 +168,17 @@ class PhysicalMemory:
             return bytes(self._pages[sfn][offset : offset + length])
         if self._nzero and self._is_zero(sfn):
             return bytes(length)
-        return bytes(self.plaintext_page(sfn)[offset : offset + length])
+        return bytes(self._plaintext(sfn)[offset : offset + length])
 
     def write_plain(self, sfn: int, offset: int, data: bytes) -> None:
         """C=1 write inside page ``sfn``."""
+        w = self._written
+        if w is not None:
+            w[sfn >> 3] |= 1 << (sfn & 7)
         if sfn in self._plain:
             self._pages[sfn][offset : offset + len(data)] = data
         else:
-            self.plaintext_page(sfn)[offset : offset + len(data)] = data
+            self._plaintext(sfn)[offset : offset + len(data)] = data
 
     # -- raw (C=0 / host / DMA) side -------------------------------------------------------------
     def read_raw(self, sfn: int, offset: int, length: int) -> bytes:
@@ -136,6 +194,8 @@ class PhysicalMemory:
 
     def write_raw(self, sfn: int, offset: int, data: bytes) -> None:
         """Write DRAM directly (C=0 guest write, host write, DMA)."""
+        if self._written is not None:
+            self._mark_run(sfn, 1)
         page = self._pages.get(sfn)
         if page is None:
             if self._nzero and self._is_zero(sfn):
@@ -150,6 +210,8 @@ class PhysicalMemory:
 
     def discard(self, sfn: int) -> None:
         """Drop the page's backing: DRAM reads as zeros again (a freshly allocated host page)."""
+        if self._written is not None:
+            self._mark_run(sfn, 1)
         self._pages.pop(sfn, None)
         self._plain.discard(sfn)
         if self._nzero:
@@ -157,6 +219,8 @@ class PhysicalMemory:
 
     def discard_run(self, sfn: int, count: int) -> None:
         """:meth:`discard` of ``count`` pages from ``sfn`` on."""
+        if self._written is not None:
+            self._mark_run(sfn, count)
         pages = self._pages
         for s in pages.keys() & range(sfn, sfn + count):
             del pages[s]
@@ -181,6 +245,8 @@ class PhysicalMemory:
 
         Costs one bit; DRAM then holds the encryption of a zero page, computed only if observed.
         """
+        if self._written is not None:
+            self._mark_run(sfn, 1)
         if sfn in self._plain:
             self._plain.discard(sfn)
         self._pages.pop(sfn, None)
@@ -192,6 +258,8 @@ class PhysicalMemory:
 
     def zero_plain_run(self, sfn: int, count: int) -> None:
         """:meth:`zero_plain` of ``count`` pages from ``sfn`` on."""
+        if self._written is not None:
+            self._mark_run(sfn, count)
         pages = self._pages
         for s in pages.keys() & range(sfn, sfn + count):
             del pages[s]

@@ -83,3 +83,33 @@ def test_runs_match_page_by_page_operations() -> None:
     for s in range(20, 50):
         b.discard(s)
     assert a.statistics() == b.statistics() and a.read_raw(25, 0, 8) == bytes(8) == b.read_raw(25, 0, 8)
+
+
+def test_write_record_sees_every_write_path_and_only_writes() -> None:
+    """MIGRATE2 01:15: the controller's write record (the hypervisor cannot clear or forge it)."""
+    m = PhysicalMemory(1 << 22, KEY)
+    with pytest.raises(ValueError):
+        m.take_written(0, 8)
+    m.write_plain(3, 0, b"before tracking")
+    m.track_writes(True)
+    m.read_plain(3, 0, 4)  # reads (and the conversion they need) are not writes
+    m.read_raw(4, 0, 4)
+    assert m.take_written(0, 16) == bytes(2)
+    m.write_plain(1, 0, b"x")
+    m.write_raw(2, 0, b"y")
+    m.plaintext_page(9)[0] = 1  # VMSA accessors write through the page
+    m.zero_plain(10)
+    m.zero_plain_run(16, 8)
+    m.discard(11)
+    m.discard_run(30, 2)
+    got = m.take_written(0, 40)
+    frames = {i for i in range(40) if got[i >> 3] >> (i & 7) & 1}
+    assert frames == {1, 2, 9, 10, 11, *range(16, 24), 30, 31}
+    assert m.take_written(0, 40) == bytes(5)  # cleared by the call
+    m.write_plain(13, 0, b"z")
+    m.write_plain(20, 0, b"z")
+    assert m.take_written(13, 20) == b"\x01"  # unaligned range: bit 0 = frame 13; 20 is outside
+    assert m.take_written(16, 24) == b"\x10"  # frame 20 still recorded
+    m.track_writes(False)
+    with pytest.raises(ValueError):
+        m.take_written(0, 8)
