@@ -175,11 +175,15 @@ def _load(tpm: "Tpm", ctx: Ctx, private: bytes, pub: Public) -> bytes:
 
 
 def _p_sensitive_2b(r: Reader) -> tuple[int, bytes, bytes, bytes] | None:
-    sub = r.sized()
-    if sub.end == sub.pos:
+    """TPM2B_SENSITIVE as the reference reads it: the TPMT_SENSITIVE is unmarshalled from what follows
+    the size (so a bad type is TYPE whatever the size says), then the size must match what was read."""
+    n = r.u16()
+    if n == 0:
         return None
-    out = read_sensitive(sub)
-    sub.done()
+    start = r.pos
+    out = read_sensitive(r)
+    if r.pos - start != n:
+        raise TpmError(RC.SIZE)
     return out
 
 

@@ -164,3 +164,17 @@ def test_load_external_rsa_public_verifies_foreign_signatures(esys) -> None:
         esys.sign(h, digest, pytss.types.TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
                   pytss.types.TPMT_TK_HASHCHECK(tag=0x8024, hierarchy=0x40000007))
     assert e.value.rc == 0x18B  # HANDLE, handle 1
+
+
+def test_load_external_sensitive_is_read_like_the_reference(tpm) -> None:
+    """TPM2B_SENSITIVE: the inner TPMT_SENSITIVE is unmarshalled before its size is checked
+    (swtpm/libtpms differential, TPMIO item 5): a garbage size with a bad type is TYPE on parameter 1."""
+    import struct as _struct
+
+    from tpm_test_helpers import cmd as _cmd, rc_of as _rc_of
+
+    garbage = _struct.pack(">HH", 0xAC7C, 0x3027) + bytes(20)
+    assert _rc_of(tpm.execute(_cmd(0x167, (), garbage))) == 0x1CA
+    sens = _struct.pack(">H", 0x0025) + b"\x00\x00" + b"\x00\x00" + _struct.pack(">H", 4) + b"abcd"
+    body = _struct.pack(">H", len(sens) + 1) + sens  # declared one byte longer than the structure: SIZE
+    assert _rc_of(tpm.execute(_cmd(0x167, (), body + bytes(10)))) == 0x1D5
