@@ -32,11 +32,11 @@ from ._abi import request_rax as request_rax
 from ._abi import split_rax as split_rax
 from ._guest import Attestation as Attestation
 from ._guest import CallNotServiced as CallNotServiced
-from ._guest import GuestOutOfMemory as GuestOutOfMemory
+from ._pool import GuestOutOfMemory as GuestOutOfMemory
 from ._guest import Guest as Guest
 from ._guest import GuestStatistics as GuestStatistics
 from ._guest import GuestVcpu as GuestVcpu
-from ._guest import PagePool as PagePool
+from ._pool import PagePool as PagePool
 from ._guest import SvsmCallResult as SvsmCallResult
 
 __all__ = [
