@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from svsm.kernel.hw import HardwareFault, RmpEntry
 from svsm.sdk import FatalError, InvalidParameter, InvalidRequest
 
+from ._digest import default_threads, keyed_digest
 from ._gate import GateState, GuestFenced, RunGate
 from ._state import (
     PAGE_ASSIGNED,
@@ -353,7 +354,7 @@ class MigratableVm:
         if gmac is None:
             h.update(joined)  # one large update: hashlib releases the GIL
             return h.digest()
-        return _keyed(gmac, chunk, joined)
+        return keyed_digest(gmac, chunk, joined)
 
     def _chunk_digest_reference(self, chunk: int) -> bytes:
         """:meth:`_chunk_digest` written plainly over :meth:`_page` (tests compare the two)."""
@@ -588,26 +589,3 @@ class MigratableVm:
         """A snapshot of the counters."""
         return VmStatistics(self.pages_read, self.pages_written, self.zero_pages, self.n_digests,
                             self.dirty_reported, self.dirty_ignored)  # fmt: skip
-
-
-_KEYED_LABEL = b"pysvsm final check gmac v1\0"
-
-
-def _keyed(gmac: AESGCM, chunk: int, joined: bytes) -> bytes:
-    """The keyed chunk digest (see :meth:`MigratableVm.set_digest_key`).
-
-    The nonce is the chunk number: a chunk's tag is recomputed over new contents under the same
-    nonce, which would let someone holding two tags solve for the GHASH key -- so the tag never
-    leaves the kernel as such; only its SHA-256 does (inside the sealed channel).
-    """
-    tag = gmac.encrypt(chunk.to_bytes(12, "big"), b"", joined)
-    return hashlib.sha256(_KEYED_LABEL + chunk.to_bytes(8, "little") + tag).digest()
-
-
-def default_threads() -> int:
-    """Hashing threads: twice the CPUs this process may use, at most 8.
-
-    hashlib releases the GIL while it hashes a joined 1 MiB chunk, so one thread reads the next
-    chunk's pages (holding the GIL) while others hash: on 2 CPUs 4 threads beat 2 by ~20%.
-    """
-    return max(1, min(8, 2 * len(os.sched_getaffinity(0))))
