@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 from ._constants import ALG, CC, RC, rc_param
@@ -27,6 +28,8 @@ EXTEND_LOCALITIES = (0x1F,) * 17 + (0x1C, 0x1C, 0x0C, 0x0E, 0x04, 0x04, 0x1F)
 RESET_LOCALITIES = (0,) * 16 + (0x0F, 0x10, 0x10, 0x10, 0x14, 0x04, 0x04, 0x0F)
 assert len(EXTEND_LOCALITIES) == len(RESET_LOCALITIES) == NUM_PCRS
 _ALL_PCRS = (1 << NUM_PCRS) - 1
+_DIGEST_SIZE = {alg: size for alg, (_name, size) in HASHES.items()}
+_HASH_NEW = {alg: getattr(hashlib, name) for alg, (name, _size) in HASHES.items()}
 
 
 def initial_value(index: int, size: int) -> bytes:
@@ -57,7 +60,7 @@ class Pcrs:
         """PCR[index] = H(PCR[index] || digest) in bank ``alg`` (ignored if not allocated)."""
         bank = self.banks.get(alg)
         if bank is not None:
-            bank[index] = H(alg, bank[index], digest)
+            bank[index] = _HASH_NEW[alg](bank[index] + digest).digest()  # banks hold supported hashes only
 
     def read(self, sel: list[tuple[int, int]], limit: int = 1 << 30) -> tuple[list[tuple[int, int]], list[bytes]]:
         """Values for a selection, at most ``limit`` digests; returns (selection actually read, values)."""
@@ -94,7 +97,7 @@ def _read_digest_values(r: Reader) -> list[tuple[int, bytes]]:
     out = []
     for _ in range(count):
         alg = read_hash_alg(r)
-        out.append((alg, r.raw(HASHES[alg][1])))
+        out.append((alg, r.raw(_DIGEST_SIZE[alg])))
     return out
 
 
