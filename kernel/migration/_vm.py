@@ -31,7 +31,9 @@ from typing import Any, NamedTuple
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from svsm.kernel.hw import HardwareFault, RmpEntry
+from svsm.kernel._svsm import SEV_FEATURES
+from svsm.kernel.hw import VMSA, HardwareFault, RmpEntry
+from svsm.kernel.protocols._core import EFER_SVME
 from svsm.sdk import FatalError, InvalidParameter, InvalidRequest
 
 from ._digest import default_threads, keyed_digest
@@ -111,6 +113,9 @@ class MigratableVm:
         self.cvm = cvm
         self.platform = cvm.platform
         self.gate = gate if gate is not None else RunGate(clock=clock)
+        #: A destination: built with its guest paused (a source's gate runs).  Only a destination
+        #: whose guest is still paused takes pages or machine state.
+        self._incoming = self.gate.state is GateState.PAUSED
         self.module_host = module_host if module_host is not None else cvm.svsm.module_host
         self._skip = frozenset(skip_modules)
         self._threads = default_threads() if threads is None else max(1, threads)
@@ -250,8 +255,11 @@ class MigratableVm:
     def write_pages(self, pages: Iterable[Page]) -> None:
         """Import pages and their RMP state (destination, guest not running).
 
-        :raises InvalidParameter: a frame outside guest memory, unknown state bits, bad size.
+        :raises InvalidParameter: a frame outside guest memory, unknown state bits, bad size, or a
+            VMSA page that is not a runnable guest-VMPL VMSA (CREATE_VCPU's checks).
+        :raises InvalidRequest: not a destination whose guest is paused.
         """
+        self._check_incoming()
         plat = self.platform
         fa, mem, frames = plat.firmware, plat.memory, self._frames
         pages = list(pages)
@@ -259,6 +267,8 @@ class MigratableVm:
             if (not isinstance(gfn, int) or gfn not in frames or state & ~PAGE_STATE_MASK
                     or (state and not state & PAGE_ASSIGNED) or (data is not None and len(data) != PAGE)):  # fmt: skip
                 raise InvalidParameter("malformed page record")
+            if state & PAGE_VMSA:
+                self._check_vmsa(data)
         n = 0
         if self._dcache is None:
             self._dcache = {}  # from now on guest memory changes only here (the guest is not running)
@@ -305,6 +315,23 @@ class MigratableVm:
             self._eager_next = upto
             if todo:
                 self.digests(todo)
+
+    def _check_incoming(self) -> None:
+        """:raises InvalidRequest: this is not a destination whose guest is still paused."""
+        if not self._incoming or self.gate.state is not GateState.PAUSED:
+            raise InvalidRequest("only a paused migration destination imports guest state")
+
+    def _check_vmsa(self, data: bytes | None) -> None:
+        """A VMSA coming from the peer must be what CREATE_VCPU would accept: the guest's VMPL,
+        EFER.SVME, the machine's SEV_FEATURES (never VMPL0: the host may VMRUN any VMSA page).
+
+        :raises InvalidParameter: it is not.
+        """
+        if data is None or len(data) != PAGE:
+            raise InvalidParameter("VMSA page without contents")
+        v = VMSA.from_buffer_copy(data)
+        if v.vmpl != self.cvm.svsm.guest_vmpl or not v.efer & EFER_SVME or v.sev_features != SEV_FEATURES:
+            raise InvalidParameter("VMSA page is not a guest VMSA")
 
     # -- the final check -----------------------------------------------------------------------------
     def _chunk_digest(self, chunk: int) -> bytes:
@@ -493,8 +520,11 @@ class MigratableVm:
     def import_state(self, blob: bytes) -> None:
         """Install a source's machine state (destination, guest not running).
 
-        :raises InvalidParameter: malformed, or a different machine shape or module set.
+        :raises InvalidParameter: malformed, a different machine shape or module set, or a VMSA
+            that is not a runnable guest-VMPL VMSA.
+        :raises InvalidRequest: not a destination whose guest is paused.
         """
+        self._check_incoming()
         try:
             st = decode_state(blob)
         except (msgspec.MsgspecError, ValueError) as exc:
@@ -507,6 +537,13 @@ class MigratableVm:
         missing = {m.name for m in st.modules} - set(self._module_names())
         if missing:
             raise InvalidParameter(f"modules missing on the destination: {sorted(missing)}")
+        for vs in st.vcpus:  # every VMSA is checked before anything is installed
+            if vs.vmsa_gpa and vs.guest_owned:
+                if vs.vmsa_gpa % PAGE or vs.vmsa_gpa // PAGE not in self._frames:
+                    raise InvalidParameter("guest VMSA outside guest memory")
+                self._check_vmsa(self._page(vs.vmsa_gpa // PAGE)[2])
+            elif vs.vmsa_gpa:
+                self._check_vmsa(vs.vmsa)
         for vs in st.vcpus:
             self._import_vcpu(vs, svsm, gv)
         ctx = self.cvm.psp_context

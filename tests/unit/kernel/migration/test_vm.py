@@ -223,3 +223,36 @@ def test_keyed_digests_agree_under_one_key_and_catch_a_changed_page(pair) -> Non
     assert other.digests()[gpa // PAGE // 256] != svm.digests()[gpa // PAGE // 256]  # another key, another digest
     with pytest.raises(InvalidParameter):
         svm.set_digest_key(b"short")
+
+
+def test_the_module_cannot_plant_a_vmpl0_vmsa_or_write_a_source(pair) -> None:
+    """SECREVIEW 01:55: VMSA pages and machine state are checked like CREATE_VCPU; only a paused destination imports."""
+    from svsm.kernel.hw import VMSA
+    from svsm.kernel.migration._state import PAGE_VMSA
+
+    src, dst = pair
+    vm = MigratableVm(dst, gate=RunGate(paused=True))
+    v = VMSA()
+    v.vmpl, v.efer, v.sev_features = 0, 0x1D00, 1
+    with pytest.raises(InvalidParameter):
+        vm.write_pages([(0x180, PAGE_ASSIGNED | PAGE_VALIDATED | PAGE_VMSA, bytes(v))])
+    assert not dst.platform.rmp.read(0x180).vmsa  # nothing applied
+    svm = MigratableVm(src)
+    with pytest.raises(InvalidRequest):  # a source (guest running) takes no pages
+        svm.write_pages([(0x180, 0, None)])
+    svm.pause()
+    with pytest.raises(InvalidRequest):  # nor when paused: it is not a destination
+        svm.write_pages([(0x180, 0, None)])
+    blob = svm.export_state()
+    st = decode_state(blob)
+    forged = [vs if not vs.vmsa else type(vs)(**{**{f: getattr(vs, f) for f in vs.__struct_fields__}, "vmsa": bytes(v)})
+              for vs in st.vcpus]  # fmt: skip
+    from svsm.kernel.migration._state import encode_state
+
+    bad = encode_state(type(st)(**{**{f: getattr(st, f) for f in st.__struct_fields__}, "vcpus": forged}))
+    with pytest.raises(InvalidParameter):
+        vm.import_state(bad)
+    vm.import_state(blob)  # the genuine one is accepted
+    vm.resume()
+    with pytest.raises(InvalidRequest):  # after the commit the destination's guest runs: no more imports
+        vm.import_state(blob)
