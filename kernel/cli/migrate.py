@@ -101,19 +101,10 @@ def progress_display(enabled: bool, label: str) -> Iterator[Callable[[Any], None
 def start_modules(stack: contextlib.ExitStack, cvm: Any, mode: str, wait: float = 30.0) -> Any:
     """The installed modules behind ``cvm``'s SVSM, ``migrate`` included (persist needs a disk: not started).
 
-    ``Cvm.run_modules`` always blocks ``migrate`` (requested from KMAINT: a ``blocked`` argument);
-    until then this does the same with ``migrate`` allowed.
-
     :returns: the started ``svsm.kernel.ipc.ModuleHost`` (stopped when ``stack`` closes).
+    :raises UsageError: the ``migrate`` module is not available (blocked, or failed to load).
     """
-    from svsm.kernel.ipc import ModuleHost, Providers
-
-    providers = Providers(report=cvm.svsm.module_report, key_root=cvm.svsm.module_key_root)
-    host = stack.enter_context(ModuleHost.from_installed(mode=mode, blocked=("persist",), providers=providers))
-    cvm.svsm.attach_module_host(host)
-    stack.callback(cvm.svsm.attach_module_host, None)
-    for info in host.modules():
-        host.wait_module_ready(info.name, wait)
+    host = stack.enter_context(cvm.run_modules(mode, wait=wait, blocked=("persist",)))
     if "migrate" not in {m.name for m in host.modules()}:
         raise UsageError(f"the migrate module is not available: {host.skipped.get('migrate', 'blocked')}")
     return host
