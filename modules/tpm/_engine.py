@@ -3,6 +3,11 @@
 This file is the reference TPM's ExecCommand.c + SessionProcess.c in one place; the command
 actions live in the ``_cmd_*`` modules and register themselves in :data:`COMMANDS`.  The order
 of checks follows tpm.md 2 so error codes match the reference TPM.
+
+Why this file is over 600 lines (house rule 12): the command path is one top-to-bottom read --
+framing, handles, auth area, then either the password-only fast path (:meth:`Tpm._execute_plain`)
+or the general session path -- so the order of checks can be compared with the reference in one
+place, and the fast path sits next to the general path it must stay equivalent to.
 """
 
 from __future__ import annotations
