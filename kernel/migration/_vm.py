@@ -13,6 +13,8 @@ operations (the ``VmPort`` it is written against).  They run with the SVSM's pri
 
 Every input from the peer is checked here (frame range, state bits, sizes) even though it
 arrived over the attested channel: the kernel does not trust a module's arguments.
+
+(About 650 lines: every operation the ``vm`` service performs on one VM lives in this class.)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from svsm.kernel.hw import VMSA, HardwareFault, RmpEntry
 from svsm.kernel.protocols._core import EFER_SVME
 from svsm.sdk import FatalError, InvalidParameter, InvalidRequest
 
-from ._digest import default_threads, keyed_digest
+from ._digest import WriteTrackedDigests, default_threads, keyed_digest
 from ._gate import GateState, GuestFenced, RunGate
 from ._state import (
     PAGE_ASSIGNED,
@@ -130,6 +132,8 @@ class MigratableVm:
         self._dcache: dict[int, bytes] | None = None
         self._last_state: MachineState | None = None
         self._gmac: AESGCM | None = None
+        #: A source's digests kept valid by the trusted write record (between start/stop_dirty_log).
+        self._tracked: WriteTrackedDigests | None = None
         #: Digest chunks as an ascending import passes them (:meth:`_digest_passed`).
         self.eager_digests = True
         self._eager_next = 0
@@ -146,6 +150,7 @@ class MigratableVm:
             "guest_vmpl": self.cvm.svsm.guest_vmpl,
             "modules": sorted(self._module_names()),
             "measurement": self.cvm.measurement.hex(),
+            "trusted_writes": hasattr(self._mem, "take_written"),
         }
 
     def attest(self, report_data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
@@ -173,8 +178,10 @@ class MigratableVm:
 
     # -- dirty logging (the hypervisor's, untrusted) -----------------------------------------------
     def start_dirty_log(self) -> None:
-        """Ask the hypervisor to log guest writes from now on."""
+        """Ask the hypervisor to log guest writes from now on (and start the trusted write record)."""
         self.platform.hypervisor.enable_dirty_logging(True)
+        if self._tracked is None and hasattr(self._mem, "take_written") and not self._incoming:
+            self._tracked = WriteTrackedDigests(self._mem, self.chunk_frames, self._mapping)
 
     def dirty_frames(self) -> set[int]:
         """The hypervisor's dirty GFNs since the last call, limited to guest frames (a hint)."""
@@ -187,6 +194,9 @@ class MigratableVm:
 
     def stop_dirty_log(self) -> None:
         """Stop logging (best effort: the hypervisor may ignore it)."""
+        if self._tracked is not None:
+            self._tracked.close()
+            self._tracked = None
         try:
             self.platform.hypervisor.enable_dirty_logging(False)
         except (ValueError, AttributeError):
@@ -407,6 +417,8 @@ class MigratableVm:
         self._gmac = AESGCM(bytes(key))
         if self._dcache is not None:
             self._dcache = {}
+        if self._tracked is not None:
+            self._tracked.forget()
 
     def chunk_count(self) -> int:
         """Number of digest chunks over guest memory."""
@@ -430,7 +442,11 @@ class MigratableVm:
         todo = list(range(self.chunk_count())) if chunks is None else list(chunks)
         for c in todo:
             self.chunk_frames(c)
-        cache = self._dcache if self._dcache is not None else {}
+        cache: dict[int, bytes] = self._dcache if self._dcache is not None else {}
+        tracked, snaps = self._tracked, {}
+        if tracked is not None and self._dcache is None:  # a source: reuse what the write record vouches for
+            tracked.take()
+            cache, snaps = tracked.split(sorted(set(todo)))
         missing = sorted({c for c in todo if c not in cache})
         self.n_digests += len(missing)
         if self._threads == 1 or len(missing) < 8:
@@ -441,7 +457,18 @@ class MigratableVm:
         got = dict(zip(missing, fresh))
         if self._dcache is not None:
             self._dcache.update(got)
+        elif tracked is not None:
+            for c, d in got.items():
+                tracked.store(c, d, snaps[c])
         return [cache[c] if c in cache else got[c] for c in todo]
+
+    def _mapping(self, chunk: int) -> tuple[Any, list[tuple[int, int]]]:
+        """(system frames, RMP (attributes, GPA frame) per frame) of a chunk, to compare later."""
+        frames, npt, lookup = self.chunk_frames(chunk), self.platform.npt, self.platform.rmp.lookup
+        if not npt:
+            return frames, [lookup(g) for g in frames]
+        sfns = [npt.get(g, g) for g in frames]
+        return sfns, [lookup(s) if s is not None else (-1, -1) for s in sfns]
 
     # -- vCPUs ---------------------------------------------------------------------------------------
     def pause(self) -> float:

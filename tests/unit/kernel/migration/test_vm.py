@@ -256,3 +256,27 @@ def test_the_module_cannot_plant_a_vmpl0_vmsa_or_write_a_source(pair) -> None:
     vm.resume()
     with pytest.raises(InvalidRequest):  # after the commit the destination's guest runs: no more imports
         vm.import_state(blob)
+
+
+def test_a_source_reuses_pre_hashed_chunks_only_while_the_trusted_record_vouches_for_them(pair) -> None:
+    """Soundness: after any write or RMP change the cached digests equal a full fresh pass."""
+    src, _ = pair
+    vm = MigratableVm(src)
+    assert vm.info()["trusted_writes"]
+    vm.start_dirty_log()
+    gpas = [src.guest.pool.take() for _ in range(3)]
+    first = vm.digests()  # pre-hash while the guest runs
+    assert first == MigratableVm(src).digests()
+    src.guest.mem.write(gpas[0] + 100, b"guest write")  # C=1 write through the guest's view
+    src.platform.hypervisor.get_dirty_log(clear=True)  # the hypervisor "forgets" it: irrelevant here
+    got = vm.digests()
+    assert got == MigratableVm(src).digests() and got != first
+    assert vm._tracked is not None and vm._tracked.reused >= vm.chunk_count() - 1
+    sfn = gpas[1] // PAGE  # an RMP change without any write (what a hypervisor RMPUPDATE does)
+    src.platform.rmp.psmash(sfn & ~0x1FF)
+    src.platform.firmware.set_rmp(sfn * PAGE, assigned=False)
+    assert vm.digests() == MigratableVm(src).digests()
+    src.platform.memory.write_raw(gpas[2] // PAGE, 0, b"host write")  # a raw (C=0) write
+    assert vm.digests() == MigratableVm(src).digests()
+    vm.stop_dirty_log()
+    assert vm._tracked is None
