@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import importlib
+import inspect
 import logging
 import os
 import pathlib
@@ -68,8 +70,12 @@ class StateFileDevice:
     def __init__(self, engine_cls: Callable[..., Any], state_dir: pathlib.Path | None) -> None:
         self.path = state_dir / STATE_FILE if state_dir is not None else None
         blob = self.path.read_bytes() if self.path is not None and self.path.exists() else None
+        kwargs: dict[str, Any] = {"state": blob}
+        if "provision_ek_at" in inspect.signature(engine_cls).parameters:
+            # Like a TPM leaving the factory: EK certificates at the TCG NV indices (tpm2_getekcertificate).
+            kwargs["provision_ek_at"] = datetime.datetime.now(datetime.timezone.utc)
         try:
-            self.engine = engine_cls(state=blob)
+            self.engine = engine_cls(**kwargs)
         except RequestError as exc:  # the engine refuses a corrupt or foreign state file
             raise UsageError(f"cannot load TPM state {self.path}: {exc}; refusing to overwrite it") from None
         self.saves = 0
