@@ -466,7 +466,7 @@ class MigratableVm:
         """(system frames, RMP (attributes, GPA frame) per frame) of a chunk, to compare later."""
         frames, npt, lookup = self.chunk_frames(chunk), self.platform.npt, self.platform.rmp.lookup
         if not npt:
-            return frames, [lookup(g) for g in frames]
+            return frames, list(map(lookup, frames))
         sfns = [npt.get(g, g) for g in frames]
         return sfns, [lookup(s) if s is not None else (-1, -1) for s in sfns]
 
