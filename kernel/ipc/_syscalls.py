@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from svsm.sdk import InvalidRequest, RequestError, ResultCode, UnsupportedCall
+from svsm.sdk import InvalidRequest, RequestError, ResultCode, UnsupportedCall, module_report_data
 from svsm.sdk.abi import _messages as m
 
 from ._grants import GrantTable
@@ -224,7 +224,10 @@ class SyscallHandler:
         return m.SyscallReply(id=msg.id, names=names)
 
     def _report(self, msg: m.SysReport) -> m.SyscallReply:
-        return m.SyscallReply(id=msg.id, data=self.providers.report(msg.report_data))
+        # Domain separation: a module's 64 bytes never become REPORT_DATA verbatim, so no module can
+        # obtain a VMPL0 report that passes for the SVSM's own (e.g. ATTEST_SERVICES binds
+        # SHA-512(nonce || manifest)); verifiers recompute svsm.sdk.module_report_data().
+        return m.SyscallReply(id=msg.id, data=self.providers.report(module_report_data(self.module, self.measurement, msg.report_data)))
 
     def _key(self, msg: m.SysDerivedKey) -> m.SyscallReply:
         # HKDF-SHA512 from the platform root over (name, measurement, context): unique per module identity.

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from svsm.kernel.ipc import GrantTable, Providers, SyscallHandler
+from svsm.sdk import module_report_data
 from svsm.sdk import ResultCode
 from svsm.sdk.abi import SYSCALLS, Channel, MalformedFrame
 from svsm.sdk.abi import _messages as m
@@ -65,7 +66,12 @@ def test_derived_key_depends_on_identity_and_context() -> None:
 def test_report_without_psp_and_with_one() -> None:
     assert handler().handle(m.SysReport(id=1, report_data=b"\0" * 64))[0].code == ResultCode.UNSUPPORTED_CALL
     h = handler(report=lambda rd: b"R" + rd)
-    assert h.handle(m.SysReport(id=1, report_data=b"\1" * 64))[0].data == b"R" + b"\1" * 64
+    got = h.handle(m.SysReport(id=1, report_data=b"\1" * 64))[0].data
+    # domain-separated: never the module's bytes verbatim, bound to its name and code measurement
+    assert got == b"R" + module_report_data("mod", b"\x11" * 48, b"\1" * 64)
+    assert got != b"R" + b"\1" * 64
+    other = handler(name="other", report=lambda rd: b"R" + rd)
+    assert other.handle(m.SysReport(id=1, report_data=b"\1" * 64))[0].data != got
 
 
 def test_grants_window_and_revocation() -> None:
