@@ -103,7 +103,7 @@ def test_every_boundary_with_the_anchor_never_raises_a_false_alarm(workload, pol
     key = Ed25519PrivateKey.generate()
     for crash_at in range(0, total, 1 if policy == CrashPolicy.KEEP_ALL else 3):
         now = [0]
-        service = AnchorService(key, lambda r, v: SimpleNamespace(measurement=b"M" * 48, report_data=r, vmpl=0),
+        service = AnchorService(key, lambda r, v: SimpleNamespace(measurement=b"M" * 48, report_data=r, vmpl=0, policy=0x30000),
                                 clock=lambda: now[0], rng=random.Random(crash_at).randbytes)
         rng = random.Random(crash_at).randbytes
 
