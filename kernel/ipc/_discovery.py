@@ -261,6 +261,17 @@ def _probe_in_kernel(epm: EntryPointModule) -> tuple[Manifest, Any]:
     return validate_module(obj), obj
 
 
+def _claims_builtin_namespace(ep: Any) -> bool:
+    target = str(ep.value).partition(":")[0].strip()
+    return target == "svsm.modules" or target.startswith("svsm.modules.")
+
+
+def _from_pysvsm(ep: Any) -> bool:
+    dist = getattr(ep, "dist", None)
+    name = getattr(dist, "name", None) or ""
+    return name.lower().replace("_", "-") == "pysvsm"
+
+
 def discover(
     *,
     policy: Policy | None = None,
@@ -289,6 +300,11 @@ def discover(
         if ep.name in block or ep.name in seen:
             continue
         seen.add(ep.name)
+        if _claims_builtin_namespace(ep) and not _from_pysvsm(ep):
+            # svsm.modules.* is what the kernel trusts with privileged capabilities (_host._builtin):
+            # only pysvsm's own distribution may provide modules there.
+            skipped[ep.name] = "its code claims the built-in svsm.modules namespace but does not come from pysvsm"
+            continue
         try:
             candidates.append(inspect_entry_point(ep.name, ep.value))
         except InvalidFormat as exc:

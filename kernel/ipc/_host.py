@@ -362,18 +362,37 @@ class ModuleHost:
         sup.handle_request(params, memory)
 
     def service_manifests(self) -> Sequence[tuple[uuid.UUID, bytes]]:
-        """(GUID, bytes) per serving module with a service GUID, then the module measurements."""
-        out: list[tuple[uuid.UUID, bytes]] = []
+        """(GUID, bytes) per serving module with a service GUID, then the module measurements.
+
+        A GUID is one service's name in the attestation: a module may not claim the reserved
+        module-measurement GUID, and when several modules claim one GUID only a built-in module
+        keeps it (a third-party module must not replace, say, the vTPM's EK entry); with no
+        built-in among the claimants the GUID is left out.  Either way the guest's
+        ATTEST_SERVICES keeps working, and the refusal is logged.
+        """
+        claims: dict[uuid.UUID, list[tuple[bool, str, bytes]]] = {}
         for name in sorted(self._sups):
             sup = self._sups[name]
             if sup.manifest.service_guid is None or sup.state is not ModuleState.SERVING:
+                continue
+            guid = uuid.UUID(sup.manifest.service_guid)
+            if guid == MODULE_MEASUREMENTS_GUID:
+                log.error("module %s claims the reserved module-measurement GUID; left out of the attestation", name)
                 continue
             try:
                 data = sup.service_manifest()
             except Busy:
                 continue
             if data is not None:
-                out.append((uuid.UUID(sup.manifest.service_guid), data))
+                claims.setdefault(guid, []).append((_builtin(sup.spec), name, data))
+        out: list[tuple[uuid.UUID, bytes]] = []
+        for guid, who in claims.items():
+            builtins = [c for c in who if c[0]]
+            keep = builtins if len(builtins) == 1 else who if len(who) == 1 else []
+            if len(who) > 1:
+                log.error("modules %s all claim service GUID %s; %s", [c[1] for c in who], guid,
+                          f"kept built-in {keep[0][1]}" if keep else "left out of the attestation")
+            out += [(guid, keep[0][2])] if keep else []
         out.append((MODULE_MEASUREMENTS_GUID, self.measurements()))
         return out
 
