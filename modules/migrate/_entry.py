@@ -16,6 +16,7 @@ import msgspec
 
 from svsm.sdk import Capability as Cap
 from svsm.sdk import InvalidParameter, Manifest, ModuleContext, hookimpl
+from svsm.sdk.attestation import AttestationReport
 
 from ._channel import Role
 from ._engine import (MigrationAborted, MigrationInDoubt, MigrationOptions, Progress, make_channel, migrate_destination,
@@ -88,7 +89,10 @@ def svsm_module_command(name: str, payload: bytes, ctx: ModuleContext) -> bytes 
 
     role = Role.SOURCE if name == "source" else Role.DESTINATION
     own = bytes.fromhex(port.info()["measurement"])
-    verifier = make_verifier(params.ark.encode(), MeasurementPolicy.same_as(own, *extra))
+    # The TCB floor is this SVSM's own REPORTED_TCB: never move the guest to older firmware.
+    own_tcb = AttestationReport.from_bytes(port.attest(bytes(64))[0]).tcb("reported_tcb")
+    policy = dataclasses.replace(MeasurementPolicy.same_as(own, *extra), min_tcb=own_tcb)
+    verifier = make_verifier(params.ark.encode(), policy)
     channel = make_channel(port, role, verifier, sys_.random)
     opts = MigrationOptions(max_rounds=params.max_rounds, converge_pages=params.converge_pages)
     run = migrate_source if role is Role.SOURCE else migrate_destination

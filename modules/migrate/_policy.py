@@ -2,7 +2,9 @@
 
 The default is the strictest useful one: the peer must run exactly the same SVSM
 measurement as this one, under the same pinned AMD root key, at VMPL0, without the
-DEBUG policy bit.  An allow-list widens the measurement check for planned upgrades.
+DEBUG policy bit, on firmware whose reported TCB is not older than a floor (by default this
+SVSM's own: a guest must never move to a platform with known, since-fixed firmware flaws).
+An allow-list widens the measurement check for planned upgrades.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 
 from cryptography import x509
 
-from svsm.sdk.attestation import AttestationReport, load_chain, verify_report
+from svsm.sdk.attestation import AttestationReport, TcbVersion, load_chain, verify_report
 
 from ._channel import ChannelError, Evidence
 
@@ -30,10 +32,12 @@ class MeasurementPolicy:
 
     :ivar allowed: 48-byte measurements accepted (by default: this SVSM's own).
     :ivar allow_debug: accept a peer whose guest policy allows debugging (never by default).
+    :ivar min_tcb: the oldest REPORTED_TCB accepted, component by component (``None``: no floor).
     """
 
     allowed: frozenset[bytes]
     allow_debug: bool = False
+    min_tcb: TcbVersion | None = None
 
     @classmethod
     def same_as(cls, measurement: bytes, *extra: bytes) -> MeasurementPolicy:
@@ -89,6 +93,10 @@ def make_verifier(
         if report.policy & _POLICY_DEBUG and not policy.allow_debug:
             raise ChannelError("peer attestation rejected")
         if not any(hmac.compare_digest(report.measurement, m) for m in policy.allowed):
+            raise ChannelError("peer attestation rejected")
+        if policy.min_tcb is not None and any(
+            have < need for have, need in zip(report.tcb("reported_tcb"), policy.min_tcb, strict=True)
+        ):
             raise ChannelError("peer attestation rejected")
         return report
 

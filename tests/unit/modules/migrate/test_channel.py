@@ -194,3 +194,24 @@ def test_both_ends_derive_the_same_digest_key_and_no_one_before_the_handshake(fw
     s2, d2 = _pair(src, dst)
     _handshake(s2, d2)
     assert s2.digest_key != s.digest_key  # fresh per migration (ECDH)
+
+
+def test_peer_on_older_firmware_is_refused_by_the_tcb_floor(fw: SnpFirmware) -> None:
+    """SECREVIEW 14: a genuinely signed destination on older, since-fixed firmware is not a safe home."""
+    import dataclasses
+
+    from svsm.sdk.attestation import decode_tcb, encode_tcb
+
+    cur = decode_tcb(fw.chip.raw_tcb)
+    older = encode_tcb(cur._replace(snp=cur.snp - 1))
+    old_fw = SnpFirmware(fw.chip, reported_tcb=older)
+    src, dst = Cvm(fw, b"T" * 4096), Cvm(old_fw, b"T" * 4096)
+    dst.ark, dst.ask, dst.vcek = old_fw.chip.chain_pem(older)
+    floor = dataclasses.replace(MeasurementPolicy.same_as(src.measurement), min_tcb=cur)
+    s, d = _pair(src, dst, src_policy=floor)
+    d.receive_data(s.initiate())
+    with pytest.raises(ChannelError):
+        s.receive_data(d.outgoing())
+    # without the floor the same, genuinely signed peer would have been accepted
+    s, d = _pair(src, dst)
+    _handshake(s, d)
