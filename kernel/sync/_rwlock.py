@@ -15,17 +15,15 @@ by the thread that took them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Generic, NamedTuple, TypeVar
 
 from ._errors import LockNotHeld, SelfDeadlock
 from ._lockdep import LockOrderChecker, lock_order_checker
-from ._spinlock import MappedGuard, _default_name, _registry
+from ._spinlock import _default_name, _Guard, _MutableGuard, _registry
 
 __all__ = ["RWLock", "ReadGuard", "WriteGuard", "RWLockStatistics", "READERS_MASK", "WRITER_SHIFT"]
 
 T = TypeVar("T")
-U = TypeVar("U")
 
 READERS_MASK = 0xFFFF_FFFF
 WRITER_SHIFT = 32
@@ -218,46 +216,7 @@ class RWLock(Generic[T]):
         return f"<RWLock {self.name} state={self._state:#x}>"
 
 
-class _RWGuard(Generic[T]):
-    __slots__ = ("_lock", "_held")
-
-    def __init__(self, lock: RWLock[T]) -> None:
-        self._lock = lock
-        self._held = True
-
-    @property
-    def value(self) -> T:
-        """The protected data."""
-        if not self._held:
-            raise LockNotHeld(f"guard of {self._lock.name} used after release")
-        return self._lock._value
-
-    def map(self, project: Callable[[T], U]) -> MappedGuard[U]:
-        """A guard exposing ``project(value)`` that owns the release."""
-        return MappedGuard(self, project(self.value))
-
-    def release(self) -> None:
-        """Release now.
-
-        :raises LockNotHeld: already released.
-        """
-        if not self._held:
-            raise LockNotHeld(f"guard of {self._lock.name} released twice")
-        self._unlock()
-        self._held = False
-
-    def _unlock(self) -> None:
-        raise LockNotHeld("abstract guard")  # pragma: no cover - subclasses override
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._held:
-            self.release()
-
-
-class ReadGuard(_RWGuard[T]):
+class ReadGuard(_Guard[T]):
     """Shared access to an :class:`RWLock`'s value (do not mutate it)."""
 
     __slots__ = ()
@@ -266,23 +225,10 @@ class ReadGuard(_RWGuard[T]):
         self._lock._read_unlock()
 
 
-class WriteGuard(_RWGuard[T]):
+class WriteGuard(_MutableGuard[T]):
     """Exclusive access to an :class:`RWLock`'s value."""
 
     __slots__ = ()
-
-    @property
-    def value(self) -> T:
-        """The protected data."""
-        if not self._held:
-            raise LockNotHeld(f"guard of {self._lock.name} used after release")
-        return self._lock._value
-
-    @value.setter
-    def value(self, new: T) -> None:
-        if not self._held:
-            raise LockNotHeld(f"guard of {self._lock.name} used after release")
-        self._lock._value = new
 
     def _unlock(self) -> None:
         self._lock._write_unlock()

@@ -101,19 +101,23 @@ class SpinLock(Generic[T]):
         if ticket == self._holder:
             mutex.release()  # uncontended: one short critical section
         else:
-            try:
-                self._contentions += 1
-                self._waiters += 1
-                while self._holder != ticket:
-                    self._cond.wait()
-                self._waiters -= 1
-            finally:
-                mutex.release()
+            self._wait_turn(ticket)
         self._owner = me
         self._acquisitions += 1
         if checker.enabled:
             checker.acquired(self, self.name)
         return LockGuard(self)
+
+    def _wait_turn(self, ticket: int) -> None:
+        """Contended path: sleep until ``ticket`` is served, then drop the mutex (held on entry)."""
+        try:
+            self._contentions += 1
+            self._waiters += 1
+            while self._holder != ticket:
+                self._cond.wait()
+            self._waiters -= 1
+        finally:
+            self._mutex.release()
 
     def try_lock(self) -> LockGuard[T] | None:
         """Take the lock only if nobody holds or waits for it.
@@ -156,14 +160,7 @@ class SpinLock(Generic[T]):
         if ticket == self._holder:
             mutex.release()
         else:
-            try:
-                self._contentions += 1
-                self._waiters += 1
-                while self._holder != ticket:
-                    self._cond.wait()
-                self._waiters -= 1
-            finally:
-                mutex.release()
+            self._wait_turn(ticket)
         self._owner = me
         self._acquisitions += 1
         return LockGuard(self)
@@ -205,30 +202,22 @@ class SpinLock(Generic[T]):
         return f"<SpinLock {self.name} owner={self._owner}>"
 
 
-class LockGuard(Generic[T]):
-    """Proof of holding a :class:`SpinLock`; gives access to the protected value.
-
-    Released on ``with`` exit (also on an exception) or by :meth:`release`.
-    """
+class _Guard(Generic[T]):
+    """What every guard shares: it holds ``_lock`` until released, by ``with`` exit (also on an
+    exception) or by :meth:`release`; subclasses say how to unlock (``_unlock``)."""
 
     __slots__ = ("_lock", "_held")
 
-    def __init__(self, lock: SpinLock[T]) -> None:
+    def __init__(self, lock: Any) -> None:
         self._lock = lock
         self._held = True
 
-    @property
-    def value(self) -> T:
-        """The protected data."""
+    def _get_value(self) -> T:
         if not self._held:
             raise LockNotHeld(f"guard of {self._lock.name} used after release")
-        return self._lock._value
+        return self._lock._value  # type: ignore[no-any-return]
 
-    @value.setter
-    def value(self, new: T) -> None:
-        if not self._held:
-            raise LockNotHeld(f"guard of {self._lock.name} used after release")
-        self._lock._value = new
+    value = property(_get_value, doc="The protected data.")
 
     def map(self, project: Callable[[T], U]) -> MappedGuard[U]:
         """A guard that exposes ``project(value)`` and owns the release.
@@ -244,15 +233,40 @@ class LockGuard(Generic[T]):
         """
         if not self._held:
             raise LockNotHeld(f"guard of {self._lock.name} released twice")
-        self._lock._unlock()
+        self._unlock()  # type: ignore[attr-defined]
         self._held = False
 
-    def __enter__(self) -> LockGuard[T]:
+    def __enter__(self):  # type: ignore[no-untyped-def]
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._held:
             self.release()
+
+
+class _MutableGuard(_Guard[T]):
+    """A guard through which the protected value may be replaced (exclusive holders only)."""
+
+    __slots__ = ()
+
+    def _set_value(self, new: T) -> None:
+        if not self._held:
+            raise LockNotHeld(f"guard of {self._lock.name} used after release")
+        self._lock._value = new
+
+    value = property(_Guard._get_value, _set_value, doc="The protected data.")
+
+
+class LockGuard(_MutableGuard[T]):
+    """Proof of holding a :class:`SpinLock`; gives access to the protected value.
+
+    Released on ``with`` exit (also on an exception) or by :meth:`release`.
+    """
+
+    __slots__ = ()
+
+    def _unlock(self) -> None:
+        self._lock._unlock()
 
 
 class MappedGuard(Generic[U]):

@@ -218,6 +218,9 @@ class Channel:
         self._recv_seq = 0
         self._peer_share = b""
         self._peer_report: object = None
+        #: handshake frames produced while processing input, handed out by :meth:`outgoing`
+        self._out = bytearray()
+        self._digest_key: bytes | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -263,6 +266,7 @@ class Channel:
         self.state = ChannelState.ABORTED
         self._send_aead = self._recv_aead = None
         self._buf.clear()
+        self._out.clear()
 
     def _advance(self, kind: str) -> None:
         nxt = _TRANSITIONS.get((self.state, self.role, kind))
@@ -278,8 +282,7 @@ class Channel:
         body = _ENCODER.encode(Hello(CHANNEL_VERSION, self._nonce, self._share))
         self._transcript.update(body)
         self.state = ChannelState.SENT_HELLO
-        self._pending_out = self._frame(_KIND_HANDSHAKE, body)
-        return self._pending_out
+        return self._frame(_KIND_HANDSHAKE, body)
 
     def _binding(self, who: bytes) -> bytes:
         return hashlib.sha512(_LABEL + who + self._transcript.copy().digest()).digest()
@@ -311,7 +314,7 @@ class Channel:
         evidence = self._attester(self._binding(b"dst"))
         reply = _ENCODER.encode(HelloReply(CHANNEL_VERSION, self._nonce, self._share, evidence))
         self._transcript.update(reply)
-        self._reply_out = self._frame(_KIND_HANDSHAKE, reply)
+        self._out += self._frame(_KIND_HANDSHAKE, reply)
 
     def _on_reply(self, msg: HelloReply, body: bytes) -> None:
         if msg.version != CHANNEL_VERSION:
@@ -323,7 +326,7 @@ class Channel:
         evidence = self._attester(self._binding(b"src"))
         attest = _ENCODER.encode(SourceAttest(evidence))
         self._transcript.update(attest)
-        self._attest_out = self._frame(_KIND_HANDSHAKE, attest)
+        self._out += self._frame(_KIND_HANDSHAKE, attest)
         self._derive_keys()
 
     def _on_source_attest(self, msg: SourceAttest, body: bytes) -> None:
@@ -331,7 +334,7 @@ class Channel:
         self._peer_report = self._verify(msg.evidence, self._binding(b"src"))
         self._transcript.update(body)
         self._derive_keys()
-        self._finished_out = self.send(_FINISHED, self._transcript.copy().digest())
+        self._out += self.send(_FINISHED, self._transcript.copy().digest())
         self._events.append(HandshakeComplete(self._peer_report, self._transcript.copy().digest()))
 
     def _verify(self, evidence: Evidence, expected: bytes) -> object:
@@ -366,18 +369,15 @@ class Channel:
 
         :raises ChannelError: the handshake has not finished.
         """
-        key = self.__dict__.get("_digest_key")
+        key = self._digest_key
         if key is None:
             raise ChannelError("no digest key before the handshake")
         return key
 
     def outgoing(self) -> bytes:
         """Handshake bytes produced by the last :meth:`receive_data` (empty if none)."""
-        out = b""
-        for name in ("_reply_out", "_attest_out", "_finished_out"):
-            data = self.__dict__.pop(name, None)
-            if data:
-                out += data
+        out = bytes(self._out)
+        self._out.clear()
         return out
 
     # -- records -----------------------------------------------------------------------
